@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(CURDIR)/$(VENV)/bin
+RUN     := env PATH="$(BIN):$$PATH"
+
+.PHONY: setup demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	./scripts/system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(RUN) $(BIN)/python demo/demo.py
+
+test: setup
+	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(RUN) $(BIN)/python benchmarks/fresh.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

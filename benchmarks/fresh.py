@@ -1,0 +1,77 @@
+"""swarm-fresh speed: parse rate, and whole-process cost beside the scan it follows.
+
+Prints, side by side in one run:
+  - rows parsed per second (the GNOME world, 848 rows, in-process);
+  - the whole-process time of `swarm-fresh --from` on that file, for a first
+    scan (848 packages added) and a rescan (848 unchanged), beside
+    `python3 -c pass`;
+  - that time as a share of the real `emerge -pe @world` it follows (18.8 s
+    on this machine kind, data/emerge/README.md). Target: under 5 %.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+GNOME = SHARED / "data" / "emerge" / "gnome-pretend-emptytree-verbose.txt"
+EMERGE_SECONDS = 18.8
+RUNS = 7
+
+
+def parse_rate() -> float:
+    from swarmtools.emerge import parse_merge_list
+
+    text = GNOME.read_text()
+    rows, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 2.0:
+        rows += len(parse_merge_list(text).rows)
+    return rows / (time.perf_counter() - started)
+
+
+def wall(args: list[str], env: dict, before=None) -> float:
+    """Median wall time of a command over RUNS runs."""
+    times = []
+    for _ in range(RUNS):
+        if before:
+            before()
+        started = time.perf_counter()
+        subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    bindir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        config = subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        env = {**os.environ, "SWARM_CONFIG": config}
+        db = Path(tmp) / "state" / "swarm.db"
+
+        def fresh_db():
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+
+        fresh = [str(bindir / "swarm-fresh"), "-q", "--from", str(GNOME)]
+        baseline = wall([sys.executable, "-c", "pass"], env)
+        first = wall(fresh, env, before=fresh_db)
+        rescan = wall(fresh, env)
+    rate = parse_rate()
+    print(f"input: {GNOME.name} (848 rows); median of {RUNS} runs each")
+    print(f"{'parse rate (in-process)':<42} {rate:>10,.0f} rows/s")
+    print(f"{'python3 -c pass':<42} {baseline:>10.3f} s")
+    print(f"{'swarm-fresh --from, first scan (848 added)':<42} {first:>10.3f} s")
+    print(f"{'swarm-fresh --from, rescan (848 unchanged)':<42} {rescan:>10.3f} s")
+    print(f"{'share of emerge -pe @world (18.8 s)':<42} {100 * first / EMERGE_SECONDS:>9.2f} %"
+          f"   (target < 5 %, i.e. < {0.05 * EMERGE_SECONDS:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()

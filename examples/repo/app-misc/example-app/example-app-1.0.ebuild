@@ -1,0 +1,30 @@
+# Copyright 2024 swarmtools authors
+# Distributed under the terms of the MIT License
+
+EAPI=8
+
+DESCRIPTION="Application with a USE-conditional dependency"
+HOMEPAGE="https://example.invalid/swarmtools"
+S="${WORKDIR}"
+
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+IUSE="+compress"
+
+RDEPEND="
+	dev-libs/libbar
+	compress? ( dev-libs/libcompress )
+"
+DEPEND="${RDEPEND}"
+BDEPEND="dev-lang/example-lang:2"
+
+src_compile() {
+	echo "${CATEGORY}/${PF}" > "${PN}.txt" || die
+}
+
+src_install() {
+	# ${P} keeps the two example-lang slots from colliding.
+	insinto "/usr/share/${P}"
+	doins "${PN}.txt"
+}

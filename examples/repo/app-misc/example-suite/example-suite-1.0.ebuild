@@ -1,0 +1,26 @@
+# Copyright 2024 swarmtools authors
+# Distributed under the terms of the MIT License
+
+EAPI=8
+
+DESCRIPTION="Meta package pulling the application and the tool"
+HOMEPAGE="https://example.invalid/swarmtools"
+S="${WORKDIR}"
+
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+RDEPEND="
+	app-misc/example-app
+	app-misc/example-tool
+"
+
+src_compile() {
+	echo "${CATEGORY}/${PF}" > "${PN}.txt" || die
+}
+
+src_install() {
+	# ${P} keeps the two example-lang slots from colliding.
+	insinto "/usr/share/${P}"
+	doins "${PN}.txt"
+}

@@ -1,0 +1,1 @@
+"""Thin click front-ends: parse options, call the library, print, exit."""

@@ -1,0 +1,122 @@
+"""swarm-fresh: fill the queue from emerge --pretend --emptytree @world."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from .. import db
+from ..emerge import ParseError, parse_merge_list, run_emerge
+from ..errors import ExitCode, SwarmError
+from ..output import emit_json, emit_table
+from ..queue import apply_scan
+from .common import (CONTEXT, config_option, handle_errors, load_config, run, setup_logging,
+                     verbosity_options)
+
+log = logging.getLogger(__name__)
+
+
+@click.command(context_settings=CONTEXT)
+@config_option
+@click.option("--from", "source", metavar="FILE",
+              help="Read saved emerge output from FILE ('-': stdin) instead of running emerge.")
+@click.option("--dry-run", "-n", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@click.option("--force", is_flag=True,
+              help="Apply a scan that would retire more than half of the queue.")
+@verbosity_options
+@handle_errors
+def cli(config_path, source, dry_run, as_json, force, verbose, quiet):
+    """Queue every package the world needs, from a full emerge scan.
+
+    Runs the config's scan.command (by default `emerge --pretend --emptytree
+    --verbose --color=n @world`) or reads its saved output, and brings the
+    queue in line with it, in one transaction:
+
+    \b
+      [ebuild ...] rows      new packages are queued (needed); a package whose
+                             version, slot, repository or USE changed is
+                             queued again (requeued); the rest keep their
+                             state and history (unchanged)
+      [binary ...] rows      already on the binhost: recorded as synced, never
+                             built (scan with --usepkg=y --getbinpkg=y)
+      gone from the list     retired: kept, with their history
+      blockers, uninstalls   reported, not queued
+
+    A row it does not understand, a truncated or empty list, a failed emerge,
+    or a scan that would retire more than half of the queue (a broken world
+    file makes emerge list nothing, and exit 0; --force applies it anyway)
+    stop it before anything changes (exit 1). A package that comes back after
+    being retired keeps its row, history and, if unchanged, its state. While emerge runs, a terminal
+    shows that it is working; cron sees nothing. Prints each change and the
+    counts; --json prints {"added", "requeued", "retired", "unchanged",
+    "binary", "total"}.
+
+    Exit codes: 0 done, 1 scan failed or not understood, 2 usage or config
+    error, 75 database busy (try again).
+
+    \b
+    Examples:
+      swarm-fresh                      # run the scan, update the queue
+      swarm-fresh --from world.txt -n  # what would this saved scan change?
+      emerge -pev --color=n @world | swarm-fresh --from - --json | jq .added
+    """
+    setup_logging(verbose, quiet)
+    config = load_config(config_path)
+    # Open the database first: a config or schema problem should not wait for emerge.
+    conn = db.connect(config.database)
+    try:
+        merge_list = _scan(config, source, quiet)
+        result = apply_scan(conn, merge_list, source or " ".join(config["scan"]["command"]),
+                            dry_run=dry_run, force=force)
+    finally:
+        conn.close()
+    if as_json:
+        emit_json({**result.counts(), "dry_run": dry_run} if dry_run else result.counts())
+        return
+    if quiet:
+        return
+    if result.changes:
+        emit_table([[c.event, c.cpv, c.detail] for c in result.changes],
+                   ["change", "cpv", "detail"])
+    counts = ", ".join(f"{v} {k}" for k, v in result.counts().items())
+    click.echo(("would change: " if dry_run else "") + counts)
+
+
+def _scan(config, source: str | None, quiet: bool):
+    """The parsed merge list, from --from or from running the scan command."""
+    if source:
+        text = _read_source(source)
+    else:
+        scan = config["scan"]
+        progress = sys.stderr.isatty() and not quiet
+        text, errors = run_emerge(scan["command"], scan["environment"], scan["timeout"], progress)
+        for line in filter(str.strip, errors.splitlines()):
+            log.warning("emerge: %s", line)
+    merge_list = parse_merge_list(text)
+    for line_no, note in merge_list.notes:
+        log.info("line %d is not a merge-list row: %s", line_no, note)
+    for row in merge_list.rows:
+        if row.kind == "blocks":
+            log.warning("blocker (%s): %s", "satisfied" if row.satisfied else "unsatisfied",
+                        row.detail or row.blocker)
+        elif row.kind in ("uninstall", "nomerge"):
+            log.info("%s row, not queued: %s", row.kind, row.cpv)
+    return merge_list
+
+
+def _read_source(source: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if source == "-" else open(source, "rb").read()
+    except OSError as exc:
+        raise SwarmError(f"cannot read {source}: {exc.strerror}", ExitCode.USAGE) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ParseError(f"{source} is not text: is it emerge --pretend output?") from None
+
+
+def main():
+    run(cli)

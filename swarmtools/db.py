@@ -1,0 +1,197 @@
+"""The one SQLite file: connection (WAL, busy timeout), migrations, writes.
+
+Every write goes through :func:`write`, which opens ``BEGIN IMMEDIATE`` so
+two processes never interleave a read-modify-write. The schema version lives
+in ``PRAGMA user_version``; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import ConfigError, TryLater
+
+BUSY_TIMEOUT_MS = 30_000
+
+STATES = ("needed", "delegated", "received", "synced", "failed")
+
+# Numbered migrations: index + 1 is the user_version they lead to. Never
+# edit one that has shipped; append a new one.
+MIGRATIONS: list[str] = [
+    # 1: queue, history, scans, drones.
+    f"""
+    CREATE TABLE packages (
+        id          INTEGER PRIMARY KEY,
+        cp          TEXT NOT NULL,              -- category/package, without version
+        slot        TEXT NOT NULL,              -- SLOT without sub-slot; identity is (cp, slot)
+        cpv         TEXT NOT NULL,
+        subslot     TEXT,
+        repo        TEXT NOT NULL DEFAULT '',
+        use         TEXT NOT NULL DEFAULT '',   -- enabled USE and USE_EXPAND flags, sorted
+        status      TEXT NOT NULL CHECK (status IN {STATES!r}),
+        active      INTEGER NOT NULL DEFAULT 1, -- 0: retired, gone from the latest scan
+        scan_order  INTEGER NOT NULL DEFAULT 0, -- position in the latest merge list
+        priority    INTEGER NOT NULL DEFAULT 0, -- higher first (swarm-resolve)
+        drone       TEXT,                       -- holder of the lease, or last builder
+        lease_until TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        retry_after TEXT,
+        build_id    INTEGER,                    -- of the binary package, once there is one
+        file        TEXT,
+        size        INTEGER,
+        digest      TEXT,
+        first_seen  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX packages_active_identity ON packages (cp, slot) WHERE active = 1;
+    CREATE INDEX packages_status ON packages (status, active, priority DESC, scan_order);
+
+    CREATE TABLE events (
+        id          INTEGER PRIMARY KEY,
+        package_id  INTEGER REFERENCES packages (id),
+        at          TEXT NOT NULL,
+        actor       TEXT NOT NULL,              -- command or drone that caused it
+        event       TEXT NOT NULL,              -- added, requeued, retired, claimed, ...
+        from_status TEXT,
+        to_status   TEXT,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX events_package ON events (package_id, id);
+    CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+    CREATE TRIGGER events_append_only_delete BEFORE DELETE ON events
+        BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;
+
+    CREATE TABLE scans (
+        id          INTEGER PRIMARY KEY,
+        at          TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        rows        INTEGER NOT NULL,
+        summary     TEXT NOT NULL               -- JSON of the counts swarm-fresh printed
+    );
+
+    CREATE TABLE drones (
+        name           TEXT PRIMARY KEY,
+        last_heartbeat TEXT,
+        facts          TEXT NOT NULL DEFAULT '{{}}',  -- JSON from the last heartbeat
+        config_digest  TEXT
+    );
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def now() -> str:
+    """The current time as ISO-8601 UTC, the one time format in the database."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
+    """Open the database, migrate it to this code's schema, refuse a newer one."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"database directory {path.parent} does not exist "
+            "(orchestrator.database / orchestrator.state_dir in the config)"
+        )
+    if not create and not path.exists():
+        raise ConfigError(f"no database at {path}; run 'swarm-fresh' first")
+    # isolation_level=None: we issue BEGIN ourselves, so BEGIN IMMEDIATE is real.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        _retry_while_locked(lambda: _set_wal(conn))
+        _migrate(conn, path)
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise TryLater(f"database {path} is busy: {exc}") from None
+        raise ConfigError(f"cannot open database {path}: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise ConfigError(f"{path} is not a swarmtools database: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _set_wal(conn: sqlite3.Connection) -> None:
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode = WAL")
+
+
+def _retry_while_locked(action, seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    # Switching to WAL takes a lock that SQLite's busy handler does not wait
+    # for, so two commands creating the database at once must retry by hand.
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise ConfigError(
+            f"database {path} has schema version {version}, newer than this swarmtools "
+            f"({SCHEMA_VERSION}); upgrade swarmtools"
+        )
+    if version == SCHEMA_VERSION:
+        return
+    with write(conn):
+        # Re-read inside the lock: another process may have migrated meanwhile.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        for number in range(version, SCHEMA_VERSION):
+            for statement in _statements(MIGRATIONS[number]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number + 1}")
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction, so split by complete statements.
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return [s for s in statements if s]
+
+
+@contextmanager
+def write(conn: sqlite3.Connection):
+    """A write transaction: BEGIN IMMEDIATE, COMMIT on success, ROLLBACK on error."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise TryLater(f"database is busy ({exc}); try again") from None
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def record_event(conn: sqlite3.Connection, package_id: int | None, actor: str, event: str,
+                 from_status: str | None, to_status: str | None, detail: str = "",
+                 at: str | None = None) -> None:
+    """Append one entry to the history (inside the caller's write transaction)."""
+    conn.execute(
+        "INSERT INTO events (package_id, at, actor, event, from_status, to_status, detail)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (package_id, at or now(), actor, event, from_status, to_status, detail),
+    )

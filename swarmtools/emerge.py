@@ -1,0 +1,310 @@
+"""Run ``emerge --pretend`` and parse its merge list into typed rows.
+
+The row format is Portage's (``_emerge/resolver/output.py``); every form it
+prints with ``--color=n`` is understood: ebuild, binary, uninstall, nomerge
+and blocks rows; the seven flag columns; ``--tree`` indentation;
+``--columns``; ``--quiet``; slots, sub-slots, repositories, old versions,
+USE and USE_EXPAND groups with their markers, sizes and the ``Total:`` line.
+Versions and build ids are split by Portage's own code, never by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .errors import SwarmError
+
+ROW_KINDS = ("ebuild", "binary", "uninstall", "nomerge", "blocks")
+# Column letters, in order (portage-facts.md section 1).
+FLAG_COLUMNS = ("interactive", "new", "slot", "fetch", "update", "downgrade", "keyword")
+
+_ROW = re.compile(r"^\[(ebuild|binary|uninstall|nomerge|blocks)( [^\]]*|)\](.*)$")
+_TOTAL = re.compile(r"^Total: (\d+) packages?\b")
+_BOILERPLATE = re.compile(
+    r"^(These are the packages that would be (merged|fetched)"
+    r"|Calculating dependencies|(Calculating )?[Dd]ependencies\.\.\."
+    r"|Dependency resolution took"
+    r"|Fetch Restriction: |Conflict: \d+ blocks?)"
+)
+_TOKEN = re.compile(
+    r'\s*(?:(?P<group>[A-Z][A-Z0-9_]*)="(?P<flags>[^"]*)"'
+    r"|\[(?P<bracket>[^\]]*)\]"
+    r"|(?P<size>\d[\d,.]*) KiB"
+    r")"
+)
+
+
+class ParseError(SwarmError):
+    """The input is not an emerge merge list we can trust."""
+
+
+@dataclass(frozen=True)
+class UseFlag:
+    """One flag of a USE or USE_EXPAND group as emerge shows it."""
+
+    name: str
+    enabled: bool
+    text: str  # as emerge printed it
+    forced: bool = False  # (flag): forced or masked by the profile
+    changed: bool = False  # flag*: differs from the installed package
+    new: bool = False  # flag%: newly in IUSE (or, with '-', removed)
+
+
+@dataclass
+class Row:
+    """One row of the merge list."""
+
+    line_no: int
+    kind: str  # one of ROW_KINDS
+    flags: str = ""  # the raw flag columns, padded to seven
+    cpv: str = ""
+    cp: str = ""
+    version: str = ""
+    build_id: int | None = None
+    slot: str = ""
+    subslot: str = ""
+    repo: str = ""
+    old: list[str] = field(default_factory=list)
+    use: dict[str, list[UseFlag]] = field(default_factory=dict)
+    size_kib: int | None = None
+    depth: int = 0
+    blocker: str = ""  # blocks rows: the blocking atom
+    satisfied: bool | None = None  # blocks rows: b (True) or B (False)
+    detail: str = ""  # blocks rows: Portage's explanation
+
+    def flag(self, column: str) -> str:
+        """The letter in one flag column ('' when blank)."""
+        return self.flags[FLAG_COLUMNS.index(column)].strip()
+
+    def enabled_use(self) -> str:
+        """Enabled flags as Portage's USE would hold them, sorted: the build's USE identity."""
+        names = []
+        for group, flags in self.use.items():
+            prefix = "" if group == "USE" else group.lower() + "_"
+            names.extend(prefix + f.name for f in flags if f.enabled)
+        return " ".join(sorted(names))
+
+    def to_dict(self) -> dict:
+        """The row as plain data for JSON output."""
+        data = {
+            "line": self.line_no,
+            "type": self.kind,
+            "cpv": self.cpv,
+            "depth": self.depth,
+        }
+        if self.kind == "blocks":
+            data.update(blocker=self.blocker, satisfied=self.satisfied, detail=self.detail)
+            return data
+        data.update(
+            flags={c: self.flag(c) for c in FLAG_COLUMNS if self.flag(c)},
+            cp=self.cp, version=self.version, build_id=self.build_id,
+            slot=self.slot, subslot=self.subslot, repo=self.repo, old=self.old,
+            use={g: [f.text for f in fs] for g, fs in self.use.items()},
+            size_kib=self.size_kib,
+        )
+        return data
+
+
+@dataclass
+class MergeList:
+    """A parsed ``emerge --pretend`` output."""
+
+    rows: list[Row]
+    total: int | None  # N of the Total: line, when emerge printed one
+    notes: list[tuple[int, str]]  # other text Portage printed, with line numbers
+    reverse: bool = False  # --tree lists the merge order upside down
+
+    def packages(self) -> list[Row]:
+        """The rows that would be merged, ebuild and binary, in merge order."""
+        merges = [r for r in self.rows if r.kind in ("ebuild", "binary")]
+        return merges[::-1] if self.reverse else merges
+
+
+def parse_merge_list(text: str) -> MergeList:
+    """Parse emerge output; raise ParseError for anything that looks wrong."""
+    if "\0" in text:
+        raise ParseError("input is binary, not emerge --pretend output")
+    rows: list[Row] = []
+    notes: list[tuple[int, str]] = []
+    bad: list[tuple[int, str]] = []
+    total = None
+    header = reverse = False
+    for line_no, line in enumerate(text.splitlines(), 1):
+        line = line.rstrip()
+        if not line:
+            continue
+        if line.startswith("["):
+            row = _parse_row(line, line_no)
+            if row is None:
+                bad.append((line_no, line))
+            else:
+                rows.append(row)
+        elif match := _TOTAL.match(line):
+            total = int(match.group(1))
+        elif _BOILERPLATE.match(line):
+            header = True
+            reverse |= "in reverse order" in line
+        else:
+            notes.append((line_no, line))
+    if bad:
+        shown = "; ".join(f"line {n}: {t[:120]}" for n, t in bad[:3])
+        raise ParseError(f"{len(bad)} merge-list row(s) not understood: {shown}")
+    merges = [r for r in rows if r.kind in ("ebuild", "binary")]
+    if not rows and total is None:
+        where = f" (line {notes[0][0]}: {notes[0][1][:80]!r})" if notes else ""
+        what = "no merge list found" if header or notes else "input is empty"
+        raise ParseError(f"{what}; is this 'emerge --pretend' output?{where}")
+    if total is not None and total != len(merges):
+        raise ParseError(
+            f"'Total: {total} packages' but {len(merges)} ebuild/binary rows: input truncated?"
+        )
+    if total is None and any(r.size_kib is not None for r in merges):
+        # --verbose always ends the list with Total:; without it the tail is missing.
+        raise ParseError("verbose merge list without its 'Total:' line: input truncated?")
+    return MergeList(rows=rows, total=total, notes=notes, reverse=reverse)
+
+
+def _parse_row(line: str, line_no: int) -> Row | None:
+    match = _ROW.match(line)
+    if not match:
+        return None
+    kind, columns, rest = match.groups()
+    row = Row(line_no=line_no, kind=kind)
+    indent = len(rest) - len(rest.lstrip(" "))
+    if indent < 1:
+        return None
+    row.depth = indent - 1
+    rest = rest.strip()
+    if kind == "blocks":
+        return _parse_blocks(row, columns, rest)
+    if kind in ("ebuild", "binary"):
+        flags = columns[1:]
+        if len(flags) not in (6, 7):  # --quiet drops the keyword column
+            return None
+        row.flags = flags.ljust(7)
+    package, _, tail = rest.partition(" ")
+    try:
+        return _parse_package(row, package, tail)
+    except ValueError:
+        return None
+
+
+def _parse_blocks(row: Row, columns: str, rest: str) -> Row | None:
+    letter = columns.strip()
+    if letter not in ("b", "B"):
+        return None
+    row.satisfied = letter == "b"
+    row.blocker, _, detail = rest.partition(" ")
+    row.detail = detail.strip().removeprefix("(").removesuffix(")")
+    row.cpv = row.blocker
+    return row if row.blocker else None
+
+
+def _parse_package(row: Row, package: str, tail: str) -> Row | None:
+    tokens = _tokens(tail)
+    if tokens is None:
+        return None
+    brackets = [value for kind, value in tokens if kind == "bracket"]
+    if not _set_cpv(row, package):
+        # --columns: "cat/pkg   [version:slot::repo]   [old]"
+        if not brackets or not _set_cpv(row, f"{package}-{brackets.pop(0)}"):
+            return None
+    row.old = [old for b in brackets for old in b.split(", ") if old]
+    for kind, value in tokens:
+        if kind == "size":
+            row.size_kib = int(value.replace(",", "").replace(".", ""))
+        elif kind == "group":
+            group, flags = value
+            row.use[group] = [_parse_flag(f) for f in flags.split()]
+    return row
+
+
+def _tokens(tail: str) -> list[tuple[str, object]] | None:
+    tokens, pos = [], 0
+    tail = tail.rstrip()
+    while pos < len(tail):
+        match = _TOKEN.match(tail, pos)
+        if not match or match.end() == pos:
+            return None
+        if match.group("group") is not None:
+            tokens.append(("group", (match.group("group"), match.group("flags"))))
+        elif match.group("bracket") is not None:
+            tokens.append(("bracket", match.group("bracket").strip()))
+        else:
+            tokens.append(("size", match.group("size")))
+        pos = match.end()
+    return tokens
+
+
+def _set_cpv(row: Row, text: str) -> bool:
+    from portage.dep import Atom  # Portage's own version and build-id rules
+    from portage.exception import InvalidAtom
+
+    text, _, repo = text.partition("::")
+    text, _, slot = text.partition(":")
+    try:
+        atom = Atom("=" + text, allow_build_id=row.kind == "binary")
+    except InvalidAtom:
+        return False
+    row.cpv, row.cp, row.version = str(atom.cpv), atom.cp, atom.version
+    row.build_id = atom.build_id
+    row.slot, _, row.subslot = slot.partition("/")
+    row.slot = row.slot or "0"
+    row.repo = repo
+    return True
+
+
+def _parse_flag(text: str) -> UseFlag:
+    forced = text.startswith("(") and text.endswith(")")
+    bare = text.strip("()")
+    enabled = not bare.startswith("-")
+    name = bare.lstrip("-")
+    changed = new = False
+    while name and name[-1] in "*%":
+        changed |= name[-1] == "*"
+        new |= name[-1] == "%"
+        name = name[:-1]
+    return UseFlag(name=name, enabled=enabled, text=text, forced=forced, changed=changed, new=new)
+
+
+def run_emerge(command: list[str], environment: dict[str, str], timeout: int,
+               progress: bool = False) -> tuple[str, str]:
+    """Run the scan command, return its stdout and stderr; raise SwarmError if it fails."""
+    env = {**os.environ, **environment}
+    started = time.monotonic()
+    stop = threading.Event()
+    if progress:
+        threading.Thread(target=_show_progress, args=(command, started, stop),
+                         daemon=True).start()
+    try:
+        proc = subprocess.run(command, env=env, capture_output=True, text=True,
+                              errors="replace", timeout=timeout or None, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise SwarmError(f"cannot run '{command[0]}': not found (scan.command in the config)") from None
+    except subprocess.TimeoutExpired:
+        raise SwarmError(f"'{' '.join(command)}' did not finish in {timeout} s (scan.timeout)") from None
+    finally:
+        stop.set()
+        if progress:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+    if proc.returncode != 0:
+        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip()]
+        tail = " | ".join(lines[-3:]) or "no output"
+        raise SwarmError(f"'{' '.join(command)}' failed with exit code {proc.returncode}: {tail}")
+    return proc.stdout, proc.stderr
+
+
+def _show_progress(command: list[str], started: float, stop: threading.Event) -> None:
+    # Only for a person at a terminal: cron's stderr is not a tty.
+    name = os.path.basename(command[0])
+    while not stop.wait(1.0):
+        seconds = int(time.monotonic() - started)
+        sys.stderr.write(f"\r{name} is resolving dependencies... {seconds} s")
+        sys.stderr.flush()
