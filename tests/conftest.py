@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-if not SHARED.is_dir():  # CI clones beside a copy of shared/
-    SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+# The project's shared/ folder lies beside the checkout (CI lays a copy there).
+SHARED = Path(os.environ.get("SWARM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 EMERGE_DATA = SHARED / "data" / "emerge"
 BIN = Path(sys.executable).parent  # the venv the tests run in holds the console scripts
 
