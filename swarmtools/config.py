@@ -50,7 +50,10 @@ SCHEMA: dict[str, dict[str, tuple[str, object, str]]] = {
     "delegate": {
         "lease_seconds": ("int", 3600, "how long a claim holds without a heartbeat"),
         "online_seconds": ("int", 300, "a drone is online while its last heartbeat is this young"),
-        "retry_seconds": ("int", 1800, "back-off after a failed build before it is handed out again"),
+        "retry_seconds": ("int", 1800, "back-off after a failed build; doubles with each failure"),
+        "retry_max_seconds": ("int", 86400, "the longest back-off"),
+        "heartbeat_seconds": ("int", 60, "how often a drone sends a heartbeat, also while building"),
+        "poll_seconds": ("int", 30, "how long an idle drone sleeps before asking again"),
     },
 }
 
@@ -58,6 +61,7 @@ SCHEMA: dict[str, dict[str, tuple[str, object, str]]] = {
 DRONE_SCHEMA: dict[str, tuple[str, object, str]] = {
     "host": ("str", "", "the drone's host name, for people"),
     "transport": ("choice:ssh|local", "ssh", "how the drone reaches the orchestrator"),
+    "ssh_command": ("list", [], "this drone's ssh program and options (default orchestrator.ssh_command)"),
     "environment": ("env", {}, "extra environment for the drone's emerge"),
 }
 

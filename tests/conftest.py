@@ -94,3 +94,75 @@ def emerge_swarm(tmp_path, prefix, monkeypatch) -> Swarm:
     s = Swarm(tmp_path / "swarm", scan_env=prefix.env_overrides())
     monkeypatch.setenv("SWARM_CONFIG", str(s.config))
     return s
+
+
+def synthetic_scan(count: int) -> str:
+    """An emerge --pretend --verbose list of COUNT independent packages."""
+    rows = "".join(f"[ebuild  N     ] app-test/pkg{i}-1.0::gentoo  0 KiB\n" for i in range(count))
+    return f"{rows}\nTotal: {count} packages ({count} new), Size of downloads: 0 KiB\n"
+
+
+def add_drones(config_path: Path, drones: dict[str, dict]) -> None:
+    """Replace the [drones.*] tables of a config written by swarm-config init."""
+    import tomllib
+
+    from swarmtools.config import render_toml
+
+    data = tomllib.loads(config_path.read_text())
+    data["drones"] = drones
+    config_path.write_text(render_toml(data))
+
+
+class DroneSwarm(Swarm):
+    """A swarm whose scan and drones each run the real emerge in their own prefix."""
+
+    def __init__(self, root: Path, drones=("d1", "d2"), extra_ebuilds: dict[str, str] | None = None,
+                 world: list[str] | None = None, delegate: dict | None = None,
+                 transport: dict[str, dict] | None = None):
+        from swarmtools.prefix import EXAMPLE_WORLD, create_prefix
+
+        world = world or EXAMPLE_WORLD.read_text().split()
+        self.prefixes = {}
+        for name in ("orchestrator", *drones):
+            prefix = create_prefix(root / f"prefix-{name}", world=world)
+            for path, text in (extra_ebuilds or {}).items():
+                (prefix.repo / path).parent.mkdir(parents=True, exist_ok=True)
+                (prefix.repo / path).write_text(text)
+            self.prefixes[name] = prefix
+        super().__init__(root / "swarm", scan_env=self.prefixes["orchestrator"].env_overrides())
+        settings = {name: {"transport": "local", **(transport or {}).get(name, {}),
+                           "environment": self.prefixes[name].env_overrides()} for name in drones}
+        add_drones(self.config, settings)
+        if delegate:
+            import tomllib
+
+            from swarmtools.config import render_toml
+
+            data = tomllib.loads(self.config.read_text())
+            data["delegate"] = delegate
+            self.config.write_text(render_toml(data))
+
+    def drone(self, name: str, *args: str, **kw) -> subprocess.Popen:
+        """Start swarm-drone for NAME in its own process group."""
+        return subprocess.Popen([script("swarm-drone"), "--drone", name, *args], env=self.env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, **kw)
+
+    def wait_for(self, sql: str, params=(), timeout: float = 60.0):
+        """Poll the database until SQL returns a row."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.query(sql, params) if self.db.exists() else []
+            if rows:
+                return rows
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for: {sql}")
+
+
+def ebuild(body: str = "", description: str = "test package") -> str:
+    """An EAPI 8 ebuild for the test repository, with extra phase code."""
+    return (f'EAPI=8\nDESCRIPTION="{description}"\nHOMEPAGE="https://example.invalid"\n'
+            'S="${WORKDIR}"\nLICENSE="MIT"\nSLOT="0"\nKEYWORDS="amd64"\n'
+            'src_install() { insinto /usr/share/${P}; doins "${T}/environment"; }\n' + body)

@@ -24,8 +24,9 @@ def cli():
       [orchestrator] state_dir database staging_dir log_file ssh ssh_command
       [binhost]      path url
       [scan]         command environment timeout
-      [delegate]     lease_seconds online_seconds retry_seconds
-      [drones.NAME]  host transport environment
+      [delegate]     lease_seconds online_seconds retry_seconds retry_max_seconds
+                     heartbeat_seconds poll_seconds
+      [drones.NAME]  host transport ssh_command environment
 
     \b
     Examples:

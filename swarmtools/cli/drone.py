@@ -1,0 +1,76 @@
+"""swarm-drone: the build worker that runs on each drone."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import sys
+
+import click
+
+from ..drone import Drone
+from ..errors import ConfigError
+from .common import (CONTEXT, config_option, handle_errors, load_config, prog, run,
+                     setup_logging, verbosity_options)
+
+
+@click.command(context_settings=CONTEXT)
+@config_option
+@click.option("--drone", "name", envvar="SWARM_DRONE", metavar="NAME",
+              help="This drone's [drones.NAME] [env SWARM_DRONE; default: the short host name].")
+@click.option("--once", is_flag=True, help="Build at most one package, then exit.")
+@click.option("--drain", is_flag=True, help="Build until nothing is left to claim, then exit.")
+@click.option("--syslog", is_flag=True, help="Log to syslog (daemon facility) instead of stderr.")
+@verbosity_options
+@handle_errors
+def cli(config_path, name, once, drain, syslog, verbose, quiet):
+    """Build packages for the swarm: heartbeat, claim, emerge, upload, report.
+
+    Each round sends a heartbeat (ARCH, CHOST, CFLAGS, ABI_X86, CUDA, jobs,
+    load, free disk, the config's digest), claims the best eligible package
+    from the orchestrator (ssh gateway, or locally), builds it with
+
+    \b
+      emerge --oneshot --usepkg=y --getbinpkg=y --buildpkg=y =CPV
+
+    with PORTAGE_BINHOST set to binhost.url and getbinpkg in FEATURES, so
+    dependencies come from the binhost as binaries, uploads the new binary
+    package to staging/NAME/ with rsync and reports it (or uploads the build
+    log and reports the failure). Heartbeats continue while emerge runs, so a
+    long build keeps its lease. Idle, it sleeps delegate.poll_seconds.
+
+    SIGTERM or SIGINT stops the build, gives the package back (release) and
+    exits 0. Runs as a service: see init/ for OpenRC and systemd.
+
+    Exit codes: 0 stopped or done; 1 with --once, the build failed; 1 with
+    --once/--drain, the orchestrator could not be reached; 2 config error.
+
+    \b
+    Examples:
+      swarm-drone --drone d1 -v            # run in the foreground
+      swarm-drone --drone d1 --once        # one package, e.g. from a test
+    """
+    setup_logging(verbose, quiet)
+    if syslog:
+        handler = logging.handlers.SysLogHandler(
+            address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        handler.setFormatter(logging.Formatter(f"{prog()}[{os.getpid()}]: %(message)s"))
+        logging.getLogger().handlers[:] = [handler]
+    config = load_config(config_path)
+    if not name:
+        name = socket.gethostname().split(".")[0]
+        if name not in config.drones:
+            raise ConfigError(f"no --drone given and this host's name '{name}' is not a "
+                              f"[drones.NAME] of {config.path}")
+    drone = Drone(config, name)
+    signal.signal(signal.SIGTERM, drone.terminate)
+    signal.signal(signal.SIGINT, drone.terminate)
+    logging.getLogger(__name__).info("drone %s started", name)
+    sys.exit(drone.run(once=once, drain=drain))
+
+
+def main():
+    run(cli)

@@ -1,0 +1,178 @@
+"""Delegation in the library: claims, leases, heartbeats, reports, back-off."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from swarmtools import config as config_mod
+from swarmtools import db
+from swarmtools import delegate
+from swarmtools.emerge import parse_merge_list
+from swarmtools.errors import ConfigError, SwarmError
+from swarmtools.queue import apply_scan
+from conftest import add_drones, synthetic_scan
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def queue(swarm):
+    """(config, connection) with 5 needed packages and drones d1, d2."""
+    add_drones(swarm.config, {"d1": {"transport": "local"}, "d2": {"transport": "local"}})
+    config = config_mod.load(swarm.config)
+    conn = db.connect(config.database)
+    apply_scan(conn, parse_merge_list(synthetic_scan(5)), "test")
+    yield config, conn
+    conn.close()
+
+
+def staged(config, drone: str, relative: str, content: bytes = b"gpkg") -> str:
+    path = config.staging_dir / drone / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return relative
+
+
+def statuses(conn) -> dict[str, str]:
+    return dict(conn.execute("SELECT cpv, status FROM packages").fetchall())
+
+
+def test_claims_go_in_merge_order_to_one_drone_each(queue):
+    config, conn = queue
+    first = delegate.claim(conn, config, "d1", now=T0)
+    second = delegate.claim(conn, config, "d2", now=T0)
+    assert (first["cpv"], second["cpv"]) == ("app-test/pkg0-1.0", "app-test/pkg1-1.0")
+    assert first["lease_until"] == (T0 + timedelta(seconds=3600)).isoformat()
+    assert set(first) == {"cpv", "slot", "subslot", "repo", "use", "lease_until", "attempts"}
+    events = conn.execute("SELECT actor, event, from_status, to_status FROM events"
+                          " WHERE event = 'claimed' ORDER BY id").fetchall()
+    assert [tuple(e) for e in events] == [("d1", "claimed", "needed", "delegated"),
+                                          ("d2", "claimed", "needed", "delegated")]
+
+
+def test_nothing_eligible_is_none(queue):
+    config, conn = queue
+    for _ in range(5):
+        assert delegate.claim(conn, config, "d1", now=T0)
+    assert delegate.claim(conn, config, "d1", now=T0) is None
+
+
+def test_unknown_drone_is_refused(queue):
+    config, conn = queue
+    with pytest.raises(ConfigError, match=r"\[drones.d9\]"):
+        delegate.claim(conn, config, "d9")
+
+
+def test_lease_expires_without_heartbeat_and_heartbeat_extends_it(queue):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    delegate.claim(conn, config, "d2", now=T0)
+    later = T0 + timedelta(seconds=3000)
+    answer = delegate.heartbeat(conn, config, "d1", {"arch": "amd64"}, now=later)
+    assert answer["leases_extended"] == 1 and answer["config_matches"] is False
+    # d2 sent no heartbeat: its lease runs out; d1's was extended.
+    result = delegate.expire(conn, now=T0 + timedelta(seconds=3700))
+    assert result == {"expired": 1, "retried": 0}
+    assert statuses(conn)[job["cpv"]] == "delegated"
+    assert statuses(conn)["app-test/pkg1-1.0"] == "needed"
+    detail = conn.execute("SELECT detail FROM events WHERE event = 'expired'").fetchone()[0]
+    assert "d2" in detail
+
+
+def test_report_ok_records_the_staged_file(queue):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    rel = staged(config, "d1", "app-test/pkg0/pkg0-1.0-3.gpkg.tar")
+    size, digest = delegate.file_digest(config.staging_dir / "d1" / rel)
+    result = delegate.report_built(conn, config, "d1", job["cpv"], rel, size, digest)
+    assert result["status"] == "received" and result["file"] == "d1/" + rel
+    row = conn.execute("SELECT status, drone, lease_until, build_id, size, digest FROM packages"
+                       " WHERE cpv = ?", (job["cpv"],)).fetchone()
+    assert tuple(row) == ("received", "d1", None, 3, 4, digest)
+
+
+@pytest.mark.parametrize("relative, message", [
+    ("../d2/app-test/pkg0/pkg0-1.0-1.gpkg.tar", "without '..'"),
+    ("/etc/passwd", "without '..'"),
+    ("app-test/pkg0/pkg9-1.0-1.gpkg.tar", "not a binary package of"),
+    ("app-test/pkg0/missing/pkg0-1.0-1.gpkg.tar", "no uploaded file"),
+])
+def test_report_refuses_files_outside_or_wrong(queue, relative, message):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    staged(config, "d2", "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+    with pytest.raises(SwarmError, match=message):
+        delegate.report_built(conn, config, "d1", job["cpv"], relative)
+    assert statuses(conn)[job["cpv"]] == "delegated"
+
+
+def test_report_refuses_a_symlink_out_of_the_staging_area(queue, tmp_path):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    outside = tmp_path / "elsewhere"
+    (outside / "app-test" / "pkg0").mkdir(parents=True)
+    (outside / "app-test" / "pkg0" / "pkg0-1.0-1.gpkg.tar").write_bytes(b"x")
+    (config.staging_dir / "d1").mkdir(parents=True, exist_ok=True)
+    (config.staging_dir / "d1" / "app-test").symlink_to(outside / "app-test")
+    with pytest.raises(SwarmError, match="outside"):
+        delegate.report_built(conn, config, "d1", job["cpv"], "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+
+
+def test_report_checks_size_and_digest(queue):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    rel = staged(config, "d1", "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+    with pytest.raises(SwarmError, match="incomplete"):
+        delegate.report_built(conn, config, "d1", job["cpv"], rel, size=99)
+    with pytest.raises(SwarmError, match="corrupt"):
+        delegate.report_built(conn, config, "d1", job["cpv"], rel, sha256="0" * 64)
+
+
+def test_only_the_holder_may_report_or_release(queue):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    rel = staged(config, "d2", "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+    with pytest.raises(SwarmError, match="holds no lease"):
+        delegate.report_built(conn, config, "d2", job["cpv"], rel)
+    with pytest.raises(SwarmError, match="holds no lease"):
+        delegate.release(conn, config, "d2", job["cpv"])
+    with pytest.raises(SwarmError, match="holds no lease"):
+        delegate.report_failed(conn, config, "d1", "app-test/pkg4-1.0")
+    assert delegate.release(conn, config, "d1", job["cpv"])["status"] == "needed"
+    assert delegate.claim(conn, config, "d2", now=T0)["cpv"] == job["cpv"]
+
+
+def test_failures_back_off_doubling_and_keep_the_log(queue):
+    config, conn = queue
+    cpv = "app-test/pkg0-1.0"
+    backoff = config["delegate"]["retry_seconds"]
+    now = T0
+    for attempt in (1, 2):
+        job = delegate.claim(conn, config, "d1", now=now)
+        assert job["cpv"] == cpv and job["attempts"] == attempt - 1
+        log = staged(config, "d1", f"logs/{cpv}-{attempt}.log", b"compile error\n")
+        result = delegate.report_failed(conn, config, "d1", cpv, log, now=now)
+        assert result["attempts"] == attempt
+        assert result["retry_after"] == (now + timedelta(seconds=backoff)).isoformat()
+        assert open(result["log"]).read() == "compile error\n"
+        assert not (config.staging_dir / "d1" / log).exists()
+        # In back-off: others are handed out, not this one.
+        assert delegate.claim(conn, config, "d1", now=now)["cpv"] != cpv
+        now += timedelta(seconds=backoff)
+        backoff *= 2
+    assert statuses(conn)[cpv] == "failed"
+    delegate.expire(conn, now=now)
+    assert statuses(conn)[cpv] == "needed"
+    events = [e[0] for e in conn.execute(
+        "SELECT e.event FROM events e JOIN packages p ON p.id = e.package_id"
+        " WHERE p.cpv = ? ORDER BY e.id", (cpv,))]
+    assert events == ["added", "claimed", "build-failed", "retry", "claimed", "build-failed", "retry"]
+
+
+def test_retired_packages_are_not_handed_out(queue):
+    config, conn = queue
+    apply_scan(conn, parse_merge_list(synthetic_scan(3)), "test")
+    cpvs = []
+    while job := delegate.claim(conn, config, "d1", now=T0):
+        cpvs.append(job["cpv"])
+    assert cpvs == ["app-test/pkg0-1.0", "app-test/pkg1-1.0", "app-test/pkg2-1.0"]

@@ -1,0 +1,120 @@
+"""swarm-drone with the real emerge: builds, failures, dead drones, SIGTERM."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from conftest import DroneSwarm, ebuild
+from swarmtools.prefix import EXAMPLE_REPO
+
+FAST = {"lease_seconds": 4, "heartbeat_seconds": 1, "poll_seconds": 1}
+
+
+def example_cpvs():
+    return {f"{p.parent.parent.name}/{p.stem}" for p in EXAMPLE_REPO.glob("*/*/*.ebuild")}
+
+
+@pytest.fixture
+def held_swarm(tmp_path):
+    """One package, app-misc/held-1, whose build waits while a hold file exists."""
+    pytest.importorskip("portage")
+    hold = tmp_path / "hold"
+    hold.touch()
+    body = f'src_compile() {{ while [ -e "{hold}" ]; do sleep 0.2; done; }}\n'
+    swarm = DroneSwarm(tmp_path, extra_ebuilds={"app-misc/held/held-1.ebuild": ebuild(body)},
+                       world=["app-misc/held"], delegate=FAST)
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.hold = hold
+    yield swarm
+    hold.unlink(missing_ok=True)  # lets any orphaned emerge end
+
+
+def events(swarm, cpv):
+    return [tuple(e) for e in swarm.query(
+        "SELECT e.actor, e.event FROM events e JOIN packages p ON p.id = e.package_id"
+        " WHERE p.cpv = ? ORDER BY e.id", (cpv,))]
+
+
+def test_two_local_drones_build_the_example_world(tmp_path):
+    pytest.importorskip("portage")
+    swarm = DroneSwarm(tmp_path)
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    rows = swarm.query("SELECT cpv, status, drone, file FROM packages")
+    assert {r[0] for r in rows} == example_cpvs()
+    assert {r[1] for r in rows} == {"received"}
+    assert {r[2] for r in rows} == {"d1", "d2"}  # both worked
+    for cpv, _, drone, file in rows:
+        staged = swarm.root / "state" / "staging" / file
+        assert staged.is_file() and staged.name.startswith(cpv.split("/")[1])
+    assert swarm.query("SELECT count(*), count(DISTINCT package_id) FROM events WHERE event = 'claimed'"
+                       ) == [(len(rows), len(rows))]
+    figures = json.loads(swarm.run("swarm-status", "--json").stdout)
+    assert figures["builds_ok"] == len(rows) and figures["drones_online"] == 2
+    facts = figures["drones"][0]["facts"]
+    assert facts["arch"] == "amd64" and facts["chost"] == "x86_64-pc-linux-gnu"
+
+
+def test_a_killed_drone_loses_its_lease_and_another_builds(held_swarm):
+    d1 = held_swarm.drone("d1", "--once")
+    held_swarm.wait_for("SELECT 1 FROM packages WHERE status = 'delegated' AND drone = 'd1'")
+    time.sleep(1.5)  # mid-build: heartbeats flow
+    beats = held_swarm.query("SELECT last_heartbeat FROM drones WHERE name = 'd1'")
+    os.killpg(d1.pid, signal.SIGKILL)
+    d1.wait()
+    time.sleep(FAST["lease_seconds"] + 1.5)
+    held_swarm.hold.unlink()
+    d2 = held_swarm.drone("d2", "--once")
+    out, err = d2.communicate(timeout=120)
+    assert d2.returncode == 0, err
+    assert held_swarm.query("SELECT status, drone FROM packages") == [("received", "d2")]
+    assert events(held_swarm, "app-misc/held-1") == [
+        ("swarm-fresh", "added"), ("d1", "claimed"), ("swarm-delegate", "expired"),
+        ("d2", "claimed"), ("d2", "built")]
+    assert beats  # d1 had sent heartbeats before it died
+
+
+def test_sigterm_stops_the_build_and_releases(held_swarm):
+    d1 = held_swarm.drone("d1")
+    held_swarm.wait_for("SELECT 1 FROM packages WHERE status = 'delegated'")
+    time.sleep(1)
+    d1.send_signal(signal.SIGTERM)
+    out, err = d1.communicate(timeout=60)
+    assert d1.returncode == 0, err
+    assert "releasing app-misc/held-1" in err
+    assert held_swarm.query("SELECT status, drone FROM packages") == [("needed", None)]
+    assert events(held_swarm, "app-misc/held-1")[-1] == ("d1", "released")
+
+
+def test_a_long_build_keeps_its_lease_through_heartbeats(held_swarm):
+    d1 = held_swarm.drone("d1", "--once")
+    held_swarm.wait_for("SELECT 1 FROM packages WHERE status = 'delegated'")
+    time.sleep(FAST["lease_seconds"] * 2)  # twice the lease, still building
+    assert held_swarm.run("swarm-delegate", "expire", "--json").stdout.strip() == \
+        '{"expired": 0, "retried": 0}'
+    held_swarm.hold.unlink()
+    out, err = d1.communicate(timeout=120)
+    assert d1.returncode == 0, err
+    assert held_swarm.query("SELECT status, drone FROM packages") == [("received", "d1")]
+
+
+def test_a_failed_build_is_reported_with_its_log(tmp_path):
+    pytest.importorskip("portage")
+    body = 'src_compile() { die "this package does not build"; }\n'
+    swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/broken"], delegate=FAST,
+                       extra_ebuilds={"app-misc/broken/broken-1.ebuild": ebuild(body)})
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    d1 = swarm.drone("d1", "--once")
+    out, err = d1.communicate(timeout=120)
+    assert d1.returncode == 1
+    (status, attempts, retry_after), = swarm.query("SELECT status, attempts, retry_after FROM packages")
+    assert (status, attempts) == ("failed", 1) and retry_after
+    detail = swarm.query("SELECT detail FROM events WHERE event = 'build-failed'")[0][0]
+    log_path = detail.split("log ")[1]
+    assert "this package does not build" in open(log_path).read()
+    assert not list((swarm.root / "state" / "staging" / "d1" / "logs").rglob("*.log"))

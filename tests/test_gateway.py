@@ -1,0 +1,139 @@
+"""The ssh forced command: a drone may use its own verbs and uploads, nothing else.
+
+These run `swarm-delegate gateway` exactly as sshd does (SSH_ORIGINAL_COMMAND
+in the environment); test_e2e_ssh.py goes through a real sshd.
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import add_drones, script, synthetic_scan
+
+CPV = "app-test/pkg0-1.0"
+
+
+@pytest.fixture
+def gate(swarm, tmp_path):
+    """Run the gateway for drone d1 with a given SSH_ORIGINAL_COMMAND."""
+    add_drones(swarm.config, {"d1": {"transport": "ssh"}, "d2": {"transport": "ssh"}})
+    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(3)).returncode == 0
+
+    def run(command: str, input: str | bytes | None = None, drone: str = "d1"):
+        env = {**swarm.env, "SSH_ORIGINAL_COMMAND": command}
+        return subprocess.run([script("swarm-delegate"), "gateway", "--drone", drone],
+                              env=env, input=input, capture_output=True,
+                              text=not isinstance(input, bytes), cwd=tmp_path)
+    run.swarm = swarm
+    return run
+
+
+def claim(gate, drone="d1"):
+    r = gate(f"swarm-delegate claim --json --drone {drone}", drone=drone)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["cpv"]
+
+
+def test_own_verbs_pass(gate):
+    r = gate("swarm-delegate heartbeat --json", input='{"arch": "amd64"}')
+    assert r.returncode == 0 and json.loads(r.stdout)["drone"] == "d1"
+    assert claim(gate) == CPV
+    r = gate(f"swarm-delegate release --json {CPV}")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "needed"
+
+
+@pytest.mark.parametrize("command, message", [
+    ("swarm-delegate claim --drone d2", "may not act as 'd2'"),
+    ("swarm-delegate claim --drone=d2", "may not act as 'd2'"),
+    ("swarm-delegate claim --drone d1 --drone d2", "may not act as 'd2'"),
+    ("swarm-delegate claim --config /tmp/other.toml", "not allowed"),
+    ("swarm-delegate expire", "only the verbs"),
+    ("swarm-delegate gateway --drone d2", "only the verbs"),
+    ("swarm-fresh --from /etc/passwd", "is not allowed"),
+    ("sh -c id", "is not allowed"),
+    ("/bin/bash", "is not allowed"),
+    ("", "no shell"),
+    ("swarm-delegate release 'app-test/pkg0-1.0; touch /tmp/pwned'", "one CATEGORY/PF"),
+    ("swarm-delegate release app-test/pkg0-1.0 $(touch /tmp/pwned)", "one CATEGORY/PF"),
+    ("swarm-delegate report app-test/pkg0-1.0 --ok --file '`touch /tmp/pwned`'", "bad value"),
+    ("swarm-delegate report app-test/pkg0-1.0 --ok --file ../d2/x.gpkg.tar", "bad value"),
+    ("swarm-delegate claim 'unbalanced", "cannot parse"),
+])
+def test_everything_else_is_refused(gate, command, message):
+    r = gate(command)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr and r.stderr.startswith("swarm-delegate: error: ")
+    assert not os.path.exists("/tmp/pwned")
+    assert gate.swarm.query("SELECT count(*) FROM packages WHERE status != 'needed'") == [(0,)]
+
+
+def test_report_for_a_package_held_by_another_drone_is_refused(gate):
+    cpv = claim(gate, "d2")
+    staging = gate.swarm.root / "state" / "staging" / "d1" / "app-test" / "pkg0"
+    staging.mkdir(parents=True)
+    (staging / "pkg0-1.0-1.gpkg.tar").write_bytes(b"x")
+    r = gate(f"swarm-delegate report {cpv} --ok --file app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+    assert r.returncode == 1 and "holds no lease" in r.stderr
+    r = gate(f"swarm-delegate release {cpv}")
+    assert r.returncode == 1 and "holds no lease" in r.stderr
+    assert gate.swarm.query("SELECT drone, status FROM packages WHERE cpv = ?", (cpv,)) == [
+        ("d2", "delegated")]
+
+
+def rsync_upload(gate, tmp_path, dest: str, extra: str = "") -> subprocess.CompletedProcess:
+    """Upload a file through the gateway with the real rsync, the gateway as 'ssh'."""
+    source = tmp_path / "pkg0-1.0-1.gpkg.tar"
+    source.write_bytes(b"binary package")
+    fake_ssh = tmp_path / "gateway-as-ssh"
+    # Stands in for ssh + sshd (test_e2e_ssh.py uses the real ones): runs the
+    # forced command with the command rsync asked for, as sshd would.
+    fake_ssh.write_text(
+        "#!/bin/sh\nshift\nexport SSH_ORIGINAL_COMMAND=\"$*\"\n"
+        f"exec {script('swarm-delegate')} gateway --drone d1\n")
+    fake_ssh.chmod(0o755)
+    return subprocess.run(["rsync", "-t", "--partial", *extra.split(), "-e", str(fake_ssh),
+                           str(source), f"orchestrator:{dest}"],
+                          env=gate.swarm.env, capture_output=True, text=True)
+
+
+def test_rsync_upload_lands_in_the_drones_staging(gate, tmp_path):
+    r = rsync_upload(gate, tmp_path, "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+    assert r.returncode == 0, r.stderr
+    landed = gate.swarm.root / "state" / "staging" / "d1" / "app-test" / "pkg0" / "pkg0-1.0-1.gpkg.tar"
+    assert landed.read_bytes() == b"binary package"
+
+
+@pytest.mark.parametrize("dest", ["../d2/pkg.gpkg.tar", "/tmp/evil.gpkg.tar", "a/../../x", "../../../etc/x"])
+def test_rsync_outside_the_staging_area_is_refused(gate, tmp_path, dest):
+    r = rsync_upload(gate, tmp_path, dest)
+    assert r.returncode != 0
+    assert "swarm-delegate: error:" in r.stderr
+    assert not (gate.swarm.root / "state" / "staging" / "d2").exists()
+    assert not os.path.exists("/tmp/evil.gpkg.tar")
+
+
+def test_rsync_through_a_symlink_out_is_refused(gate, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    area = gate.swarm.root / "state" / "staging" / "d1"
+    area.mkdir(parents=True)
+    (area / "escape").symlink_to(outside)
+    r = rsync_upload(gate, tmp_path, "escape/pkg.gpkg.tar")
+    assert r.returncode != 0 and "outside" in r.stderr
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("command, message", [
+    ("rsync --server --sender -t . /etc/passwd", "flags"),
+    ("rsync --server -t --log-file=/tmp/x . pkg", "not allowed"),
+    ("rsync --server -t --temp-dir=/tmp . pkg", "not allowed"),
+    ("rsync --server -tl . pkg", "flags"),
+    ("rsync --server -t --remove-source-files . pkg", "not allowed"),
+    ("rsync --daemon", "upload"),
+    ("rsync -t /etc/passwd .", "upload"),
+])
+def test_rsync_options_beyond_an_upload_are_refused(gate, command, message):
+    r = gate(command)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
