@@ -1,0 +1,112 @@
+"""Claim speed: in-process, through the CLI, and the bare SQLite floor, side by side.
+
+On one 2,000-package queue (rebuilt for each measurement) prints:
+  - claims per second through swarmtools.delegate.claim (in-process);
+  - claims per second of a bare `UPDATE ... RETURNING` loop, each in its own
+    BEGIN IMMEDIATE, on the same schema (the floor);
+  - claims per second through the installed `swarm-delegate claim` process;
+  - the whole-process time of one `swarm-delegate claim` beside `python3 -c pass`.
+Targets: in-process within 3x of the floor; one CLI claim under 0.25 s.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from conftest import synthetic_scan  # noqa: E402
+from swarmtools import config as config_mod, db, delegate  # noqa: E402
+from swarmtools.config import render_toml  # noqa: E402
+from swarmtools.emerge import parse_merge_list  # noqa: E402
+from swarmtools.queue import apply_scan  # noqa: E402
+
+PACKAGES = 2000
+CLI_RUNS = 40
+
+
+def fresh_queue(config) -> sqlite3.Connection:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{config.database}{suffix}").unlink(missing_ok=True)
+    conn = db.connect(config.database)
+    apply_scan(conn, parse_merge_list(synthetic_scan(PACKAGES)), "benchmark")
+    return conn
+
+
+def in_process(config) -> float:
+    conn = fresh_queue(config)
+    started = time.perf_counter()
+    count = 0
+    while delegate.claim(conn, config, "d1"):
+        count += 1
+    elapsed = time.perf_counter() - started
+    conn.close()
+    assert count == PACKAGES
+    return count / elapsed
+
+
+def floor(config) -> float:
+    conn = fresh_queue(config)
+    started = time.perf_counter()
+    count = 0
+    while True:
+        conn.execute("BEGIN IMMEDIATE")
+        row = conn.execute(
+            "UPDATE packages SET status = 'delegated', drone = ?, lease_until = ?"
+            " WHERE id = (SELECT id FROM packages WHERE status = 'needed'"
+            " ORDER BY priority DESC, scan_order, id LIMIT 1) RETURNING id",
+            ("d1", "2099-01-01T00:00:00+00:00")).fetchone()
+        conn.execute("COMMIT")
+        if row is None:
+            break
+        count += 1
+    elapsed = time.perf_counter() - started
+    conn.close()
+    assert count == PACKAGES
+    return count / elapsed
+
+
+def median_wall(args, env) -> float:
+    times = []
+    for _ in range(CLI_RUNS):
+        started = time.perf_counter()
+        subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    bindir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
+                                   capture_output=True, text=True, check=True).stdout.strip())
+        data = tomllib.loads(path.read_text())
+        data["drones"] = {"d1": {"transport": "local"}}
+        path.write_text(render_toml(data))
+        config = config_mod.load(path)
+        env = {**os.environ, "SWARM_CONFIG": str(path)}
+        rate_lib = in_process(config)
+        rate_floor = floor(config)
+        fresh_queue(config).close()
+        claim = [str(bindir / "swarm-delegate"), "claim", "--drone", "d1", "--json"]
+        cli = median_wall(claim, env)
+        baseline = median_wall([sys.executable, "-c", "pass"], env)
+    print(f"queue: {PACKAGES} packages; CLI figures are medians of {CLI_RUNS} runs")
+    print(f"{'bare SQLite UPDATE ... RETURNING (floor)':<44} {rate_floor:>9,.0f} claims/s")
+    print(f"{'delegate.claim, in-process':<44} {rate_lib:>9,.0f} claims/s"
+          f"   ({rate_floor / rate_lib:.2f}x the floor; target <= 3x)")
+    print(f"{'swarm-delegate claim, one process each':<44} {1 / cli:>9,.1f} claims/s")
+    print(f"{'python3 -c pass':<44} {baseline:>9.3f} s")
+    print(f"{'swarm-delegate claim (whole process)':<44} {cli:>9.3f} s   (target < 0.25 s)")
+
+
+if __name__ == "__main__":
+    main()
