@@ -35,8 +35,11 @@ SCHEMA: dict[str, dict[str, tuple[str, object, str]]] = {
         "ssh_command": ("list", ["ssh", "-o", "BatchMode=yes"], "ssh program and options drones use"),
     },
     "binhost": {
-        "path": ("path", "/var/cache/binhost", "PKGDIR served to clients"),
+        "path": ("path", "/var/cache/binhost", "PKGDIR served to clients (on the orchestrator)"),
         "url": ("str", "http://orchestrator/binhost", "URL clients put in PORTAGE_BINHOST"),
+        "rsync_target": ("str", "", "when the binhost is another host: [user@]host:/path to mirror to"),
+        "grace_seconds": ("int", 86400, "how long a superseded package stays on disk"),
+        "sync_interval_seconds": ("int", 120, "how often cron runs swarm-sync"),
     },
     "scan": {
         "command": (
@@ -139,9 +142,10 @@ def _complete(raw: dict, path: Path, environ) -> dict:
         raise ConfigError(f"{path}: 'drones' must be a table of [drones.NAME] tables")
     data["drones"] = {}
     for name, table in drones.items():
-        if not _DRONE_NAME.match(name):
+        if not _DRONE_NAME.match(name) or name == "quarantine":
             raise ConfigError(
                 f"{path}: drone name 'drones.{name}' must be lower-case letters, digits, '.', '_' or '-'"
+                " (and not 'quarantine')"
             )
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: 'drones.{name}' must be a table")

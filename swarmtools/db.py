@@ -81,6 +81,15 @@ MIGRATIONS: list[str] = [
         config_digest  TEXT
     );
     """,
+    # 2: publication. Where a package is (being) published on the binhost, and
+    # superseded binhost files waiting out their grace period.
+    """
+    ALTER TABLE packages ADD COLUMN binhost_path TEXT;
+    CREATE TABLE superseded (
+        path  TEXT PRIMARY KEY,                 -- relative to binhost.path
+        since TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

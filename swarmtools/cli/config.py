@@ -22,7 +22,7 @@ def cli():
     \b
     Sections and keys:
       [orchestrator] state_dir database staging_dir log_file ssh ssh_command
-      [binhost]      path url
+      [binhost]      path url rsync_target grace_seconds sync_interval_seconds
       [scan]         command environment timeout
       [delegate]     lease_seconds online_seconds retry_seconds retry_max_seconds
                      heartbeat_seconds poll_seconds

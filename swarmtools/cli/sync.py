@@ -1,0 +1,78 @@
+"""swarm-sync: publish staging to the binhost, from cron."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from ..output import emit_json
+from .common import (CONTEXT, config_option, handle_errors, load_config, run, setup_logging,
+                     verbosity_options)
+
+log = logging.getLogger(__name__)
+
+
+@click.command(context_settings=CONTEXT)
+@config_option
+@click.option("--dry-run", "-n", is_flag=True, help="Say what would be done; do nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as one JSON object.")
+@verbosity_options
+@handle_errors
+def cli(config_path, dry_run, as_json, verbose, quiet):
+    """Publish received packages from staging to the binhost.
+
+    Under an exclusive lock file (a second run exits 75 at once), for every
+    'received' package: verify the staged file (size and sha256 as the drone
+    reported, a complete gpkg whose Manifest matches, the CPV in its
+    metadata), copy it into binhost.path under a never-reused
+    CAT/PN/PF-BUILD_ID.gpkg.tar name, rewrite Packages and Packages.gz once
+    with Portage's own index code (temporary names, then rename; TIMESTAMP
+    bumped; superseded builds of the same package and slot dropped), mark
+    the packages 'synced' and clear them from staging. A file that fails
+    verification goes to staging/quarantine/ and its package back to
+    'needed'. Superseded files are deleted after binhost.grace_seconds. With
+    binhost.rsync_target set, the binhost is then mirrored there: files
+    first, the index last.
+
+    A run killed at any point leaves an index that lists only complete
+    files; the next run finishes the job. Quiet with -q when all is well:
+    errors go to stderr and to orchestrator.log_file.
+
+    Exit codes: 0 done (also nothing to do), 1 a problem (quarantined
+    packages, rsync failed), 2 config error, 75 another swarm-sync is running.
+
+    \b
+    Crontab (cron/crontab):
+      */2 * * * *  swarm-sync --quiet
+    \b
+    Examples:
+      swarm-sync -v          # explain each step
+      swarm-sync --dry-run   # what would be published
+    """
+    setup_logging(verbose, quiet)
+    config = load_config(config_path)
+    from .. import sync as sync_mod
+
+    sync_mod.prepare_portage(config)  # before Portage is imported
+    result = sync_mod.sync(config, dry_run=dry_run)
+    if as_json:
+        emit_json({**result.to_dict(), "dry_run": dry_run})
+    elif not quiet:
+        verb = "would publish" if dry_run else "published"
+        for cpv in result.published:
+            click.echo(f"{verb} {cpv}")
+        for path in result.deleted:
+            click.echo(f"{'would delete' if dry_run else 'deleted'} superseded {path}")
+    for path in result.superseded:
+        log.info("superseded, deleted after the grace period: %s", path)
+    if result.quarantined:
+        from ..errors import SwarmError
+
+        names = ", ".join(cpv for cpv, _ in result.quarantined)
+        raise SwarmError(f"quarantined {len(result.quarantined)} package(s): {names} "
+                         "(see staging/quarantine/ and the history)")
+
+
+def main():
+    run(cli)

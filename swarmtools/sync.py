@@ -1,0 +1,459 @@
+"""Publication: staging -> binhost, so that clients can always trust the index.
+
+Order, as Portage's clients need it (portage-facts.md section 2):
+
+1. verify each received file (size and sha256 as reported, a complete gpkg
+   whose Manifest matches, the CPV of its metadata); a bad one goes to
+   ``staging/quarantine/`` and its package back to ``needed``;
+2. copy it into the binhost under a never-reused ``CAT/PN/PF-BUILD_ID.gpkg.tar``
+   (to a temporary name, then ``rename()``), the name recorded first;
+3. rewrite ``Packages`` and ``Packages.gz`` once, with Portage's own index
+   code, adding the new entries and dropping the superseded ones (same
+   category/package and SLOT), each written to a temporary name and renamed;
+4. mark the packages ``synced``, then clear them from staging;
+5. delete superseded files only after ``binhost.grace_seconds``.
+
+A run killed at any point leaves an index that lists only complete files, and
+the next run finishes the job: a recorded destination holding the right file
+is not copied again, and re-adding an entry replaces the one with the same
+PATH. Everything runs under an exclusive lock file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import subprocess
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from . import db
+from .config import Config
+from .delegate import file_digest
+from .errors import SwarmError, TryLater
+
+log = logging.getLogger(__name__)
+
+ACTOR = "swarm-sync"
+HOOK_VARIABLE = "SWARM_SYNC_TEST_HOOK"  # "STEP:kill" or "STEP:pause=SECONDS", tests only
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9+_.-]+(/[A-Za-z0-9+_.-]+)*$")
+_MANIFEST_HASHES = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512}
+
+
+@dataclass
+class SyncResult:
+    """What a run did."""
+
+    published: list[str] = field(default_factory=list)
+    quarantined: list[tuple[str, str]] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"published": self.published,
+                "quarantined": [{"cpv": c, "reason": r} for c, r in self.quarantined],
+                "superseded": self.superseded, "deleted": self.deleted, "orphans": self.orphans}
+
+
+def lock_path(config: Config) -> Path:
+    """The lock file every swarm-sync takes."""
+    return Path(config["orchestrator"]["state_dir"]) / "swarm-sync.lock"
+
+
+def sync(config: Config, dry_run: bool = False, now: datetime | None = None) -> SyncResult:
+    """Publish every received package; raise TryLater when another run holds the lock."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(lock_path(config)), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TryLater(f"another swarm-sync holds {lock.lock_file}; try again later") from None
+    try:
+        conn = db.connect(config.database)
+        try:
+            return Publisher(config, conn, dry_run, now or datetime.now(timezone.utc)).run()
+        finally:
+            conn.close()
+    finally:
+        lock.release()
+
+
+def _hook(step: str) -> None:
+    # Lets the tests stop or kill a run at each step, to prove crash safety.
+    wanted = os.environ.get(HOOK_VARIABLE, "")
+    name, _, action = wanted.partition(":")
+    if name != step:
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action.startswith("pause="):
+        time.sleep(float(action.split("=", 1)[1]))
+
+
+class Publisher:
+    """One run of swarm-sync."""
+
+    def __init__(self, config: Config, conn: sqlite3.Connection, dry_run: bool, now: datetime):
+        self.config = config
+        self.conn = conn
+        self.dry_run = dry_run
+        self.now = now
+        self.binhost = Path(config["binhost"]["path"])
+        self.staging = config.staging_dir
+        self.result = SyncResult()
+
+    def run(self) -> SyncResult:
+        received = self.conn.execute(
+            "SELECT * FROM packages WHERE status = 'received' ORDER BY id").fetchall()
+        _hook("start")
+        ready = []
+        for pkg in received:
+            problem = self._check(pkg)
+            if problem:
+                self._quarantine(pkg, problem)
+            else:
+                ready.append(pkg)
+        if ready and not self.dry_run:
+            index = PortageIndex(self.config)
+            for pkg in ready:
+                self._copy(pkg, index)
+            _hook("copied")
+            superseded = index.publish([(pkg["cpv"], pkg["binhost_path"]) for pkg in
+                                        self._reload(ready)])
+            _hook("indexed")
+            self._mark_synced(ready, superseded)
+            _hook("marked")
+            for pkg in ready:
+                (self.staging / pkg["file"]).unlink(missing_ok=True)
+        elif ready:
+            self.result.published = [pkg["cpv"] for pkg in ready]
+        self._delete_superseded()
+        self._orphans()
+        if not self.dry_run and self.config["binhost"]["rsync_target"]:
+            mirror(self.binhost, self.config["binhost"]["rsync_target"])
+        return self.result
+
+    def _reload(self, packages) -> list[sqlite3.Row]:
+        ids = [pkg["id"] for pkg in packages]
+        marks = ",".join("?" * len(ids))
+        return self.conn.execute(f"SELECT * FROM packages WHERE id IN ({marks})", ids).fetchall()
+
+    def _check(self, pkg: sqlite3.Row) -> str | None:
+        """Why this received package must not be published, or None."""
+        name = pkg["file"] or ""
+        if not _SAFE_PATH.match(name) or ".." in name.split("/"):
+            return f"unsafe file name {name!r}"
+        path = self.staging / name
+        if not path.is_file():
+            published = pkg["binhost_path"] and (self.binhost / pkg["binhost_path"]).is_file()
+            return None if published else f"staged file {name} is missing"
+        try:
+            size, digest = file_digest(path)
+            if (size, digest) != (pkg["size"], pkg["digest"]):
+                return f"{name} changed since it was reported (size {size}, not {pkg['size']})"
+            verify_gpkg(path, pkg["cpv"])
+        except (OSError, SwarmError) as exc:
+            return str(exc)
+        return None
+
+    def _quarantine(self, pkg: sqlite3.Row, reason: str) -> None:
+        log.error("quarantining %s: %s", pkg["cpv"], reason)
+        self.result.quarantined.append((pkg["cpv"], reason))
+        if self.dry_run:
+            return
+        source = self.staging / (pkg["file"] or "")
+        if pkg["file"] and source.is_file() and _SAFE_PATH.match(pkg["file"]):
+            target = self.staging / "quarantine" / f"{self.now:%Y%m%dT%H%M%S}" / pkg["file"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source.rename(target)
+            reason += f"; file kept at {target}"
+        with db.write(self.conn):
+            self.conn.execute(
+                "UPDATE packages SET status = 'needed', drone = NULL, file = NULL, size = NULL,"
+                " digest = NULL, binhost_path = NULL, updated_at = ? WHERE id = ?",
+                (db.now(), pkg["id"]))
+            db.record_event(self.conn, pkg["id"], ACTOR, "quarantined", "received", "needed", reason)
+
+    def _copy(self, pkg: sqlite3.Row, index: "PortageIndex") -> None:
+        """Put the file on the binhost under its recorded, never-reused name."""
+        source = self.staging / pkg["file"]
+        target_name = pkg["binhost_path"]
+        if target_name and (self.binhost / target_name).is_file():
+            if file_digest(self.binhost / target_name)[1] == pkg["digest"]:
+                return  # an earlier run copied it, then stopped
+        if not source.is_file():
+            raise SwarmError(f"{pkg['cpv']}: neither staged nor published; rerun swarm-fresh")
+        target_name = index.allocate(pkg["cpv"], Path(pkg["file"]).name)
+        with db.write(self.conn):  # recorded before the copy, so a rerun finds it
+            self.conn.execute("UPDATE packages SET binhost_path = ? WHERE id = ?",
+                              (target_name, pkg["id"]))
+        target = self.binhost / target_name
+        partial = target.with_name(f".{target.name}.partial")
+        shutil.copyfile(source, partial)
+        os.fsync(os.open(partial, os.O_RDONLY))
+        os.rename(partial, target)
+
+    def _mark_synced(self, packages, superseded: list[str]) -> None:
+        at = db.now()
+        with db.write(self.conn):
+            for pkg in self._reload(packages):
+                self.conn.execute("UPDATE packages SET status = 'synced', updated_at = ? WHERE id = ?",
+                                  (at, pkg["id"]))
+                db.record_event(self.conn, pkg["id"], ACTOR, "synced", "received", "synced",
+                                f"published as {pkg['binhost_path']}", at)
+                self.result.published.append(pkg["cpv"])
+            for path in superseded:
+                self.conn.execute("INSERT OR IGNORE INTO superseded (path, since) VALUES (?, ?)",
+                                  (path, at))
+        self.result.superseded = superseded
+
+    def _delete_superseded(self) -> None:
+        limit = (self.now - timedelta(seconds=self.config["binhost"]["grace_seconds"])).isoformat(
+            timespec="seconds")
+        for (path,) in self.conn.execute("SELECT path FROM superseded WHERE since <= ?", (limit,)
+                                         ).fetchall():
+            self.result.deleted.append(path)
+            if self.dry_run:
+                continue
+            (self.binhost / path).unlink(missing_ok=True)
+            with db.write(self.conn):
+                self.conn.execute("DELETE FROM superseded WHERE path = ?", (path,))
+
+    def _orphans(self) -> None:
+        """Staged files no received package names: log them, quarantine after a grace."""
+        if not self.staging.is_dir():
+            return
+        wanted = {row[0] for row in self.conn.execute(
+            "SELECT file FROM packages WHERE status = 'received' AND file IS NOT NULL")}
+        # A drone uploads before it reports: give it the lease time to do so.
+        grace = self.config["delegate"]["lease_seconds"]
+        for path in sorted(self.staging.rglob("*")):
+            relative = str(path.relative_to(self.staging))
+            if (not path.is_file() or relative.startswith("quarantine/") or "/logs/" in relative
+                    or relative in wanted or path.name.startswith(".")):
+                continue
+            if time.time() - path.stat().st_mtime < grace:
+                continue
+            self.result.orphans.append(relative)
+            log.warning("staged file %s belongs to no received package; quarantined", relative)
+            if not self.dry_run:
+                target = self.staging / "quarantine" / "orphans" / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.rename(target)
+
+
+def verify_gpkg(path: Path, cpv: str) -> None:
+    """Raise SwarmError unless PATH is a complete gpkg whose Manifest and CPV match."""
+    try:
+        with tarfile.open(path, "r:") as container:
+            members = container.getmembers()
+            tops = {m.name.split("/", 1)[0] for m in members}
+            if len(tops) != 1 or any(not m.isfile() for m in members):
+                raise SwarmError(f"{path.name}: not a gpkg (one directory of plain files)")
+            top = tops.pop()
+            files = {m.name.split("/", 1)[1]: m for m in members}
+            if "gpkg-1" not in files or "Manifest" not in files:
+                raise SwarmError(f"{path.name}: not a gpkg (gpkg-1 or Manifest missing)")
+            manifest = container.extractfile(files["Manifest"]).read().decode()
+            listed = _check_manifest(container, files, manifest, path.name)
+            unlisted = set(files) - listed - {"Manifest"}
+            if any(not name.endswith(".sig") for name in unlisted):
+                raise SwarmError(f"{path.name}: files not in its Manifest: {sorted(unlisted)}")
+    except (tarfile.TarError, EOFError, UnicodeDecodeError) as exc:
+        raise SwarmError(f"{path.name}: unreadable gpkg ({exc})") from None
+    category, pf = _metadata_cpv(path, top)
+    if f"{category}/{pf}" != cpv:
+        raise SwarmError(f"{path.name}: holds {category}/{pf}, but {cpv} was reported")
+
+
+def _check_manifest(container, files, manifest: str, name: str) -> set[str]:
+    listed = set()
+    for line in manifest.splitlines():
+        words = line.split()
+        if not words or words[0] != "DATA":
+            continue
+        member, size = words[1], int(words[2])
+        hashes = dict(zip(words[3::2], words[4::2]))
+        if member not in files or files[member].size != size:
+            raise SwarmError(f"{name}: {member} does not match the size in its Manifest")
+        data = container.extractfile(files[member])
+        digests = {h: _MANIFEST_HASHES[h]() for h in hashes if h in _MANIFEST_HASHES}
+        if not digests:
+            raise SwarmError(f"{name}: no known hash for {member} in its Manifest")
+        while block := data.read(1 << 20):
+            for digest in digests.values():
+                digest.update(block)
+        for h, digest in digests.items():
+            if digest.hexdigest() != hashes[h]:
+                raise SwarmError(f"{name}: {member} does not match its Manifest ({h})")
+        listed.add(member)
+    return listed
+
+
+def _metadata_cpv(path: Path, basename: str) -> tuple[str, str]:
+    import portage.gpkg  # Portage reads its own metadata (any compression)
+
+    metadata = portage.gpkg.gpkg(_portage_settings(), basename, str(path)).get_metadata(
+        ["CATEGORY", "PF"])
+    try:
+        return tuple(metadata[k].decode().strip() for k in ("CATEGORY", "PF"))  # type: ignore
+    except AttributeError:
+        raise SwarmError(f"{path.name}: no CATEGORY/PF in its metadata") from None
+
+
+_SETTINGS = None
+
+
+def _portage_settings():
+    global _SETTINGS
+    if _SETTINGS is None:
+        import portage
+
+        _SETTINGS = portage.config(clone=portage.settings)
+    return _SETTINGS
+
+
+def prepare_portage(config: Config) -> None:
+    """Point Portage (imported after this) at the binhost, with the scan's environment."""
+    # The scan's environment is the orchestrator's Portage (a prefix in the demo).
+    os.environ.update(config["scan"]["environment"])
+    os.environ["PKGDIR"] = config["binhost"]["path"]
+    features = os.environ.get("FEATURES", "")
+    # compress-index: Packages.gz too (clients fetch it first). Multi-instance
+    # names never reuse a file name; signing is not done here.
+    os.environ["FEATURES"] = f"{features} compress-index binpkg-multi-instance".strip()
+
+
+class PortageIndex:
+    """The binhost's Packages index, read and written by Portage's bintree code."""
+
+    def __init__(self, config: Config):
+        import portage
+        from portage.dbapi.bintree import binarytree
+
+        self.path = Path(config["binhost"]["path"])
+        settings = _portage_settings()
+        settings.unlock()
+        settings["PKGDIR"] = str(self.path)
+        settings.backup_changes("PKGDIR")
+        settings.lock()
+        self.tree = binarytree(pkgdir=str(self.path), settings=settings)
+        self.portage = portage
+
+    def allocate(self, cpv: str, staged_name: str) -> str:
+        """A binhost name for a new build that no file and no index entry has used."""
+        category, pf = cpv.split("/", 1)
+        pn = self.portage.versions.catpkgsplit(cpv)[1]
+        directory = self.path / category / pn
+        directory.mkdir(parents=True, exist_ok=True)
+        used = {0}
+        pattern = re.compile(re.escape(pf) + r"-(\d+)\.(?:gpkg\.tar|xpak)$")
+        for name in os.listdir(directory):
+            if match := pattern.match(name.lstrip(".").removesuffix(".partial")):
+                used.add(int(match.group(1)))
+        for entry in self._load().packages:
+            if entry.get("CPV") == cpv and entry.get("BUILD_ID", "").isdigit():
+                used.add(int(entry["BUILD_ID"]))
+        wanted = re.search(r"-(\d+)\.gpkg\.tar$", staged_name)
+        build_id = int(wanted.group(1)) if wanted and int(wanted.group(1)) not in used else max(used) + 1
+        return f"{category}/{pn}/{pf}-{build_id}.gpkg.tar"
+
+    def _load(self):
+        return self.tree._load_pkgindex()
+
+    def publish(self, new: list[tuple[str, str]]) -> list[str]:
+        """Add the new files' entries, drop superseded ones, write the index once.
+
+        Returns the paths the index no longer lists (to delete after the grace).
+        """
+        from portage.locks import lockfile, unlockfile
+        from portage.versions import _pkg_str
+
+        lock = lockfile(str(self.path / "Packages"), wantnewlockfile=1)
+        try:
+            index = self._load()
+            if not self.tree._pkgindex_version_supported(index):
+                index = self.tree._new_pkgindex()
+            before = int(index.header.get("TIMESTAMP", 0) or 0)
+            added = []
+            for cpv, relative in new:
+                full = str(self.path / relative)
+                metadata = self.tree._read_metadata(full, os.stat(full))
+                self.tree._eval_use_flags(cpv, metadata)
+                pkg = _pkg_str(cpv, metadata=metadata, settings=self.tree.settings,
+                               db=self.tree.dbapi)
+                entry = self.tree._inject_file(index, pkg, full)
+                added.append((pkg.cp, metadata.get("SLOT", "0").split("/")[0], entry["PATH"]))
+            kept, dropped = [], []
+            for entry in index.packages:
+                key = (self.portage.versions.cpv_getkey(entry["CPV"]),
+                       entry.get("SLOT", "0").split("/")[0])
+                if any(key == (cp, slot) and entry.get("PATH") != path for cp, slot, path in added):
+                    dropped.append(entry["PATH"])
+                else:
+                    kept.append(entry)
+            index.packages[:] = kept
+            self.tree._update_pkgindex_header(index.header)
+            index.modified = True
+            if int(time.time()) <= before:
+                # Clients refetch only on a strictly newer TIMESTAMP (1 s resolution).
+                time.sleep(before + 1 - time.time())
+            self.tree._pkgindex_write(index)
+        finally:
+            unlockfile(lock)
+        listed = {entry["PATH"] for entry in kept}
+        leftovers = [str(p.relative_to(self.path)) for _, path in new
+                     for p in (self.path / path).parent.glob("*")
+                     if p.is_file() and p.name.endswith((".gpkg.tar", ".xpak"))
+                     and str(p.relative_to(self.path)) not in listed]
+        return sorted(set(dropped) | set(leftovers))
+
+
+def index_entries(binhost: Path) -> list[dict]:
+    """The package entries of a binhost's Packages file (Portage's reader)."""
+    from portage.getbinpkg import PackageIndex
+
+    index = PackageIndex()
+    with open(binhost / "Packages", encoding="utf-8") as f:
+        index.read(f)
+    return index.packages
+
+
+def mirror(source: Path, target: str) -> None:
+    """Copy the binhost to another host: files first, then the index."""
+    common = ["rsync", "-rt", "--partial"]
+    steps = [
+        # New files (and files past their grace, which no index lists any more).
+        [*common, "--delete", "--exclude=/Packages", "--exclude=/Packages.gz",
+         "--exclude=.*.partial", f"{source}/", f"{target}/"],
+        # Then the index: rsync renames each into place.
+        [*common, f"{source}/Packages.gz", f"{source}/Packages", f"{target}/"],
+    ]
+    for command in steps:
+        proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            raise SwarmError(f"rsync to {target} failed (exit {proc.returncode}): {proc.stderr.strip()}")
+
+
+def staging_backlog(config: Config, conn: sqlite3.Connection, now: datetime | None = None) -> dict:
+    """Bytes waiting in staging, and the age of the oldest received package."""
+    now = now or datetime.now(timezone.utc)
+    waiting = 0
+    if config.staging_dir.is_dir():
+        waiting = sum(p.stat().st_size for p in config.staging_dir.rglob("*")
+                      if p.is_file() and not str(p.relative_to(config.staging_dir)).startswith("quarantine/"))
+    oldest = conn.execute("SELECT min(updated_at) FROM packages WHERE status = 'received'").fetchone()[0]
+    age = int((now - datetime.fromisoformat(oldest)).total_seconds()) if oldest else None
+    limit = 3 * config["binhost"]["sync_interval_seconds"]
+    return {"staging_bytes": waiting, "oldest_received_seconds": age,
+            "backlog": age is not None and age > limit}
