@@ -24,6 +24,7 @@ test: setup
 bench: setup
 	$(RUN) $(BIN)/python benchmarks/fresh.py
 	$(RUN) $(BIN)/python benchmarks/claim.py
+	$(RUN) $(BIN)/python benchmarks/sync.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -165,7 +165,7 @@ def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
         held = _held(conn, drone, cpv)
         conn.execute(
             "UPDATE packages SET status = 'received', lease_until = NULL, file = ?, size = ?,"
-            " digest = ?, build_id = ?, updated_at = ? WHERE id = ?",
+            " digest = ?, build_id = ?, binhost_path = NULL, updated_at = ? WHERE id = ?",
             (stored, actual_size, digest, build_id, at, held["id"]))
         db.record_event(conn, held["id"], drone, "built", "delegated", "received",
                         f"{stored} ({actual_size} bytes, sha256 {digest})", at)

@@ -54,6 +54,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime | None = Non
         })
     built = sum(d["built"] for d in drones)
     failed = sum(d["failed"] for d in drones)
+    backlog = staging_backlog(config, conn, now)
     scan = conn.execute("SELECT at, source, rows, summary FROM scans ORDER BY id DESC LIMIT 1"
                         ).fetchone()
     return {
@@ -67,6 +68,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime | None = Non
         "retired": retired,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
+        **backlog,
         "drones": drones,
     }
 
@@ -85,3 +87,17 @@ def packages(conn: sqlite3.Connection, state: str | None = None, retired: bool =
         item = dict(row)
         item["active"] = bool(item["active"])
         yield item
+
+
+def staging_backlog(config: Config, conn: sqlite3.Connection, now: datetime | None = None) -> dict:
+    """Bytes waiting in staging and the age of the oldest received package, flagged when old."""
+    now = now or datetime.now(timezone.utc)
+    waiting = 0
+    if config.staging_dir.is_dir():
+        waiting = sum(p.stat().st_size for p in config.staging_dir.rglob("*")
+                      if p.is_file() and not str(p.relative_to(config.staging_dir)).startswith("quarantine/"))
+    oldest = conn.execute("SELECT min(updated_at) FROM packages WHERE status = 'received'").fetchone()[0]
+    age = int((now - datetime.fromisoformat(oldest)).total_seconds()) if oldest else None
+    limit = 3 * config["binhost"]["sync_interval_seconds"]
+    return {"staging_bytes": waiting, "oldest_received_seconds": age,
+            "backlog": age is not None and age > limit}

@@ -235,12 +235,19 @@ class Publisher:
             return
         wanted = {row[0] for row in self.conn.execute(
             "SELECT file FROM packages WHERE status = 'received' AND file IS NOT NULL")}
+        # Left behind by a run stopped after marking: already published.
+        published = dict(self.conn.execute(
+            "SELECT file, digest FROM packages WHERE status = 'synced' AND file IS NOT NULL"))
         # A drone uploads before it reports: give it the lease time to do so.
         grace = self.config["delegate"]["lease_seconds"]
         for path in sorted(self.staging.rglob("*")):
             relative = str(path.relative_to(self.staging))
             if (not path.is_file() or relative.startswith("quarantine/") or "/logs/" in relative
                     or relative in wanted or path.name.startswith(".")):
+                continue
+            if relative in published and file_digest(path)[1] == published[relative]:
+                if not self.dry_run:
+                    path.unlink()
                 continue
             if time.time() - path.stat().st_mtime < grace:
                 continue
@@ -443,17 +450,3 @@ def mirror(source: Path, target: str) -> None:
         proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise SwarmError(f"rsync to {target} failed (exit {proc.returncode}): {proc.stderr.strip()}")
-
-
-def staging_backlog(config: Config, conn: sqlite3.Connection, now: datetime | None = None) -> dict:
-    """Bytes waiting in staging, and the age of the oldest received package."""
-    now = now or datetime.now(timezone.utc)
-    waiting = 0
-    if config.staging_dir.is_dir():
-        waiting = sum(p.stat().st_size for p in config.staging_dir.rglob("*")
-                      if p.is_file() and not str(p.relative_to(config.staging_dir)).startswith("quarantine/"))
-    oldest = conn.execute("SELECT min(updated_at) FROM packages WHERE status = 'received'").fetchone()[0]
-    age = int((now - datetime.fromisoformat(oldest)).total_seconds()) if oldest else None
-    limit = 3 * config["binhost"]["sync_interval_seconds"]
-    return {"staging_bytes": waiting, "oldest_received_seconds": age,
-            "backlog": age is not None and age > limit}

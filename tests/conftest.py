@@ -166,3 +166,54 @@ def ebuild(body: str = "", description: str = "test package") -> str:
     return (f'EAPI=8\nDESCRIPTION="{description}"\nHOMEPAGE="https://example.invalid"\n'
             'S="${WORKDIR}"\nLICENSE="MIT"\nSLOT="0"\nKEYWORDS="amd64"\n'
             'src_install() { insinto /usr/share/${P}; doins "${T}/environment"; }\n' + body)
+
+
+@pytest.fixture(scope="session")
+def built_packages(tmp_path_factory) -> Path:
+    """A PKGDIR holding a real gpkg of every example package (one emerge, ~30 s)."""
+    pytest.importorskip("portage")
+    from swarmtools.prefix import create_prefix
+
+    prefix = create_prefix(tmp_path_factory.mktemp("builder"))
+    r = prefix.run(["emerge", "--buildpkg=y", "--color=n", "@world"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return prefix.pkgdir
+
+
+class HandDrone:
+    """Claims and reports through the real swarm-delegate, staging files by hand.
+
+    Stands in for swarm-drone where a test is about what happens after the
+    upload (test_drone.py and test_e2e_ssh.py run the real drone).
+    """
+
+    def __init__(self, swarm: Swarm, pkgdir: Path, name: str = "d1"):
+        self.swarm, self.pkgdir, self.name = swarm, pkgdir, name
+
+    def claim(self) -> str | None:
+        r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json")
+        assert r.returncode == 0, r.stderr
+        return __import__("json").loads(r.stdout)["cpv"] if r.stdout else None
+
+    def stage(self, cpv: str, source: Path | None = None) -> str:
+        category, pf = cpv.split("/")
+        if source is None:
+            (source,) = self.pkgdir.glob(f"{category}/*/{pf}-*.gpkg.tar")
+        relative = f"{category}/{source.parent.name}/{source.name}"
+        target = self.swarm.root / "state" / "staging" / self.name / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return relative
+
+    def report(self, cpv: str, relative: str) -> subprocess.CompletedProcess:
+        return self.swarm.run("swarm-delegate", "report", "--drone", self.name, cpv, "--ok",
+                              "--file", relative)
+
+    def build_all(self) -> list[str]:
+        """Claim, stage and report every needed package."""
+        done = []
+        while cpv := self.claim():
+            r = self.report(cpv, self.stage(cpv))
+            assert r.returncode == 0, r.stderr
+            done.append(cpv)
+        return done

@@ -22,10 +22,12 @@ from .common import CONTEXT, config_option, handle_errors, load_config, run
 def cli(config_path, as_json, list_packages, state, retired):
     """Show the swarm: drones, success rate, packages per state.
 
-    Every figure is derived from the database: drones online (heartbeat
-    younger than delegate.online_seconds) out of known, the success rate of
-    reported builds, the number of packages in each state (needed, delegated,
-    received, synced, failed) and one line a drone.
+    Every figure is derived from the database and staging: drones online
+    (heartbeat younger than delegate.online_seconds) out of known, the
+    success rate of reported builds, the number of packages in each state
+    (needed, delegated, received, synced, failed), the bytes waiting in
+    staging and the age of the oldest received package (BACKLOG when older
+    than three binhost.sync_interval_seconds), and one line a drone.
 
     \b
     Examples:
@@ -56,6 +58,10 @@ def _print_summary(f: dict) -> None:
     click.echo(f"success rate:  {rate} ({f['builds_ok']} built, {f['builds_failed']} failed)")
     states = "  ".join(f"{k} {v}" for k, v in f["states"].items())
     click.echo(f"packages:      {f['packages']} ({states}; {f['retired']} retired)")
+    age = f["oldest_received_seconds"]
+    flag = "  BACKLOG: is swarm-sync running from cron?" if f["backlog"] else ""
+    click.echo(f"staging:       {f['staging_bytes']:,} bytes waiting"
+               + (f", oldest received {age} s ago{flag}" if age is not None else ""))
     scan = f["last_scan"]
     if scan:
         click.echo(f"last scan:     {scan['at']}: {scan['rows']} rows, {scan['added']} added, "

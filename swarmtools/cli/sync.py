@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 
+from ..errors import ExitCode, SwarmError, TryLater
 from ..output import emit_json
 from .common import (CONTEXT, config_option, handle_errors, load_config, run, setup_logging,
                      verbosity_options)
@@ -55,7 +57,12 @@ def cli(config_path, dry_run, as_json, verbose, quiet):
     from .. import sync as sync_mod
 
     sync_mod.prepare_portage(config)  # before Portage is imported
-    result = sync_mod.sync(config, dry_run=dry_run)
+    try:
+        result = sync_mod.sync(config, dry_run=dry_run)
+    except TryLater:
+        if quiet:  # cron: the run that holds the lock does the work
+            sys.exit(int(ExitCode.TEMPFAIL))
+        raise
     if as_json:
         emit_json({**result.to_dict(), "dry_run": dry_run})
     elif not quiet:
@@ -67,8 +74,6 @@ def cli(config_path, dry_run, as_json, verbose, quiet):
     for path in result.superseded:
         log.info("superseded, deleted after the grace period: %s", path)
     if result.quarantined:
-        from ..errors import SwarmError
-
         names = ", ".join(cpv for cpv, _ in result.quarantined)
         raise SwarmError(f"quarantined {len(result.quarantined)} package(s): {names} "
                          "(see staging/quarantine/ and the history)")
