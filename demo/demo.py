@@ -1,12 +1,15 @@
-"""The whole swarm on this one machine, as far as it exists.
+"""The whole swarm on this one machine.
 
 Builds throw-away Portage prefixes holding the example repository: one for
-the orchestrator's scan and one for each of two drones. Writes a single-host
+the orchestrator's scan, one for each of two drones, and later one for a
+client. Serves the binhost over HTTP on loopback, writes a single-host
 config, fills the queue from the real `emerge --pretend --emptytree @world`,
-lets the two drones build the queue concurrently into staging (local
-transport: each drone runs swarm-delegate and rsync directly), shows the
-status, then bumps a version in the tree and rescans: one package is queued
-again, and a drone builds it.
+lets the two drones build the queue concurrently (local transport: each
+drone runs swarm-delegate and rsync directly) while swarm-sync publishes
+every two seconds, as cron would, so later builds take their dependencies
+from the binhost. Then a fresh client installs the whole world with
+`emerge --getbinpkgonly`: nothing is built from source. Last, a version bump
+in the tree is scanned, built and published, superseding the old build.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 """
 
@@ -16,7 +19,9 @@ import os
 import shlex
 import shutil
 import subprocess
+import re
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -48,41 +53,87 @@ def main() -> None:
         text=True, capture_output=True, check=True)
     config = Path(out.stdout.strip())
     env = {**os.environ, "SWARM_CONFIG": str(config)}
-    drones = {name: create_prefix(DEMO / f"drone-{name}") for name in ("d1", "d2")}
-    data = tomllib.loads(config.read_text())
-    data["drones"] = {name: {"host": "localhost", "transport": "local",
-                             "environment": p.env_overrides()} for name, p in drones.items()}
-    data["delegate"] = {"heartbeat_seconds": 5, "poll_seconds": 2}
-    config.write_text(render_toml(data))
-    print(f"demo: config written to {config}, with drones d1 and d2 (one prefix each)")
+    server, url = serve(DEMO / "swarm" / "binhost")
+    try:
+        drones = {name: create_prefix(DEMO / f"drone-{name}") for name in ("d1", "d2")}
+        data = tomllib.loads(config.read_text())
+        data["binhost"]["url"] = url
+        data["drones"] = {name: {"host": "localhost", "transport": "local",
+                                 "environment": p.env_overrides()} for name, p in drones.items()}
+        data["delegate"] = {"heartbeat_seconds": 5, "poll_seconds": 2}
+        config.write_text(render_toml(data))
+        print(f"demo: config written to {config}, with drones d1 and d2 (one prefix each)")
+        print(f"demo: the binhost {DEMO / 'swarm' / 'binhost'} is served at {url}")
 
-    show("swarm-config", "check", env=env)
-    show("swarm-fresh", env=env)
-    show("swarm-status", env=env)
-    build(env)
-    show("swarm-status", env=env)
+        show("swarm-config", "check", env=env)
+        show("swarm-fresh", env=env)
+        show("swarm-status", env=env)
+        build(env)
+        show("swarm-sync", "-v", env=env)
+        show("swarm-status", env=env)
+        install_client(url)
 
-    print("\ndemo: a new version of app-misc/example-docs lands in the tree", flush=True)
-    for p in (prefix, *drones.values()):
-        docs = p.repo / "app-misc" / "example-docs"
-        shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
-    show("swarm-fresh", "--json", env=env)
-    show("swarm-status", "--packages", "--state", "needed", env=env)
-    build(env)
-    staged = sorted(p.relative_to(DEMO) for p in (DEMO / "swarm" / "state" / "staging").rglob("*.gpkg.tar"))
-    print(f"\ndemo: {len(staged)} binary packages in staging:")
-    for path in staged:
-        print(f"  {path}")
-    print(f"demo: done; everything is under {DEMO}")
+        print("\ndemo: a new version of app-misc/example-docs lands in the tree", flush=True)
+        for p in (prefix, *drones.values()):
+            docs = p.repo / "app-misc" / "example-docs"
+            shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
+        show("swarm-fresh", "--json", env=env)
+        show("swarm-status", "--packages", "--state", "needed", env=env)
+        build(env)
+        show("swarm-sync", "-v", env=env)
+        show("swarm-status", env=env)
+    finally:
+        server.terminate()
+        server.wait()
+    print(f"\ndemo: done; everything is under {DEMO}")
+
+
+def serve(directory: Path) -> tuple[subprocess.Popen, str]:
+    """Serve the binhost over HTTP on loopback, as a web server would."""
+    directory.mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+         "--directory", str(directory)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    port = re.search(r"port (\d+)", server.stdout.readline()).group(1)
+    return server, f"http://127.0.0.1:{port}"
 
 
 def build(env: dict) -> None:
-    """Run both drones until the queue is empty, as `swarm-drone --drain`."""
-    print("\n$ swarm-drone --drone d1 --drain -v &  swarm-drone --drone d2 --drain -v", flush=True)
+    """Both drones until the queue is empty, with swarm-sync every 2 s as cron would."""
+    print("\n$ swarm-drone --drone d1 --drain -v &  swarm-drone --drone d2 --drain -v &"
+          "  (and swarm-sync -q every 2 s)", flush=True)
     procs = [subprocess.Popen(["swarm-drone", "--drone", name, "--drain", "-v"], env=env)
              for name in ("d1", "d2")]
-    if any(p.wait() != 0 for p in procs):
+    done = threading.Event()
+
+    def cron():
+        while not done.wait(2):
+            subprocess.run(["swarm-sync", "-q"], env=env)
+
+    thread = threading.Thread(target=cron)
+    thread.start()
+    codes = [p.wait() for p in procs]
+    done.set()
+    thread.join()
+    if any(codes):
         sys.exit("demo: a drone failed")
+
+
+def install_client(url: str) -> None:
+    """A new machine installs the world from the binhost only."""
+    client = create_prefix(DEMO / "client", binhost_url=url)
+    print(f"\ndemo: a fresh client (prefix {client.root}) with PORTAGE_BINHOST={url}")
+    print("$ emerge --getbinpkgonly @world", flush=True)
+    proc = client.run(["emerge", "--getbinpkgonly", "--color=n", "@world"])
+    if proc.returncode != 0:
+        sys.stdout.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        sys.exit("demo: the client could not install from the binhost")
+    binaries = len(re.findall(r"^>>> Emerging binary", proc.stdout, re.M))
+    sources = len(re.findall(r"^>>> Emerging \(", proc.stdout, re.M))
+    print(f"demo: the client installed {binaries} binary packages; built from source: {sources}")
+    if sources or not binaries:
+        sys.exit("demo: the client built from source")
 
 
 if __name__ == "__main__":
