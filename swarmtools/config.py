@@ -40,6 +40,8 @@ SCHEMA: dict[str, dict[str, tuple[str, object, str]]] = {
         "rsync_target": ("str", "", "when the binhost is another host: [user@]host:/path to mirror to"),
         "grace_seconds": ("int", 86400, "how long a superseded package stays on disk"),
         "sync_interval_seconds": ("int", 120, "how often cron runs swarm-sync"),
+        "gpg_key": ("str", "", "sign published packages with this GnuPG key (empty: unsigned)"),
+        "gpg_home": ("path", "", "the GnuPG home holding that key (empty: ~/.gnupg)"),
     },
     "scan": {
         "command": (
@@ -273,6 +275,25 @@ def _toml_key(key: str) -> str:
 def _toml_value(value) -> str:
     # JSON strings, integers and arrays of strings are valid TOML too.
     return json.dumps(value)
+
+
+def binrepos_conf(config: Config, name: str = "swarm") -> str:
+    """The /etc/portage/binrepos.conf entry a client needs for this binhost."""
+    signed = bool(config["binhost"]["gpg_key"])
+    lines = [
+        f"# /etc/portage/binrepos.conf/{name}.conf: packages built by the swarm",
+        f"[{name}]",
+        f"sync-uri = {config['binhost']['url']}",
+        "priority = 10",
+    ]
+    if signed:
+        lines += ["# Signed with " + config["binhost"]["gpg_key"] + ": import its public key into",
+                  "# /etc/portage/gnupg with ultimate or full trust (getuto, or gpg --homedir).",
+                  "verify-signature = true"]
+    else:
+        lines += ["# swarm-sync does not sign (binhost.gpg_key is empty): say so knowingly.",
+                  "verify-signature = false"]
+    return "\n".join(lines) + "\n"
 
 
 def init(directory: Path, scan_environment: dict[str, str] | None = None,

@@ -124,6 +124,8 @@ class Publisher:
             else:
                 ready.append(pkg)
         if ready and not self.dry_run:
+            # Half-prepared files of a stopped run; we hold the lock, nobody else writes here.
+            shutil.rmtree(self.binhost / ".incoming", ignore_errors=True)
             index = PortageIndex(self.config)
             for pkg in ready:
                 self._copy(pkg, index)
@@ -189,8 +191,7 @@ class Publisher:
         source = self.staging / pkg["file"]
         target_name = pkg["binhost_path"]
         if target_name and (self.binhost / target_name).is_file():
-            if file_digest(self.binhost / target_name)[1] == pkg["digest"]:
-                return  # an earlier run copied it, then stopped
+            return  # an earlier run put it there (whole: by rename), then stopped
         if not source.is_file():
             raise SwarmError(f"{pkg['cpv']}: neither staged nor published; rerun swarm-fresh")
         target_name = index.allocate(pkg["cpv"], Path(pkg["file"]).name)
@@ -198,10 +199,17 @@ class Publisher:
             self.conn.execute("UPDATE packages SET binhost_path = ? WHERE id = ?",
                               (target_name, pkg["id"]))
         target = self.binhost / target_name
-        partial = target.with_name(f".{target.name}.partial")
-        shutil.copyfile(source, partial)
-        os.fsync(os.open(partial, os.O_RDONLY))
-        os.rename(partial, target)
+        # Prepared outside the package tree, under its final name (gpkg-sign
+        # needs it), then renamed into place: a file at the target is whole.
+        incoming = self.binhost / ".incoming" / target.name
+        incoming.parent.mkdir(exist_ok=True)
+        shutil.copyfile(source, incoming)
+        if self.config["binhost"]["gpg_key"]:
+            sign_gpkg(incoming)
+        fd = os.open(incoming, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+        os.rename(incoming, target)
 
     def _mark_synced(self, packages, superseded: list[str]) -> None:
         at = db.now()
@@ -283,6 +291,19 @@ def verify_gpkg(path: Path, cpv: str) -> None:
         raise SwarmError(f"{path.name}: holds {category}/{pf}, but {cpv} was reported")
 
 
+def sign_gpkg(path: Path) -> None:
+    """Sign a gpkg in place with Portage's own code (as gpkg-sign --allow-unsigned)."""
+    import portage.exception
+    import portage.gpkg
+
+    package = portage.gpkg.gpkg(_portage_settings(), gpkg_file=str(path))
+    package.request_signature = False  # the drone's build is unsigned
+    try:
+        package.update_signature()
+    except (portage.exception.PortageException, OSError) as exc:
+        raise SwarmError(f"cannot sign {path.name} with binhost.gpg_key: {exc}") from None
+
+
 def _check_manifest(container, files, manifest: str, name: str) -> set[str]:
     listed = set()
     for line in manifest.splitlines():
@@ -339,6 +360,15 @@ def prepare_portage(config: Config) -> None:
     # compress-index: Packages.gz too (clients fetch it first). Multi-instance
     # names never reuse a file name; signing is not done here.
     os.environ["FEATURES"] = f"{features} compress-index binpkg-multi-instance".strip()
+    if config["binhost"]["gpg_key"]:
+        os.environ["BINPKG_GPG_SIGNING_KEY"] = config["binhost"]["gpg_key"]
+        home = config["binhost"]["gpg_home"] or os.path.expanduser("~/.gnupg")
+        os.environ["BINPKG_GPG_SIGNING_GPG_HOME"] = home
+        # Portage checks a signed package whenever it reads it (the index
+        # entry): with the signer's own home, whose key it trusts, as the
+        # user running swarm-sync (not 'nobody', who cannot read that home).
+        os.environ["BINPKG_GPG_VERIFY_GPG_HOME"] = home
+        os.environ["GPG_VERIFY_USER_DROP"] = os.environ["GPG_VERIFY_GROUP_DROP"] = ""
 
 
 class PortageIndex:
@@ -366,7 +396,7 @@ class PortageIndex:
         used = {0}
         pattern = re.compile(re.escape(pf) + r"-(\d+)\.(?:gpkg\.tar|xpak)$")
         for name in os.listdir(directory):
-            if match := pattern.match(name.lstrip(".").removesuffix(".partial")):
+            if match := pattern.match(name):
                 used.add(int(match.group(1)))
         for entry in self._load().packages:
             if entry.get("CPV") == cpv and entry.get("BUILD_ID", "").isdigit():
@@ -442,7 +472,7 @@ def mirror(source: Path, target: str) -> None:
     steps = [
         # New files (and files past their grace, which no index lists any more).
         [*common, "--delete", "--exclude=/Packages", "--exclude=/Packages.gz",
-         "--exclude=.*.partial", f"{source}/", f"{target}/"],
+         "--exclude=/.incoming", f"{source}/", f"{target}/"],
         # Then the index: rsync renames each into place.
         [*common, f"{source}/Packages.gz", f"{source}/Packages", f"{target}/"],
     ]

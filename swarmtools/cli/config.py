@@ -23,6 +23,7 @@ def cli():
     Sections and keys:
       [orchestrator] state_dir database staging_dir log_file ssh ssh_command
       [binhost]      path url rsync_target grace_seconds sync_interval_seconds
+                     gpg_key gpg_home
       [scan]         command environment timeout
       [delegate]     lease_seconds online_seconds retry_seconds retry_max_seconds
                      heartbeat_seconds poll_seconds
@@ -103,6 +104,23 @@ def check(config_path):
     problems = config_mod.check(config)
     if problems:
         raise ConfigError(f"{config.path}: " + "; ".join(problems))
+
+
+@cli.command(context_settings=CONTEXT)
+@config_option
+@click.option("--name", default="swarm", show_default=True, help="The repository name clients use.")
+@handle_errors
+def binrepos(config_path, name):
+    """Print the binrepos.conf entry a client needs for this binhost.
+
+    With binhost.gpg_key set the entry asks Portage to verify signatures;
+    without, it says verify-signature = false.
+
+    \b
+    Example (on a client):
+      ssh orchestrator swarm-config binrepos > /etc/portage/binrepos.conf/swarm.conf
+    """
+    click.echo(config_mod.binrepos_conf(load_config(config_path), name), nl=False)
 
 
 def main():
