@@ -232,6 +232,11 @@ def check(config: Config) -> list[str]:
         problems.append(f"orchestrator.staging_dir: directory {config.staging_dir} does not exist")
     if not Path(config["binhost"]["path"]).is_dir():
         problems.append(f"binhost.path: directory {config['binhost']['path']} does not exist")
+    if config["binhost"]["gpg_key"] and not shutil.which("gpg"):
+        problems.append("binhost.gpg_key: gpg is not installed")
+    gpg_home = config["binhost"]["gpg_home"]
+    if gpg_home and not Path(gpg_home).is_dir():
+        problems.append(f"binhost.gpg_home: directory {gpg_home} does not exist")
     command = config["scan"]["command"]
     if not command:
         problems.append("scan.command: empty")

@@ -96,7 +96,17 @@ class Drone:
                 log.debug("nothing to build; sleeping %d s", poll)
                 self.stop.wait(poll)
                 continue
-            failed |= not self.build(job)
+            try:
+                failed |= not self.build(job)
+            except SwarmError as exc:
+                # Upload or report failed: give the package back if we can;
+                # otherwise its lease runs out and another drone takes it.
+                if once or drain:
+                    raise
+                log.error("%s: %s; releasing it", job["cpv"], exc)
+                self._try_release(job["cpv"])
+                self.stop.wait(poll)
+                continue
             if once:
                 break
         return 1 if failed and once else 0
@@ -134,6 +144,12 @@ class Drone:
                             "--sha256", digest)
         log.info("built %s in %.0f s: %s", cpv, time.time() - started, relative)
         return True
+
+    def _try_release(self, cpv: str) -> None:
+        try:
+            self.transport.call("release", cpv)
+        except SwarmError as exc:
+            log.warning("could not release %s: %s", cpv, exc)
 
     def _emerge(self, cpv: str, build_log: Path) -> int:
         command = ["emerge", "--oneshot", "--usepkg=y", "--getbinpkg=y", "--buildpkg=y",
