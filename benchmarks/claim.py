@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from swarmtools import config as config_mod, db, delegate  # noqa: E402
 from swarmtools.config import render_toml  # noqa: E402
 from swarmtools.emerge import parse_merge_list  # noqa: E402
 from swarmtools.queue import apply_scan  # noqa: E402
+from timing import median_wall  # noqa: E402
 
 PACKAGES = 2000
 CLI_RUNS = 40
@@ -74,15 +74,6 @@ def floor(config) -> float:
     return count / elapsed
 
 
-def median_wall(args, env) -> float:
-    times = []
-    for _ in range(CLI_RUNS):
-        started = time.perf_counter()
-        subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def main() -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,8 +88,8 @@ def main() -> None:
         rate_floor = floor(config)
         fresh_queue(config).close()
         claim = [str(bindir / "swarm-delegate"), "claim", "--drone", "d1", "--json"]
-        cli = median_wall(claim, env)
-        baseline = median_wall([sys.executable, "-c", "pass"], env)
+        cli = median_wall(claim, env, CLI_RUNS)
+        baseline = median_wall([sys.executable, "-c", "pass"], env, CLI_RUNS)
     print(f"queue: {PACKAGES} packages; CLI figures are medians of {CLI_RUNS} runs")
     print(f"{'bare SQLite UPDATE ... RETURNING (floor)':<44} {rate_floor:>9,.0f} claims/s")
     print(f"{'delegate.claim, in-process':<44} {rate_lib:>9,.0f} claims/s"

@@ -12,12 +12,13 @@ Prints, side by side in one run:
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from timing import median_wall
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 GNOME = SHARED / "data" / "emerge" / "gnome-pretend-emptytree-verbose.txt"
@@ -35,18 +36,6 @@ def parse_rate() -> float:
     return rows / (time.perf_counter() - started)
 
 
-def wall(args: list[str], env: dict, before=None) -> float:
-    """Median wall time of a command over RUNS runs."""
-    times = []
-    for _ in range(RUNS):
-        if before:
-            before()
-        started = time.perf_counter()
-        subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def main() -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,9 +49,9 @@ def main() -> None:
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
 
         fresh = [str(bindir / "swarm-fresh"), "-q", "--from", str(GNOME)]
-        baseline = wall([sys.executable, "-c", "pass"], env)
-        first = wall(fresh, env, before=fresh_db)
-        rescan = wall(fresh, env)
+        baseline = median_wall([sys.executable, "-c", "pass"], env, RUNS)
+        first = median_wall(fresh, env, RUNS, before=fresh_db)
+        rescan = median_wall(fresh, env, RUNS)
     rate = parse_rate()
     print(f"input: {GNOME.name} (848 rows); median of {RUNS} runs each")
     print(f"{'parse rate (in-process)':<42} {rate:>10,.0f} rows/s")

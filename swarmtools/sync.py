@@ -116,8 +116,10 @@ class Publisher:
         received = self.conn.execute(
             "SELECT * FROM packages WHERE status = 'received' ORDER BY id").fetchall()
         _hook("start")
+        log.info("%d received package(s) to publish", len(received))
         ready = []
         for pkg in received:
+            log.info("verifying %s (%s)", pkg["cpv"], pkg["file"])
             problem = self._check(pkg)
             if problem:
                 self._quarantine(pkg, problem)
@@ -132,6 +134,7 @@ class Publisher:
             _hook("copied")
             superseded = index.publish([(pkg["cpv"], pkg["binhost_path"]) for pkg in
                                         self._reload(ready)])
+            log.info("wrote %s and Packages.gz", self.binhost / "Packages")
             _hook("indexed")
             self._mark_synced(ready, superseded)
             _hook("marked")
@@ -203,6 +206,7 @@ class Publisher:
         # needs it), then renamed into place: a file at the target is whole.
         incoming = self.binhost / ".incoming" / target.name
         incoming.parent.mkdir(exist_ok=True)
+        log.info("copying %s to %s", pkg["file"], target_name)
         shutil.copyfile(source, incoming)
         if self.config["binhost"]["gpg_key"]:
             sign_gpkg(incoming)
@@ -231,6 +235,7 @@ class Publisher:
         for (path,) in self.conn.execute("SELECT path FROM superseded WHERE since <= ?", (limit,)
                                          ).fetchall():
             self.result.deleted.append(path)
+            log.info("deleting %s: superseded longer than binhost.grace_seconds", path)
             if self.dry_run:
                 continue
             (self.binhost / path).unlink(missing_ok=True)
@@ -477,6 +482,7 @@ def mirror(source: Path, target: str) -> None:
         [*common, f"{source}/Packages.gz", f"{source}/Packages", f"{target}/"],
     ]
     for command in steps:
+        log.info("mirroring: %s", " ".join(command))
         proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if proc.returncode != 0:
             raise SwarmError(f"rsync to {target} failed (exit {proc.returncode}): {proc.stderr.strip()}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 import click
 
@@ -24,8 +25,15 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON, for jq.")(f)
 
 
-def _connect(config):
-    return db.connect(config.database)
+@contextmanager
+def opened(config_path):
+    """The config and an open database, closed afterwards."""
+    config = load_config(config_path)
+    conn = db.connect(config.database)
+    try:
+        yield config, conn
+    finally:
+        conn.close()
 
 
 @click.group(context_settings=CONTEXT)
@@ -67,7 +75,6 @@ def heartbeat(config_path, drone, as_json):
     Example:
       echo '{"arch": "amd64"}' | swarm-delegate heartbeat --drone d1
     """
-    config = load_config(config_path)
     text = sys.stdin.read() if not sys.stdin.isatty() else ""
     try:
         facts = json.loads(text) if text.strip() else {}
@@ -75,11 +82,8 @@ def heartbeat(config_path, drone, as_json):
         raise SwarmError(f"heartbeat facts are not JSON: {exc}", ExitCode.USAGE) from None
     if not isinstance(facts, dict):
         raise SwarmError("heartbeat facts must be one JSON object", ExitCode.USAGE)
-    conn = _connect(config)
-    try:
+    with opened(config_path) as (config, conn):
         result = lib.heartbeat(conn, config, drone, facts)
-    finally:
-        conn.close()
     if as_json:
         emit_json(result)
     else:
@@ -110,17 +114,13 @@ def claim(config_path, drone, as_json, limit):
     Example:
       swarm-delegate claim --drone d1 --json | jq -r .cpv
     """
-    config = load_config(config_path)
-    conn = _connect(config)
     claimed = []
-    try:
+    with opened(config_path) as (config, conn):
         for _ in range(limit):
             job = lib.claim(conn, config, drone)
             if job is None:
                 break
             claimed.append(job)
-    finally:
-        conn.close()
     if as_json:
         emit_ndjson(claimed)
     else:
@@ -161,15 +161,11 @@ def report(config_path, drone, as_json, cpv, outcome, file, size, sha256, log):
         raise click.UsageError("say --ok or --failed")
     if outcome == "ok" and not file:
         raise click.UsageError("--ok needs --file")
-    config = load_config(config_path)
-    conn = _connect(config)
-    try:
+    with opened(config_path) as (config, conn):
         if outcome == "ok":
             result = lib.report_built(conn, config, drone, cpv, file, size, sha256)
         else:
             result = lib.report_failed(conn, config, drone, cpv, log)
-    finally:
-        conn.close()
     if as_json:
         emit_json(result)
     else:
@@ -189,12 +185,8 @@ def release(config_path, drone, as_json, cpv):
     Example:
       swarm-delegate release --drone d1 app-misc/foo-1.0
     """
-    config = load_config(config_path)
-    conn = _connect(config)
-    try:
+    with opened(config_path) as (config, conn):
         result = lib.release(conn, config, drone, cpv)
-    finally:
-        conn.close()
     if as_json:
         emit_json(result)
     else:
@@ -216,12 +208,8 @@ def expire(config_path, as_json, quiet):
     Example (crontab):
       */5 * * * * swarm-delegate expire --quiet
     """
-    config = load_config(config_path)
-    conn = _connect(config)
-    try:
+    with opened(config_path) as (_, conn):
         result = lib.expire(conn)
-    finally:
-        conn.close()
     if as_json:
         emit_json(result)
     elif not quiet:
