@@ -308,8 +308,11 @@ def init(directory: Path, scan_environment: dict[str, str] | None = None,
     path = directory / "swarm.toml"
     if path.exists() and not force:
         raise ConfigError(f"{path} already exists; use --force to overwrite it")
-    for sub in ("state", "state/staging", "binhost"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
+    try:
+        for sub in ("state", "state/staging", "binhost"):
+            (directory / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {directory}: {exc.strerror}") from None
     data = {
         "orchestrator": {
             "state_dir": str(directory / "state"),

@@ -181,6 +181,8 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
     at = _iso(moment)
     kept = None
     if log:
+        if not log.startswith("logs/"):
+            raise SwarmError(f"build logs go under staging/{drone}/logs/, not {log!r}")
         source = staged_path(config, drone, log)
         if not source.is_file():
             raise SwarmError(f"no uploaded log at staging/{drone}/{log}")

@@ -26,7 +26,7 @@ from pathlib import Path
 from . import __version__
 from .config import Config
 from .delegate import file_digest
-from .errors import SwarmError
+from .errors import ConfigError, SwarmError
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class Drone:
 
     def __init__(self, config: Config, name: str, transport: Transport | None = None):
         if name not in config.drones:
-            raise SwarmError(f"unknown drone '{name}': add a [drones.{name}] table to {config.path}")
+            raise ConfigError(f"unknown drone '{name}': add a [drones.{name}] table to {config.path}")
         self.config = config
         self.name = name
         self.transport = transport or Transport(config, name)
@@ -97,7 +97,7 @@ class Drone:
                 self.stop.wait(poll)
                 continue
             try:
-                failed |= not self.build(job)
+                failed |= self.build(job) == "failed"
             except SwarmError as exc:
                 # Upload or report failed: give the package back if we can;
                 # otherwise its lease runs out and another drone takes it.
@@ -111,19 +111,21 @@ class Drone:
                 break
         return 1 if failed and once else 0
 
-    def build(self, job: dict) -> bool:
-        """Build one claimed package, upload and report; True when it was built."""
+    def build(self, job: dict) -> str:
+        """Build one claimed package, upload and report: 'built', 'failed' or 'released'."""
         cpv = job["cpv"]
         log.info("building %s", cpv)
         started = time.time()
+        pkgdir = Path(self.portage["PKGDIR"])
+        before = set(binpkgs(pkgdir, cpv))
         with tempfile.TemporaryDirectory(prefix="swarm-drone-") as tmp:
             build_log = Path(tmp) / "build.log"
             code = self._emerge(cpv, build_log)
             if self.stop.is_set():
                 log.warning("stopping: releasing %s", cpv)
                 self.transport.call("release", cpv)
-                return False
-            package = find_binpkg(Path(self.portage["PKGDIR"]), cpv) if code == 0 else None
+                return "released"
+            package = find_binpkg(pkgdir, cpv, before) if code == 0 else None
             if package is None:
                 if code == 0:
                     with open(build_log, "a") as f:
@@ -134,7 +136,7 @@ class Drone:
                 self.transport.upload(build_log, remote_log)
                 self.transport.call("report", cpv, "--failed", "--log", remote_log)
                 log.error("%s failed (emerge exit %d) after %.0f s", cpv, code, time.time() - started)
-                return False
+                return "failed"
         category = cpv.split("/", 1)[0]
         pn = package.parent.name
         relative = f"{category}/{pn}/{package.name}"
@@ -143,7 +145,7 @@ class Drone:
         self.transport.call("report", cpv, "--ok", "--file", relative, "--size", str(size),
                             "--sha256", digest)
         log.info("built %s in %.0f s: %s", cpv, time.time() - started, relative)
-        return True
+        return "built"
 
     def _try_release(self, cpv: str) -> None:
         try:
@@ -208,12 +210,20 @@ def portage_settings(env: dict[str, str]) -> dict[str, str]:
     return settings
 
 
-def find_binpkg(pkgdir: Path, cpv: str) -> Path | None:
-    """The newest binary package of CPV in PKGDIR (highest build id)."""
+def binpkgs(pkgdir: Path, cpv: str) -> dict[Path, tuple[int, float]]:
+    """The binary packages of CPV in PKGDIR, with (build id, mtime)."""
     category, pf = cpv.split("/", 1)
-    candidates = []
+    found = {}
     for path in pkgdir.glob(f"{category}/*/{pf}*"):
         match = re.fullmatch(re.escape(pf) + r"(?:-(\d+))?\.(?:gpkg\.tar|xpak)", path.name)
         if match:
-            candidates.append((int(match.group(1) or 0), path.stat().st_mtime, path))
-    return max(candidates)[2] if candidates else None
+            found[path] = (int(match.group(1) or 0), path.stat().st_mtime)
+    return found
+
+
+def find_binpkg(pkgdir: Path, cpv: str, before: set[Path]) -> Path | None:
+    """The binary package emerge just wrote for CPV; else (reused with --usepkg) the newest."""
+    found = binpkgs(pkgdir, cpv)
+    new = {path: key for path, key in found.items() if path not in before}
+    candidates = new or found
+    return max(candidates, key=candidates.get) if candidates else None

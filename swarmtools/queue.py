@@ -17,8 +17,9 @@ from .emerge import MergeList, Row
 from .errors import SwarmError
 
 ACTOR = "swarm-fresh"
-# A scan retiring more than half of a queue larger than this is refused
-# without --force: a broken world file makes emerge list nothing and exit 0.
+# A scan that would retire more than half of the queue, and more than this
+# many packages, is refused without --force: a broken world file makes emerge
+# list nothing and exit 0.
 MASS_RETIRE_MIN = 5
 
 
@@ -151,7 +152,8 @@ def _set_status(conn, pkg, row: Row, status: str, event: str, detail: str,
     conn.execute(
         "UPDATE packages SET cpv = ?, slot = ?, subslot = ?, repo = ?, use = ?, status = ?,"
         " drone = NULL, lease_until = NULL, attempts = 0, retry_after = NULL,"
-        " build_id = ?, file = NULL, size = NULL, digest = NULL, updated_at = ? WHERE id = ?",
+        " build_id = ?, file = NULL, size = NULL, digest = NULL, binhost_path = NULL,"
+        " updated_at = ? WHERE id = ?",
         (row.cpv, row.slot, row.subslot or None, row.repo, row.enabled_use(), status,
          row.build_id, at, pkg["id"]),
     )
@@ -182,7 +184,7 @@ def _add(conn, row: Row, order: int, result: ScanResult, at: str) -> None:
             "UPDATE packages SET cpv = ?, subslot = ?, repo = ?, use = ?, status = ?,"
             " scan_order = ?, build_id = ?, updated_at = ?, active = 1, drone = NULL,"
             " lease_until = NULL, attempts = 0, retry_after = NULL, file = NULL, size = NULL,"
-            " digest = NULL WHERE id = ?", values + (retired["id"],))
+            " digest = NULL, binhost_path = NULL WHERE id = ?", values + (retired["id"],))
         package_id, from_status, detail = retired["id"], retired["status"], "back in the merge list"
     else:
         package_id = conn.execute(

@@ -2,11 +2,12 @@
 
 Order, as Portage's clients need it (portage-facts.md section 2):
 
-1. verify each received file (size and sha256 as reported, a complete gpkg
-   whose Manifest matches, the CPV of its metadata); a bad one goes to
+1. copy each received file into ``binhost/.incoming/`` and verify that copy
+   (size and sha256 as the drone reported, a complete gpkg whose Manifest
+   matches, the CPV of its metadata); a bad one goes to
    ``staging/quarantine/`` and its package back to ``needed``;
-2. copy it into the binhost under a never-reused ``CAT/PN/PF-BUILD_ID.gpkg.tar``
-   (to a temporary name, then ``rename()``), the name recorded first;
+2. record its never-reused ``CAT/PN/PF-BUILD_ID.gpkg.tar`` name, sign it when
+   asked, and ``rename()`` it into place;
 3. rewrite ``Packages`` and ``Packages.gz`` once, with Portage's own index
    code, adding the new entries and dropping the superseded ones (same
    category/package and SLOT), each written to a temporary name and renamed;
@@ -113,134 +114,153 @@ class Publisher:
         self.result = SyncResult()
 
     def run(self) -> SyncResult:
+        # Rows as read now: every later write is guarded by what was read, so
+        # a rescan or a claim that changes a row meanwhile wins over this run.
         received = self.conn.execute(
             "SELECT * FROM packages WHERE status = 'received' ORDER BY id").fetchall()
         _hook("start")
         log.info("%d received package(s) to publish", len(received))
-        ready = []
-        for pkg in received:
-            log.info("verifying %s (%s)", pkg["cpv"], pkg["file"])
-            problem = self._check(pkg)
-            if problem:
-                self._quarantine(pkg, problem)
-            else:
-                ready.append(pkg)
-        if ready and not self.dry_run:
+        index = PortageIndex(self.config) if received and not self.dry_run else None
+        if index:
             # Half-prepared files of a stopped run; we hold the lock, nobody else writes here.
             shutil.rmtree(self.binhost / ".incoming", ignore_errors=True)
-            index = PortageIndex(self.config)
-            for pkg in ready:
-                self._copy(pkg, index)
-            _hook("copied")
-            superseded = index.publish([(pkg["cpv"], pkg["binhost_path"]) for pkg in
-                                        self._reload(ready)])
+        ready = []
+        for pkg in received:
+            try:
+                placed = self._place(pkg, index)
+            except _Reject as reason:
+                self._quarantine(pkg, str(reason))
+                continue
+            if placed:
+                ready.append((pkg, placed))
+        _hook("copied")
+        if ready:
+            superseded = index.publish([(pkg["cpv"], path) for pkg, path in ready])
             log.info("wrote %s and Packages.gz", self.binhost / "Packages")
             _hook("indexed")
             self._mark_synced(ready, superseded)
             _hook("marked")
-            for pkg in ready:
-                (self.staging / pkg["file"]).unlink(missing_ok=True)
-        elif ready:
-            self.result.published = [pkg["cpv"] for pkg in ready]
         self._delete_superseded()
         self._orphans()
         if not self.dry_run and self.config["binhost"]["rsync_target"]:
             mirror(self.binhost, self.config["binhost"]["rsync_target"])
         return self.result
 
-    def _reload(self, packages) -> list[sqlite3.Row]:
-        ids = [pkg["id"] for pkg in packages]
-        marks = ",".join("?" * len(ids))
-        return self.conn.execute(f"SELECT * FROM packages WHERE id IN ({marks})", ids).fetchall()
-
-    def _check(self, pkg: sqlite3.Row) -> str | None:
-        """Why this received package must not be published, or None."""
+    def _place(self, pkg: sqlite3.Row, index: "PortageIndex | None") -> str | None:
+        """Put a verified copy on the binhost; return its path there (None: nothing to do)."""
         name = pkg["file"] or ""
-        if not _SAFE_PATH.match(name) or ".." in name.split("/"):
-            return f"unsafe file name {name!r}"
-        path = self.staging / name
-        if not path.is_file():
-            published = pkg["binhost_path"] and (self.binhost / pkg["binhost_path"]).is_file()
-            return None if published else f"staged file {name} is missing"
-        try:
-            size, digest = file_digest(path)
-            if (size, digest) != (pkg["size"], pkg["digest"]):
-                return f"{name} changed since it was reported (size {size}, not {pkg['size']})"
-            verify_gpkg(path, pkg["cpv"])
-        except (OSError, SwarmError) as exc:
-            return str(exc)
-        return None
-
-    def _quarantine(self, pkg: sqlite3.Row, reason: str) -> None:
-        log.error("quarantining %s: %s", pkg["cpv"], reason)
-        self.result.quarantined.append((pkg["cpv"], reason))
-        if self.dry_run:
-            return
-        source = self.staging / (pkg["file"] or "")
-        if pkg["file"] and source.is_file() and _SAFE_PATH.match(pkg["file"]):
-            target = self.staging / "quarantine" / f"{self.now:%Y%m%dT%H%M%S}" / pkg["file"]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source.rename(target)
-            reason += f"; file kept at {target}"
-        with db.write(self.conn):
-            self.conn.execute(
-                "UPDATE packages SET status = 'needed', drone = NULL, file = NULL, size = NULL,"
-                " digest = NULL, binhost_path = NULL, updated_at = ? WHERE id = ?",
-                (db.now(), pkg["id"]))
-            db.record_event(self.conn, pkg["id"], ACTOR, "quarantined", "received", "needed", reason)
-
-    def _copy(self, pkg: sqlite3.Row, index: "PortageIndex") -> None:
-        """Put the file on the binhost under its recorded, never-reused name."""
-        source = self.staging / pkg["file"]
-        target_name = pkg["binhost_path"]
-        if target_name and (self.binhost / target_name).is_file():
-            return  # an earlier run put it there (whole: by rename), then stopped
+        if not _SAFE_PATH.fullmatch(name) or ".." in name.split("/"):
+            raise _Reject(f"unsafe file name {name!r}")
+        if pkg["binhost_path"] and (self.binhost / pkg["binhost_path"]).is_file():
+            return pkg["binhost_path"]  # an earlier run put it there (whole: by rename)
+        source = self.staging / name
         if not source.is_file():
-            raise SwarmError(f"{pkg['cpv']}: neither staged nor published; rerun swarm-fresh")
-        target_name = index.allocate(pkg["cpv"], Path(pkg["file"]).name)
-        with db.write(self.conn):  # recorded before the copy, so a rerun finds it
-            self.conn.execute("UPDATE packages SET binhost_path = ? WHERE id = ?",
-                              (target_name, pkg["id"]))
-        target = self.binhost / target_name
-        # Prepared outside the package tree, under its final name (gpkg-sign
-        # needs it), then renamed into place: a file at the target is whole.
-        incoming = self.binhost / ".incoming" / target.name
-        incoming.parent.mkdir(exist_ok=True)
-        log.info("copying %s to %s", pkg["file"], target_name)
+            raise _Reject(f"staged file {name} is missing")
+        log.info("verifying %s (%s)", pkg["cpv"], name)
+        if self.dry_run:
+            _verify(source, pkg)
+            self.result.published.append(pkg["cpv"])
+            return None
+        target_name = index.allocate(pkg["cpv"], Path(name).name, self._used_names(pkg["cpv"]))
+        # Copied outside the package tree under its final name (gpkg-sign
+        # needs it), verified there (the drone cannot change this copy), then
+        # renamed into place: a file at the target is whole.
+        incoming = self.binhost / ".incoming" / Path(target_name).name
+        incoming.parent.mkdir(parents=True, exist_ok=True)
+        log.info("copying %s to %s", name, target_name)
         shutil.copyfile(source, incoming)
+        try:
+            _verify(incoming, pkg)
+        except _Reject:
+            incoming.unlink()
+            raise
+        with db.write(self.conn):  # recorded before the rename, so a rerun finds it
+            changed = self.conn.execute(
+                "UPDATE packages SET binhost_path = ? WHERE id = ? AND status = 'received'"
+                " AND digest = ?", (target_name, pkg["id"], pkg["digest"])).rowcount == 0
+        if changed:
+            log.warning("%s changed during this run; left for the next", pkg["cpv"])
+            incoming.unlink()
+            return None
         if self.config["binhost"]["gpg_key"]:
             sign_gpkg(incoming)
         fd = os.open(incoming, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-        os.rename(incoming, target)
+        os.rename(incoming, self.binhost / target_name)
+        return target_name
 
-    def _mark_synced(self, packages, superseded: list[str]) -> None:
+    def _used_names(self, cpv: str) -> set[str]:
+        # Every name ever published for this CPV (the history is append-only),
+        # so a build id is never reused, even after its file was deleted.
+        category, pf = cpv.split("/", 1)
+        return {row[0].removeprefix("published as ") for row in self.conn.execute(
+            "SELECT detail FROM events WHERE event = 'synced' AND detail LIKE ?",
+            (f"published as {category}/%/{pf}-%",))}
+
+    def _quarantine(self, pkg: sqlite3.Row, reason: str) -> None:
+        log.error("%s %s: %s", "would quarantine" if self.dry_run else "quarantining",
+                  pkg["cpv"], reason)
+        self.result.quarantined.append((pkg["cpv"], reason))
+        if self.dry_run:
+            return
+        source = self.staging / (pkg["file"] or "")
+        target = self.staging / "quarantine" / f"{self.now:%Y%m%dT%H%M%S}" / (pkg["file"] or "")
+        with db.write(self.conn):
+            if self.conn.execute(
+                    "UPDATE packages SET status = 'needed', drone = NULL, file = NULL, size = NULL,"
+                    " digest = NULL, binhost_path = NULL, updated_at = ?"
+                    " WHERE id = ? AND status = 'received' AND file IS ?",
+                    (db.now(), pkg["id"], pkg["file"])).rowcount == 0:
+                return  # changed meanwhile (rescan): nothing of ours to undo
+            safe = pkg["file"] and _SAFE_PATH.fullmatch(pkg["file"]) and ".." not in pkg["file"]
+            if safe and source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                source.rename(target)
+                reason += f"; file kept at {target}"
+            db.record_event(self.conn, pkg["id"], ACTOR, "quarantined", "received", "needed", reason)
+
+    def _mark_synced(self, ready, superseded: list[str]) -> None:
         at = db.now()
         with db.write(self.conn):
-            for pkg in self._reload(packages):
-                self.conn.execute("UPDATE packages SET status = 'synced', updated_at = ? WHERE id = ?",
-                                  (at, pkg["id"]))
-                db.record_event(self.conn, pkg["id"], ACTOR, "synced", "received", "synced",
-                                f"published as {pkg['binhost_path']}", at)
-                self.result.published.append(pkg["cpv"])
+            for pkg, path in ready:
+                if self.conn.execute(
+                        "UPDATE packages SET status = 'synced', updated_at = ?"
+                        " WHERE id = ? AND status = 'received' AND digest = ?",
+                        (at, pkg["id"], pkg["digest"])).rowcount:
+                    db.record_event(self.conn, pkg["id"], ACTOR, "synced", "received", "synced",
+                                    f"published as {path}", at)
+                    self.result.published.append(pkg["cpv"])
+                else:
+                    # Rescanned meanwhile: the binary is still a true build of
+                    # pkg["cpv"]; a newer build of the package supersedes it.
+                    log.warning("%s changed during this run; published, not marked", pkg["cpv"])
             for path in superseded:
                 self.conn.execute("INSERT OR IGNORE INTO superseded (path, since) VALUES (?, ?)",
                                   (path, at))
+        for pkg, _ in ready:
+            (self.staging / pkg["file"]).unlink(missing_ok=True)
         self.result.superseded = superseded
 
     def _delete_superseded(self) -> None:
         limit = (self.now - timedelta(seconds=self.config["binhost"]["grace_seconds"])).isoformat(
             timespec="seconds")
-        for (path,) in self.conn.execute("SELECT path FROM superseded WHERE since <= ?", (limit,)
-                                         ).fetchall():
-            self.result.deleted.append(path)
-            log.info("deleting %s: superseded longer than binhost.grace_seconds", path)
-            if self.dry_run:
-                continue
-            (self.binhost / path).unlink(missing_ok=True)
-            with db.write(self.conn):
-                self.conn.execute("DELETE FROM superseded WHERE path = ?", (path,))
+        due = [row[0] for row in self.conn.execute(
+            "SELECT path FROM superseded WHERE since <= ?", (limit,))]
+        if not due:
+            return
+        has_index = (self.binhost / "Packages").exists()
+        listed = {e.get("PATH") for e in index_entries(self.binhost)} if has_index else set()
+        for path in due:
+            if path not in listed:  # never a file the index lists
+                self.result.deleted.append(path)
+                log.info("deleting %s: superseded longer than binhost.grace_seconds", path)
+                if self.dry_run:
+                    continue
+                (self.binhost / path).unlink(missing_ok=True)
+            if not self.dry_run:
+                with db.write(self.conn):
+                    self.conn.execute("DELETE FROM superseded WHERE path = ?", (path,))
 
     def _orphans(self) -> None:
         """Staged files no received package names: log them, quarantine after a grace."""
@@ -255,14 +275,15 @@ class Publisher:
         grace = self.config["delegate"]["lease_seconds"]
         for path in sorted(self.staging.rglob("*")):
             relative = str(path.relative_to(self.staging))
-            if (not path.is_file() or relative.startswith("quarantine/") or "/logs/" in relative
+            if (not path.is_file() or relative.startswith("quarantine/")
                     or relative in wanted or path.name.startswith(".")):
                 continue
             if relative in published and file_digest(path)[1] == published[relative]:
                 if not self.dry_run:
                     path.unlink()
                 continue
-            if time.time() - path.stat().st_mtime < grace:
+            # ctime: when it arrived here (rsync -t keeps the drone's mtime).
+            if time.time() - path.stat().st_ctime < grace:
                 continue
             self.result.orphans.append(relative)
             log.warning("staged file %s belongs to no received package; quarantined", relative)
@@ -272,13 +293,33 @@ class Publisher:
                 path.rename(target)
 
 
+class _Reject(Exception):
+    """A received file that must not be published; the message says why."""
+
+
+def _verify(path: Path, pkg: sqlite3.Row) -> None:
+    """Raise _Reject unless PATH is the file the drone reported, a whole gpkg of its CPV."""
+    try:
+        size, digest = file_digest(path)
+        if (size, digest) != (pkg["size"], pkg["digest"]):
+            raise _Reject(f"{path.name} is not the file that was reported "
+                          f"({size} bytes, reported {pkg['size']})")
+        verify_gpkg(path, pkg["cpv"])
+    except _Reject:
+        raise
+    except SwarmError as exc:
+        raise _Reject(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - whatever breaks reading it, it is not publishable
+        raise _Reject(f"{path.name}: cannot be read as a gpkg ({type(exc).__name__}: {exc})") from None
+
+
 def verify_gpkg(path: Path, cpv: str) -> None:
     """Raise SwarmError unless PATH is a complete gpkg whose Manifest and CPV match."""
     try:
         with tarfile.open(path, "r:") as container:
             members = container.getmembers()
             tops = {m.name.split("/", 1)[0] for m in members}
-            if len(tops) != 1 or any(not m.isfile() for m in members):
+            if len(tops) != 1 or any(not m.isfile() or "/" not in m.name for m in members):
                 raise SwarmError(f"{path.name}: not a gpkg (one directory of plain files)")
             top = tops.pop()
             files = {m.name.split("/", 1)[1]: m for m in members}
@@ -315,6 +356,8 @@ def _check_manifest(container, files, manifest: str, name: str) -> set[str]:
         words = line.split()
         if not words or words[0] != "DATA":
             continue
+        if len(words) < 5 or not words[2].isdigit():
+            raise SwarmError(f"{name}: malformed Manifest line {line!r}")
         member, size = words[1], int(words[2])
         hashes = dict(zip(words[3::2], words[4::2]))
         if member not in files or files[member].size != size:
@@ -340,7 +383,7 @@ def _metadata_cpv(path: Path, basename: str) -> tuple[str, str]:
         ["CATEGORY", "PF"])
     try:
         return tuple(metadata[k].decode().strip() for k in ("CATEGORY", "PF"))  # type: ignore
-    except AttributeError:
+    except (AttributeError, KeyError):
         raise SwarmError(f"{path.name}: no CATEGORY/PF in its metadata") from None
 
 
@@ -392,8 +435,8 @@ class PortageIndex:
         self.tree = binarytree(pkgdir=str(self.path), settings=settings)
         self.portage = portage
 
-    def allocate(self, cpv: str, staged_name: str) -> str:
-        """A binhost name for a new build that no file and no index entry has used."""
+    def allocate(self, cpv: str, staged_name: str, used_names: set[str]) -> str:
+        """A binhost name for a new build: no file, index entry or earlier publication had it."""
         category, pf = cpv.split("/", 1)
         pn = self.portage.versions.catpkgsplit(cpv)[1]
         directory = self.path / category / pn
@@ -406,6 +449,9 @@ class PortageIndex:
         for entry in self._load().packages:
             if entry.get("CPV") == cpv and entry.get("BUILD_ID", "").isdigit():
                 used.add(int(entry["BUILD_ID"]))
+        for name in used_names:
+            if match := pattern.search(name):
+                used.add(int(match.group(1)))
         wanted = re.search(r"-(\d+)\.gpkg\.tar$", staged_name)
         build_id = int(wanted.group(1)) if wanted and int(wanted.group(1)) not in used else max(used) + 1
         return f"{category}/{pn}/{pf}-{build_id}.gpkg.tar"
@@ -474,12 +520,12 @@ def index_entries(binhost: Path) -> list[dict]:
 def mirror(source: Path, target: str) -> None:
     """Copy the binhost to another host: files first, then the index."""
     common = ["rsync", "-rt", "--partial"]
+    files = ["--exclude=/Packages", "--exclude=/Packages.gz", "--exclude=/.incoming",
+             f"{source}/", f"{target}/"]
     steps = [
-        # New files (and files past their grace, which no index lists any more).
-        [*common, "--delete", "--exclude=/Packages", "--exclude=/Packages.gz",
-         "--exclude=/.incoming", f"{source}/", f"{target}/"],
-        # Then the index: rsync renames each into place.
-        [*common, f"{source}/Packages.gz", f"{source}/Packages", f"{target}/"],
+        [*common, *files],  # new files first
+        [*common, f"{source}/Packages.gz", f"{source}/Packages", f"{target}/"],  # renamed in
+        [*common, "--delete", *files],  # then what no index lists any more
     ]
     for command in steps:
         log.info("mirroring: %s", " ".join(command))

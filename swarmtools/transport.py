@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from .config import Config
-from .delegate import staged_path
+from .delegate import check_drone, staged_path
 from .errors import ExitCode, SwarmError
 
 QUEUE_VERBS = ("heartbeat", "claim", "report", "release")
@@ -33,11 +33,13 @@ _VERB_OPTIONS = {
     "release": {"--json": False},
 }
 _TAKES_CPV = ("report", "release")
-_CPV = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*$")
-_SAFE_VALUE = re.compile(r"^[A-Za-z0-9+_.,/=-]+$")
-# What `rsync -t --partial FILE host:PATH` sends to the server. Option letters
-# before the "e." capability string: t (times), r, v, z, c; no l (symlinks).
-_RSYNC_FLAGS = re.compile(r"^-[rtvzc]+(e\d*\.[A-Za-z]*)?$")
+# Matched with fullmatch: no trailing newline slips through.
+_CPV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=-]+")
+# What `rsync -t --partial FILE host:PATH` sends to the server (swarm-drone's
+# upload): option letters t (times), and v or z if asked, then the "e."
+# capability string. No l (symlinks), no s (arguments hidden from us).
+_RSYNC_FLAGS = re.compile(r"-t[vz]*(e\d*\.[A-Za-z]*)?")
 _RSYNC_OPTIONS = {"--partial"}
 
 
@@ -49,6 +51,7 @@ class Refused(SwarmError):
 
 def gateway_command(config: Config, drone: str, original: str | None) -> list[str]:
     """Check SSH_ORIGINAL_COMMAND; return the argument list to run, or raise Refused."""
+    check_drone(config, drone)  # a drone taken out of the config is locked out
     if not original:
         raise Refused("this key only runs swarmtools queue verbs and uploads; no shell")
     try:
@@ -85,8 +88,10 @@ def _queue_args(words: list[str], drone: str) -> list[str]:
                 raise Refused(f"option '{name}' is not allowed for {verb}")
             if allowed[name]:
                 value = inline if eq else (rest[i + 1] if i + 1 < len(rest) else None)
-                if value is None or not _SAFE_VALUE.match(value) or ".." in value.split("/"):
+                if value is None or not _SAFE_VALUE.fullmatch(value) or ".." in value.split("/"):
                     raise Refused(f"bad value for {name}: {value!r}")
+                if name == "--log" and not value.startswith("logs/"):
+                    raise Refused(f"build logs go under logs/, not {value!r}")
                 args += [name, value]
                 i += 1 if eq else 2
             else:
@@ -98,7 +103,7 @@ def _queue_args(words: list[str], drone: str) -> list[str]:
         positional.append(word)
         i += 1
     if verb in _TAKES_CPV:
-        if len(positional) != 1 or not _CPV.match(positional[0]):
+        if len(positional) != 1 or not _CPV.fullmatch(positional[0]):
             raise Refused(f"{verb} takes one CATEGORY/PF, not {positional!r}")
         args.append(positional[0])
     elif positional:
@@ -111,12 +116,15 @@ def _rsync_args(config: Config, words: list[str], drone: str) -> list[str]:
     if len(words) < 4 or words[0] != "--server" or words[-2] != ".":
         raise Refused("only an rsync upload (rsync FILE orchestrator:PATH) is allowed")
     flags, options, dest = words[1], words[2:-2], words[-1]
-    if not _RSYNC_FLAGS.match(flags):
+    if not _RSYNC_FLAGS.fullmatch(flags):
         raise Refused(f"rsync flags '{flags}' are not allowed (use rsync -t [--partial])")
     for option in options:
         if option not in _RSYNC_OPTIONS:
             raise Refused(f"rsync option '{option}' is not allowed")
-    target = staged_path(config, drone, dest)
+    try:
+        target = staged_path(config, drone, dest)
+    except SwarmError as exc:
+        raise Refused(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     # --munge-links: even a symlink that slipped through stays inert.
     return ["rsync", "--server", flags, *options, "--munge-links", ".", str(target)]
@@ -127,7 +135,8 @@ def run_gateway(config: Config, drone: str, original: str | None, run_verb) -> i
     argv = gateway_command(config, drone, original)
     if argv[0] == "rsync":
         os.execvp("rsync", argv)
-    return run_verb(argv[1:])
+    run_verb(argv[1:])  # exits with the verb's code
+    return 0
 
 
 class Transport:
@@ -148,14 +157,18 @@ class Transport:
             command = [_delegate_program(), *words[1:], "--config", str(self.config.path)]
         else:
             command = [*self.ssh, self.destination, shlex.join(words)]
-        proc = subprocess.run(command, input=input, capture_output=True, text=True,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+        proc = _run(command, input=input)
         if proc.returncode != 0:
             message = proc.stderr.strip().splitlines()
             raise SwarmError(f"{verb} failed (exit {proc.returncode}): "
                              f"{message[-1] if message else 'no message'}")
         out = proc.stdout.strip()
-        return json.loads(out) if out else None
+        try:
+            return json.loads(out) if out else None
+        except json.JSONDecodeError:
+            # E.g. a shell start-up file on the orchestrator that prints something.
+            raise SwarmError(f"{verb}: the orchestrator answered with something else than "
+                             f"JSON: {out[:100]!r}") from None
 
     def upload(self, local: Path, relative: str) -> None:
         """Copy a file to staging/DRONE/RELATIVE on the orchestrator."""
@@ -166,10 +179,18 @@ class Transport:
         else:
             command = ["rsync", "-t", "--partial", "-e", shlex.join(self.ssh), str(local),
                        f"{self.destination}:{relative}"]
-        proc = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        proc = _run(command)
         if proc.returncode != 0:
             raise SwarmError(f"upload of {local.name} failed (rsync exit {proc.returncode}): "
                              f"{proc.stderr.strip()}")
+
+
+def _run(command: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(command, input=input, capture_output=True, text=True,
+                              stdin=None if input is not None else subprocess.DEVNULL)
+    except OSError as exc:  # ssh or rsync missing, say
+        raise SwarmError(f"cannot run {command[0]}: {exc.strerror}") from None
 
 
 def _delegate_program() -> str:

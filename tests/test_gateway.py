@@ -60,6 +60,9 @@ def test_own_verbs_pass(gate):
     ("swarm-delegate report app-test/pkg0-1.0 --ok --file '`touch /tmp/pwned`'", "bad value"),
     ("swarm-delegate report app-test/pkg0-1.0 --ok --file ../d2/x.gpkg.tar", "bad value"),
     ("swarm-delegate claim 'unbalanced", "cannot parse"),
+    ("swarm-delegate release 'app-test/pkg0-1.0\n'", "one CATEGORY/PF"),
+    ("swarm-delegate report app-test/pkg0-1.0 --failed --log app-test/pkg0/pkg0-1.0-1.gpkg.tar",
+     "build logs go under"),
 ])
 def test_everything_else_is_refused(gate, command, message):
     r = gate(command)
@@ -137,3 +140,10 @@ def test_rsync_through_a_symlink_out_is_refused(gate, tmp_path):
 def test_rsync_options_beyond_an_upload_are_refused(gate, command, message):
     r = gate(command)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_a_drone_taken_out_of_the_config_is_locked_out(gate):
+    r = gate("swarm-delegate claim --json", drone="d9")
+    assert r.returncode == 2 and "unknown drone 'd9'" in r.stderr
+    r = gate("rsync --server -te.LsfxCIvu . x.gpkg.tar", drone="d9")
+    assert r.returncode == 2 and "unknown drone 'd9'" in r.stderr

@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -160,7 +161,12 @@ def test_bad_packages_are_quarantined_never_published(scanned, tmp_path, built_p
         (other,) = built_packages.glob("app-misc/example-docs/*.gpkg.tar")
         path.write_bytes(other.read_bytes())
 
-    damage = [truncate, tamper, other_package]
+    def flat_tar(path):  # a tar, but not a gpkg: one file at the top
+        with tarfile.open(path, "w") as container:
+            info = tarfile.TarInfo("Manifest")
+            container.addfile(info, io.BytesIO(b""))
+
+    damage = [truncate, tamper, other_package, flat_tar]
     bad, good = {}, []
     while cpv := scanned.hand.claim():
         relative = scanned.hand.stage(cpv)
@@ -181,7 +187,7 @@ def test_bad_packages_are_quarantined_never_published(scanned, tmp_path, built_p
     bad[unsafe] = "unsafe"
 
     r = scanned.run("swarm-sync", "--json")
-    assert r.returncode == 1 and "quarantined 4 package(s)" in r.stderr
+    assert r.returncode == 1 and "quarantined 5 package(s)" in r.stderr
     reasons = {q["cpv"]: q["reason"] for q in json.loads(r.stdout)["quarantined"]}
     assert set(reasons) == set(bad)
     by_kind = {kind: reasons[cpv] for cpv, kind in bad.items()}
@@ -189,12 +195,13 @@ def test_bad_packages_are_quarantined_never_published(scanned, tmp_path, built_p
     assert re.search(r"image.tar.zst does not match its Manifest \((BLAKE2B|SHA512)\)", by_kind["tamper"])
     assert "holds app-misc/example-docs-1.0, but" in by_kind["other_package"]
     assert "unsafe file name" in by_kind["unsafe"]
+    assert "not a gpkg" in by_kind["flat_tar"]
     entries = assert_consistent(scanned.binhost)
     assert sorted(e["CPV"] for e in entries) == sorted(good)
     states = dict(scanned.query("SELECT cpv, status FROM packages"))
     assert all(states[cpv] == "needed" for cpv in bad)
-    assert len(list((scanned.root / "state" / "staging" / "quarantine").rglob("*.gpkg.tar"))) == 3
-    assert len(scanned.query("SELECT detail FROM events WHERE event = 'quarantined'")) == 4
+    assert len(list((scanned.root / "state" / "staging" / "quarantine").rglob("*.gpkg.tar"))) == 4
+    assert len(scanned.query("SELECT detail FROM events WHERE event = 'quarantined'")) == 5
 
 
 def test_a_newer_build_supersedes_the_old_one_after_the_grace(received, built_packages, tmp_path):
@@ -248,3 +255,23 @@ def test_mirror_to_another_binhost_with_rsync(received, tmp_path):
     assert received.run("swarm-sync", "-q", env=env).returncode == 0
     assert (mirror / "Packages").read_bytes() == (received.binhost / "Packages").read_bytes()
     assert sorted(e["PATH"] for e in assert_consistent(mirror)) == files_on_disk(mirror)
+
+
+def test_a_rescan_during_a_run_wins_and_the_index_stays_true(received):
+    env = {**received.env, "SWARM_SYNC_TEST_HOOK": "copied:pause=5"}
+    sync = subprocess.Popen([script("swarm-sync")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(2)  # files are in place; the index is not written yet
+    docs = received.prefixes["orchestrator"].repo / "app-misc" / "example-docs"
+    shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
+    r = received.run("swarm-fresh", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["requeued"] == 1
+    assert sync.wait(timeout=60) == 0
+    assert "changed during this run" in sync.stderr.read()
+    entries = assert_consistent(received.binhost)
+    # The 1.0 binary is listed as what it is, 1.0; the package waits for its 1.1 build.
+    assert "app-misc/example-docs-1.0" in {e["CPV"] for e in entries}
+    assert received.query("SELECT cpv, status FROM packages WHERE cp = 'app-misc/example-docs'"
+                          ) == [("app-misc/example-docs-1.1", "needed")]
+    assert received.query("SELECT count(*) FROM events e JOIN packages p ON p.id = e.package_id"
+                          " WHERE p.cp = 'app-misc/example-docs' AND e.event = 'synced'") == [(0,)]

@@ -237,9 +237,8 @@ def gateway(config_path, drone):
 
     config = load_config(config_path)
 
-    def run_verb(args: list[str]) -> int:
+    def run_verb(args: list[str]) -> None:
         cli.main(args=[*args, "--config", str(config.path)], prog_name="swarm-delegate")
-        return 0
 
     sys.exit(run_gateway(config, drone, os.environ.get("SSH_ORIGINAL_COMMAND"), run_verb))
 

@@ -25,9 +25,10 @@ def cli(config_path, dry_run, as_json, verbose, quiet):
     """Publish received packages from staging to the binhost.
 
     Under an exclusive lock file (a second run exits 75 at once), for every
-    'received' package: verify the staged file (size and sha256 as the drone
-    reported, a complete gpkg whose Manifest matches, the CPV in its
-    metadata), copy it into binhost.path under a never-reused
+    'received' package: copy the staged file into binhost.path/.incoming/
+    and verify that copy (size and sha256 as the drone reported, a complete
+    gpkg whose Manifest matches, the CPV in its metadata), sign it if
+    binhost.gpg_key is set, rename it into place under a never-reused
     CAT/PN/PF-BUILD_ID.gpkg.tar name, rewrite Packages and Packages.gz once
     with Portage's own index code (temporary names, then rename; TIMESTAMP
     bumped; superseded builds of the same package and slot dropped), mark
@@ -75,6 +76,8 @@ def cli(config_path, dry_run, as_json, verbose, quiet):
         log.info("superseded, deleted after the grace period: %s", path)
     if result.quarantined:
         names = ", ".join(cpv for cpv, _ in result.quarantined)
+        if dry_run:
+            raise SwarmError(f"would quarantine {len(result.quarantined)} package(s): {names}")
         raise SwarmError(f"quarantined {len(result.quarantined)} package(s): {names} "
                          "(see staging/quarantine/ and the history)")
 
