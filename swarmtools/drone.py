@@ -1,8 +1,10 @@
 """The drone worker: heartbeat, claim, build with emerge, upload, report.
 
-Dependencies come from the binhost as binaries (``--usepkg=y
---getbinpkg=y``, ``PORTAGE_BINHOST`` and ``getbinpkg`` in FEATURES); only the
-claimed package's own binary is uploaded. While emerge runs the drone keeps
+Dependencies the binhost already has come from it as binaries
+(``--usepkg=y --getbinpkg=y``, ``PORTAGE_BINHOST`` and ``getbinpkg`` in
+FEATURES); claims are not yet held back until all dependencies are published
+(dependency order is swarm-resolve's job), so a drone may still build some
+from source. Only the claimed package's own binary is uploaded. While emerge runs the drone keeps
 sending heartbeats, which extend its lease, so a build of hours keeps it;
 a drone that dies stops them and its lease expires.
 """

@@ -37,7 +37,7 @@ def cli(config_path, name, once, drain, syslog, verbose, quiet):
       emerge --oneshot --usepkg=y --getbinpkg=y --buildpkg=y =CPV
 
     with PORTAGE_BINHOST set to binhost.url and getbinpkg in FEATURES, so
-    dependencies come from the binhost as binaries, uploads the new binary
+    dependencies the binhost has come from it as binaries, uploads the new binary
     package to staging/NAME/ with rsync and reports it (or uploads the build
     log and reports the failure). Heartbeats continue while emerge runs, so a
     long build keeps its lease. Idle, it sleeps delegate.poll_seconds.
