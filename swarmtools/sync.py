@@ -434,6 +434,7 @@ class PortageIndex:
         settings.lock()
         self.tree = binarytree(pkgdir=str(self.path), settings=settings)
         self.portage = portage
+        self._indexed_ids: dict[str, set[int]] | None = None  # CPV -> build ids in the index
 
     def allocate(self, cpv: str, staged_name: str, used_names: set[str]) -> str:
         """A binhost name for a new build: no file, index entry or earlier publication had it."""
@@ -446,9 +447,7 @@ class PortageIndex:
         for name in os.listdir(directory):
             if match := pattern.match(name):
                 used.add(int(match.group(1)))
-        for entry in self._load().packages:
-            if entry.get("CPV") == cpv and entry.get("BUILD_ID", "").isdigit():
-                used.add(int(entry["BUILD_ID"]))
+        used |= self._index_build_ids().get(cpv, set())
         for name in used_names:
             if match := pattern.search(name):
                 used.add(int(match.group(1)))
@@ -458,6 +457,16 @@ class PortageIndex:
 
     def _load(self):
         return self.tree._load_pkgindex()
+
+    def _index_build_ids(self) -> dict[str, set[int]]:
+        # Read once a run, not once a package: only this run (holding the
+        # lock) changes the index until publish() rereads it.
+        if self._indexed_ids is None:
+            self._indexed_ids = {}
+            for entry in self._load().packages:
+                if entry.get("BUILD_ID", "").isdigit():
+                    self._indexed_ids.setdefault(entry["CPV"], set()).add(int(entry["BUILD_ID"]))
+        return self._indexed_ids
 
     def publish(self, new: list[tuple[str, str]]) -> list[str]:
         """Add the new files' entries, drop superseded ones, write the index once.

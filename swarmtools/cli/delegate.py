@@ -25,6 +25,14 @@ def json_option(f):
     return click.option("--json", "as_json", is_flag=True, help="Print JSON, for jq.")(f)
 
 
+def emit(as_json: bool, result: dict, text: str) -> None:
+    """The result as JSON, or one line for people."""
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(text)
+
+
 @contextmanager
 def opened(config_path):
     """The config and an open database, closed afterwards."""
@@ -84,10 +92,8 @@ def heartbeat(config_path, drone, as_json):
         raise SwarmError("heartbeat facts must be one JSON object", ExitCode.USAGE)
     with opened(config_path) as (config, conn):
         result = lib.heartbeat(conn, config, drone, facts)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"{drone}: {result['leases_extended']} lease(s) extended to {result['lease_until']}")
+    emit(as_json, result, f"{drone}: {result['leases_extended']} lease(s) extended to "
+                          f"{result['lease_until']}")
     if not result["config_matches"] and "config_digest" in facts:
         click.echo(f"{os.path.basename(sys.argv[0])}: warning: drone {drone} runs another config "
                    "than the orchestrator's (config digests differ)", err=True)
@@ -166,10 +172,7 @@ def report(config_path, drone, as_json, cpv, outcome, file, size, sha256, log):
             result = lib.report_built(conn, config, drone, cpv, file, size, sha256)
         else:
             result = lib.report_failed(conn, config, drone, cpv, log)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"{cpv}: {result['status']}")
+    emit(as_json, result, f"{cpv}: {result['status']}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -187,10 +190,7 @@ def release(config_path, drone, as_json, cpv):
     """
     with opened(config_path) as (config, conn):
         result = lib.release(conn, config, drone, cpv)
-    if as_json:
-        emit_json(result)
-    else:
-        click.echo(f"{cpv}: released")
+    emit(as_json, result, f"{cpv}: released")
 
 
 @cli.command(context_settings=CONTEXT)
