@@ -4,7 +4,7 @@ PYTHON  ?= python3
 BIN     := $(CURDIR)/$(VENV)/bin
 RUN     := env PATH="$(BIN):$$PATH"
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	./scripts/system-deps
@@ -20,6 +20,9 @@ demo: setup
 
 test: setup
 	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(RUN) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: setup
 	$(RUN) $(BIN)/python benchmarks/fresh.py

@@ -17,27 +17,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from conftest import synthetic_scan  # noqa: E402
-from swarmtools import config as config_mod, db, delegate  # noqa: E402
-from swarmtools.config import render_toml  # noqa: E402
-from swarmtools.emerge import parse_merge_list  # noqa: E402
-from swarmtools.queue import apply_scan  # noqa: E402
-from timing import median_wall  # noqa: E402
+from swarmtools import clock, config as config_mod, db, delegate
+from swarmtools.emerge import parse_merge_list
+from swarmtools.queue import apply_scan
+from swarmtools.samples import synthetic_scan
+from timing import fresh_database, median_wall
 
 PACKAGES = 2000
 CLI_RUNS = 40
 
 
 def fresh_queue(config) -> sqlite3.Connection:
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{config.database}{suffix}").unlink(missing_ok=True)
-    conn = db.connect(config.database)
-    apply_scan(conn, parse_merge_list(synthetic_scan(PACKAGES)), "benchmark")
+    fresh_database(config.database)
+    conn = db.connect(config.database, create=True)
+    apply_scan(conn, parse_merge_list(synthetic_scan(PACKAGES)), "benchmark", clock.utcnow())
     return conn
 
 
@@ -45,7 +40,7 @@ def in_process(config) -> float:
     conn = fresh_queue(config)
     started = time.perf_counter()
     count = 0
-    while delegate.claim(conn, config, "d1"):
+    while delegate.claim(conn, config, "d1", clock.utcnow()):
         count += 1
     elapsed = time.perf_counter() - started
     conn.close()
@@ -79,10 +74,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
                                    capture_output=True, text=True, check=True).stdout.strip())
-        data = tomllib.loads(path.read_text())
-        data["drones"] = {"d1": {"transport": "local"}}
-        path.write_text(render_toml(data))
-        config = config_mod.load(path)
+        config = config_mod.edit(path, {"drones": {"d1": {"transport": "local"}}})
         env = {**os.environ, "SWARM_CONFIG": str(path)}
         rate_lib = in_process(config)
         rate_floor = floor(config)

@@ -6,7 +6,7 @@ Prints, side by side in one run:
     scan (848 packages added) and a rescan (848 unchanged), beside
     `python3 -c pass`;
   - that time as a share of the real `emerge -pe @world` it follows (18.8 s
-    on this machine kind, data/emerge/README.md). Target: under 5 %.
+    on this machine kind, tests/data/emerge/README.md). Target: under 5 %.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from timing import median_wall
+from timing import fresh_database, median_wall
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GNOME = SHARED / "data" / "emerge" / "gnome-pretend-emptytree-verbose.txt"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+GNOME = DATA / "emerge" / "gnome-pretend-emptytree-verbose.txt"
 EMERGE_SECONDS = 18.8
 RUNS = 7
 
@@ -44,13 +44,9 @@ def main() -> None:
         env = {**os.environ, "SWARM_CONFIG": config}
         db = Path(tmp) / "state" / "swarm.db"
 
-        def fresh_db():
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-
         fresh = [str(bindir / "swarm-fresh"), "-q", "--from", str(GNOME)]
         baseline = median_wall([sys.executable, "-c", "pass"], env, RUNS)
-        first = median_wall(fresh, env, RUNS, before=fresh_db)
+        first = median_wall(fresh, env, RUNS, before=lambda: fresh_database(db))
         rescan = median_wall(fresh, env, RUNS)
     rate = parse_rate()
     print(f"input: {GNOME.name} (848 rows); median of {RUNS} runs each")

@@ -22,14 +22,13 @@ import sys
 import tarfile
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
-from swarmtools import config as config_mod, db, delegate
-from swarmtools.config import render_toml
+from swarmtools import clock, config as config_mod, db, delegate
 from swarmtools.emerge import parse_merge_list
 from swarmtools.prefix import create_prefix
 from swarmtools.queue import apply_scan
+from timing import timed
 
 EXISTING, NEW = 2000, 10
 TEMPLATE = "app-misc/example-docs-1.0"
@@ -74,12 +73,6 @@ def derive(template: Path, index: int, target_dir: Path) -> Path:
     return path
 
 
-def timed(command, env) -> float:
-    started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="swarm-bench-sync-"))
     try:
@@ -101,12 +94,9 @@ def run(tmp: Path) -> None:
     config_path = Path(subprocess.run([Path(sys.executable).parent / "swarm-config", "init",
                                        "--dir", str(tmp / "swarm")], capture_output=True,
                                       text=True, check=True).stdout.strip())
-    data = tomllib.loads(config_path.read_text())
-    data["scan"]["environment"] = prefix.env_overrides()
-    data["drones"] = {"d1": {"transport": "local"}}
-    config_path.write_text(render_toml(data))
-    config = config_mod.load(config_path)
-    binhost = Path(config["binhost"]["path"])
+    config = config_mod.edit(config_path, {"scan": {"environment": prefix.env_overrides()},
+                                           "drones": {"d1": {"transport": "local"}}})
+    binhost = Path(config.binhost.path)
     for path in packages[:EXISTING]:
         target = binhost / path.relative_to(pool)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -123,15 +113,15 @@ def run(tmp: Path) -> None:
     new = packages[EXISTING:]
     scan = "".join(f"[ebuild  N     ] app-bench/{p.parent.name}-1.0::swarm-example  0 KiB\n"
                    for p in new) + f"Total: {NEW} packages\n"
-    conn = db.connect(config.database)
-    apply_scan(conn, parse_merge_list(scan), "benchmark")
-    while job := delegate.claim(conn, config, "d1"):
+    conn = db.connect(config.database, create=True)
+    apply_scan(conn, parse_merge_list(scan), "benchmark", clock.utcnow())
+    while job := delegate.claim(conn, config, "d1", clock.utcnow()):
         source = next(p for p in new if p.name.startswith(job["cpv"].split("/")[1] + "-"))
         relative = f"app-bench/{source.parent.name}/{source.name}"
         staged = config.staging_dir / "d1" / relative
         staged.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source, staged)
-        delegate.report_built(conn, config, "d1", job["cpv"], relative)
+        delegate.report_built(conn, config, "d1", job["cpv"], relative, clock.utcnow())
     conn.close()
 
     env = {**os.environ, "SWARM_CONFIG": str(config_path)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
+from pathlib import Path
 
 
 def median_wall(args, env: dict, runs: int, before=None) -> float:
@@ -17,3 +18,17 @@ def median_wall(args, env: dict, runs: int, before=None) -> float:
         subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def timed(args, env: dict) -> float:
+    """Wall time of one run of a whole command."""
+    started = time.perf_counter()
+    subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def fresh_database(path) -> None:
+    """Remove a database and its WAL files, so the next command starts a new one."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+

@@ -22,10 +22,9 @@ import subprocess
 import re
 import sys
 import threading
-import tomllib
 from pathlib import Path
 
-from swarmtools.config import render_toml
+from swarmtools.config import edit
 from swarmtools.prefix import create_prefix
 
 DEMO = Path(os.environ.get("SWARM_DEMO_DIR", "/tmp/swarm-demo"))
@@ -56,12 +55,12 @@ def main() -> None:
     server, url = serve(DEMO / "swarm" / "binhost")
     try:
         drones = {name: create_prefix(DEMO / f"drone-{name}") for name in ("d1", "d2")}
-        data = tomllib.loads(config.read_text())
-        data["binhost"]["url"] = url
-        data["drones"] = {name: {"host": "localhost", "transport": "local",
-                                 "environment": p.env_overrides()} for name, p in drones.items()}
-        data["delegate"] = {"heartbeat_seconds": 5, "poll_seconds": 2}
-        config.write_text(render_toml(data))
+        edit(config, {
+            "binhost": {"url": url},
+            "drones": {name: {"host": "localhost", "transport": "local",
+                              "environment": p.env_overrides()} for name, p in drones.items()},
+            "delegate": {"heartbeat_seconds": 5, "poll_seconds": 2},
+        })
         print(f"demo: config written to {config}, with drones d1 and d2 (one prefix each)")
         print(f"demo: the binhost {DEMO / 'swarm' / 'binhost'} is served at {url}")
 

@@ -5,72 +5,125 @@ Location: ``--config PATH``, else ``$SWARM_CONFIG``, else
 a command-line flag, the environment (``SWARM_<SECTION>_<KEY>``, e.g.
 ``SWARM_ORCHESTRATOR_DATABASE``), the file, the built-in default.
 Relative paths in the file are taken relative to the file's directory.
+
+The schema is the section dataclasses below: each field is a key, with its
+kind, default, limits and help (shown by ``swarm-config show`` as comments
+and by ``swarm-config --help``). A loaded :class:`Config` is read with
+attributes: ``config.delegate.lease_seconds``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import re
 import shutil
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .output import write_atomic
 
 DEFAULT_PATH = Path("/etc/swarmtools/swarm.toml")
+INT_MAX = 2**31 - 1  # larger values overflow dates and SQLite alike
 
-# Each key: (kind, default, help). kind is one of "path", "str", "int",
-# "list", "env", "choice:a|b". A default may name another key of the same
-# section in braces ("{state_dir}/swarm.db").
-SCHEMA: dict[str, dict[str, tuple[str, object, str]]] = {
-    "orchestrator": {
-        "state_dir": ("path", "/var/lib/swarmtools", "directory for the database and logs"),
-        "database": ("path", "{state_dir}/swarm.db", "the SQLite queue"),
-        "staging_dir": ("path", "{state_dir}/staging", "where drones upload, one folder a drone"),
-        "log_file": ("path", "{state_dir}/swarm.log", "errors of cron runs are appended here"),
-        "ssh": ("str", "swarm@orchestrator", "ssh destination drones use to reach the gateway"),
-        "ssh_command": ("list", ["ssh", "-o", "BatchMode=yes"], "ssh program and options drones use"),
-    },
-    "binhost": {
-        "path": ("path", "/var/cache/binhost", "PKGDIR served to clients (on the orchestrator)"),
-        "url": ("str", "http://orchestrator/binhost", "URL clients put in PORTAGE_BINHOST"),
-        "rsync_target": ("str", "", "when the binhost is another host: [user@]host:/path to mirror to"),
-        "grace_seconds": ("int", 86400, "how long a superseded package stays on disk"),
-        "sync_interval_seconds": ("int", 120, "how often cron runs swarm-sync"),
-        "gpg_key": ("str", "", "sign published packages with this GnuPG key (empty: unsigned)"),
-        "gpg_home": ("path", "", "the GnuPG home holding that key (empty: ~/.gnupg)"),
-    },
-    "scan": {
-        "command": (
-            "list",
-            ["emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "@world"],
-            "the scan swarm-fresh runs; add --usepkg=y --getbinpkg=y to skip what the binhost has",
-        ),
-        "environment": ("env", {}, "extra environment for the scan (PORTAGE_BINHOST, ...)"),
-        "timeout": ("int", 3600, "seconds before a scan is abandoned"),
-    },
-    "delegate": {
-        "lease_seconds": ("int", 3600, "how long a claim holds without a heartbeat"),
-        "online_seconds": ("int", 300, "a drone is online while its last heartbeat is this young"),
-        "retry_seconds": ("int", 1800, "back-off after a failed build; doubles with each failure"),
-        "retry_max_seconds": ("int", 86400, "the longest back-off"),
-        "heartbeat_seconds": ("int", 60, "how often a drone sends a heartbeat, also while building"),
-        "poll_seconds": ("int", 30, "how long an idle drone sleeps before asking again"),
-    },
-}
 
-# One [drones.NAME] table a drone.
-DRONE_SCHEMA: dict[str, tuple[str, object, str]] = {
-    "host": ("str", "", "the drone's host name, for people"),
-    "transport": ("choice:ssh|local", "ssh", "how the drone reaches the orchestrator"),
-    "ssh_command": ("list", [], "this drone's ssh program and options (default orchestrator.ssh_command)"),
-    "environment": ("env", {}, "extra environment for the drone's emerge"),
+def key(default, help: str, *, kind: str = "", minimum: int | None = None,
+        maximum: int = INT_MAX, choices: tuple[str, ...] = (), required: bool = False,
+        environ: bool = True):
+    """One config key: its default, help line and checks (a dataclass field)."""
+    metadata = {"help": help, "kind": kind, "minimum": minimum, "maximum": maximum,
+                "choices": choices, "required": required, "environ": environ}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class Orchestrator:
+    """The host that keeps the queue and runs the gateway."""
+
+    state_dir: str = key("/var/lib/swarmtools", "directory for the database and logs",
+                         kind="path", required=True)
+    database: str = key("{state_dir}/swarm.db", "the SQLite queue", kind="path", required=True)
+    staging_dir: str = key("{state_dir}/staging", "where drones upload, one folder a drone",
+                           kind="path", required=True)
+    log_file: str = key("{state_dir}/swarm.log", "errors of cron runs are appended here",
+                        kind="path")
+    ssh: str = key("swarm@orchestrator", "ssh destination drones use to reach the gateway")
+    ssh_command: list = key(["ssh", "-o", "BatchMode=yes"], "ssh program and options drones use")
+
+
+@dataclass(frozen=True)
+class Binhost:
+    """The directory clients fetch binary packages from."""
+
+    path: str = key("/var/cache/binhost", "PKGDIR served to clients (on the orchestrator)",
+                    kind="path", required=True)
+    url: str = key("http://orchestrator/binhost", "URL clients put in PORTAGE_BINHOST",
+                   required=True)
+    rsync_target: str = key("", "when the binhost is another host: [user@]host:/path to mirror to")
+    grace_seconds: int = key(86400, "how long a superseded package stays on disk", minimum=0)
+    sync_interval_seconds: int = key(120, "how often cron runs swarm-sync", minimum=1)
+    gpg_key: str = key("", "sign published packages with this GnuPG key (empty: unsigned)")
+    gpg_home: str = key("", "the GnuPG home holding that key (empty: ~/.gnupg)", kind="path")
+
+
+@dataclass(frozen=True)
+class Scan:
+    """How swarm-fresh learns what the world needs."""
+
+    command: list = key(
+        ["emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "@world"],
+        "the scan swarm-fresh runs; add --usepkg=y --getbinpkg=y to skip what the binhost has",
+        required=True)
+    environment: dict = key({}, "extra environment for the scan (PORTAGE_BINHOST, ...)",
+                            kind="env")
+    timeout: int = key(3600, "seconds before a scan is abandoned", minimum=1)
+
+
+@dataclass(frozen=True)
+class Delegate:
+    """Leases, heartbeats and back-offs."""
+
+    lease_seconds: int = key(3600, "how long a claim holds without a heartbeat", minimum=1)
+    online_seconds: int = key(300, "a drone is online while its last heartbeat is this young",
+                              minimum=1)
+    retry_seconds: int = key(1800, "back-off after a failed build; doubles with each failure",
+                             minimum=0)
+    retry_max_seconds: int = key(86400, "the longest back-off", minimum=0)
+    heartbeat_seconds: int = key(60, "how often a drone sends a heartbeat, also while building",
+                                 minimum=1)
+    poll_seconds: int = key(30, "how long an idle drone sleeps before asking again", minimum=1)
+
+
+@dataclass(frozen=True)
+class Drone:
+    """One [drones.NAME] table a drone."""
+
+    host: str = key("", "the drone's host name, for people")
+    transport: str = key("ssh", "how the drone reaches the orchestrator", kind="choice",
+                         choices=("ssh", "local"))
+    ssh_command: list = key([], "this drone's ssh program and options "
+                                "(default orchestrator.ssh_command)")
+    environment: dict = key({}, "extra environment for the drone's emerge", kind="env")
+
+
+# The file's top level: single tables, then collections of named tables.
+SECTIONS: dict[str, type] = {
+    "orchestrator": Orchestrator,
+    "binhost": Binhost,
+    "scan": Scan,
+    "delegate": Delegate,
 }
+NAMED_TABLES: dict[str, type] = {"drones": Drone}
+ARRAYS_OF_TABLES: dict[str, type] = {}
 
 _DRONE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_RESERVED_NAMES = {"quarantine", "logs"}  # folders of staging_dir
 
 
 @dataclass(frozen=True)
@@ -78,26 +131,36 @@ class Config:
     """The effective config and the file it came from."""
 
     path: Path
-    data: dict
-
-    def __getitem__(self, section: str) -> dict:
-        return self.data[section]
+    orchestrator: Orchestrator
+    binhost: Binhost
+    scan: Scan
+    delegate: Delegate
+    drones: dict[str, Drone]
 
     @property
     def database(self) -> Path:
-        return Path(self.data["orchestrator"]["database"])
+        return Path(self.orchestrator.database)
 
     @property
     def staging_dir(self) -> Path:
-        return Path(self.data["orchestrator"]["staging_dir"])
+        return Path(self.orchestrator.staging_dir)
 
     @property
-    def drones(self) -> dict[str, dict]:
-        return self.data["drones"]
+    def state_dir(self) -> Path:
+        return Path(self.orchestrator.state_dir)
+
+    def to_dict(self) -> dict:
+        """The effective values as plain data (sections in schema order)."""
+        data: dict = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        for name in NAMED_TABLES:
+            data[name] = {k: dataclasses.asdict(v) for k, v in getattr(self, name).items()}
+        for name in ARRAYS_OF_TABLES:
+            data[name] = [dataclasses.asdict(v) for v in getattr(self, name)]
+        return data
 
     def digest(self) -> str:
         """A hash of the effective config, so drones can report which one they run."""
-        text = json.dumps(self.data, sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -113,102 +176,161 @@ def locate(explicit: str | os.PathLike | None = None) -> Path:
 def load(explicit: str | os.PathLike | None = None, environ: dict | None = None) -> Config:
     """Read, validate and complete the config; raise ConfigError naming key and file."""
     path = locate(explicit)
-    environ = os.environ if environ is None else environ
+    return from_text(_read(path), path, os.environ if environ is None else environ)
+
+
+def _read(path: Path) -> str:
     try:
-        raw = tomllib.loads(path.read_text())
+        return path.read_text()
     except FileNotFoundError:
         raise ConfigError(
             f"config file {path} not found; create one with 'swarm-config init --dir DIR' "
-            "and point --config or SWARM_CONFIG at it"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
+            "and point --config or SWARM_CONFIG at it") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def from_text(text: str, path: Path, environ) -> Config:
+    """Validate TOML text as the config at PATH (relative paths are taken from there)."""
+    try:
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return Config(path=path, data=_complete(raw, path, environ))
-
-
-def _complete(raw: dict, path: Path, environ) -> dict:
-    unknown = set(raw) - set(SCHEMA) - {"drones"}
+    known = set(SECTIONS) | set(NAMED_TABLES) | set(ARRAYS_OF_TABLES)
+    unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{path}: unknown section or key '{sorted(unknown)[0]}'")
     base = path.parent.resolve()
-    data: dict = {}
-    for section, keys in SCHEMA.items():
-        table = raw.get(section, {})
+    values: dict = {}
+    for name, cls in SECTIONS.items():
+        table = raw.get(name, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: '{section}' must be a table ([{section}])")
-        data[section] = _complete_table(table, keys, section, path, base, environ)
-    drones = raw.get("drones", {})
-    if not isinstance(drones, dict):
-        raise ConfigError(f"{path}: 'drones' must be a table of [drones.NAME] tables")
-    data["drones"] = {}
-    for name, table in drones.items():
-        if not _DRONE_NAME.match(name) or name == "quarantine":
-            raise ConfigError(
-                f"{path}: drone name 'drones.{name}' must be lower-case letters, digits, '.', '_' or '-'"
-                " (and not 'quarantine')"
-            )
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: 'drones.{name}' must be a table")
-        data["drones"][name] = _complete_table(
-            table, DRONE_SCHEMA, f"drones.{name}", path, base, {}
-        )
-    return data
+            raise ConfigError(f"{path}: '{name}' must be a table ([{name}])")
+        values[name] = _table(cls, table, name, path, base, environ)
+    for name, cls in NAMED_TABLES.items():
+        tables = raw.get(name, {})
+        if not isinstance(tables, dict):
+            raise ConfigError(f"{path}: '{name}' must be a table of [{name}.NAME] tables")
+        values[name] = {}
+        for entry, table in tables.items():
+            if not _DRONE_NAME.match(entry) or entry in _RESERVED_NAMES:
+                raise ConfigError(
+                    f"{path}: name '{name}.{entry}' must be lower-case letters, digits, '.', "
+                    f"'_' or '-' (and not {' or '.join(sorted(_RESERVED_NAMES))})")
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: '{name}.{entry}' must be a table")
+            values[name][entry] = _table(cls, table, f"{name}.{entry}", path, base, {})
+    for name, cls in ARRAYS_OF_TABLES.items():
+        tables = raw.get(name, [])
+        if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+            raise ConfigError(f"{path}: '{name}' must be an array of tables ([[{name}]])")
+        values[name] = [_table(cls, t, f"{name}[{i}]", path, base, {})
+                        for i, t in enumerate(tables)]
+    config = Config(path=path, **values)
+    _check_together(config)
+    return config
 
 
-def _complete_table(table, keys, section, path, base, environ) -> dict:
-    unknown = set(table) - set(keys)
+def _check_together(config: Config) -> None:
+    # Invariants between keys: a drone beating less often than its lease
+    # lasts would lose every long build.
+    d = config.delegate
+    if d.heartbeat_seconds >= d.lease_seconds:
+        raise ConfigError(
+            f"{config.path}: 'delegate.heartbeat_seconds' ({d.heartbeat_seconds}) must be "
+            f"shorter than 'delegate.lease_seconds' ({d.lease_seconds}), or leases of "
+            "building drones expire")
+
+
+def schema(cls: type) -> list[dataclasses.Field]:
+    """The keys of one section (dataclass fields, in order)."""
+    return list(dataclasses.fields(cls))
+
+
+def kind_of(f: dataclasses.Field) -> str:
+    """path, str, int, bool, list, env or choice."""
+    if f.metadata["kind"]:
+        return f.metadata["kind"]
+    return {"str": "str", "int": "int", "bool": "bool", "list": "list", "dict": "env"}[str(f.type)]
+
+
+def _table(cls: type, table: dict, section: str, path: Path, base: Path, environ) -> object:
+    fields = {f.name: f for f in schema(cls)}
+    unknown = set(table) - set(fields)
     if unknown:
         raise ConfigError(f"{path}: unknown key '{section}.{sorted(unknown)[0]}'")
-    out = {}
+    out: dict = {}
     # Keys without a {reference} first, so defaults like "{state_dir}/x" resolve.
-    for key in sorted(keys, key=lambda k: "{" in str(keys[k][1])):
-        kind, default, _ = keys[key]
-        env_name = f"SWARM_{section}_{key}".upper().replace(".", "_").replace("-", "_")
-        if env_name in environ and kind in ("path", "str", "int"):
+    order = sorted(fields.values(), key=lambda f: "{" in str(_default(f)))
+    for f in order:
+        kind, name = kind_of(f), f"{section}.{f.name}"
+        env_name = f"SWARM_{section}_{f.name}".upper().replace(".", "_").replace("-", "_")
+        if f.metadata["environ"] and env_name in environ and kind in ("path", "str", "int", "bool"):
             value = _from_env(environ[env_name], kind, env_name)
-        elif key in table:
-            value = _check_type(table[key], kind, f"{section}.{key}", path)
+            where = f"environment variable {env_name}"
+        elif f.name in table:
+            value = _check_type(table[f.name], kind, name, path)
+            where = f"{path}: '{name}'"
         else:
+            default = _default(f)
             value = default.format(**out) if isinstance(default, str) else default
+            where = f"default of '{name}'"
+        _check_value(value, f, where)
         if kind == "path" and value:
             value = str((base / os.path.expanduser(value)).resolve())
-        out[key] = value
-    return {key: out[key] for key in keys}  # schema order, for people reading `show`
+        out[f.name] = value
+    return cls(**out)
 
 
-def _check_type(value, kind: str, key: str, path: Path):
-    expected = {"path": str, "str": str, "int": int, "list": list, "env": dict}
-    if kind.startswith("choice:"):
-        choices = kind.split(":", 1)[1].split("|")
-        if value not in choices:
-            raise ConfigError(f"{path}: '{key}' must be one of {', '.join(choices)}, not {value!r}")
-        return value
-    want = expected[kind]
-    if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-        raise ConfigError(
-            f"{path}: '{key}' must be {_KIND_WORDS[kind]}, not {type(value).__name__} {value!r}"
-        )
-    if kind == "list" and not all(isinstance(item, str) for item in value):
-        raise ConfigError(f"{path}: '{key}' must be a list of strings")
-    if kind == "env" and not all(isinstance(v, str) for v in value.values()):
-        raise ConfigError(f"{path}: '{key}' must map names to strings")
-    if kind == "int" and value < 0:
-        raise ConfigError(f"{path}: '{key}' must not be negative")
-    return value
+def _default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
 
 
 _KIND_WORDS = {
     "path": "a path string",
     "str": "a string",
     "int": "an integer",
+    "bool": "true or false",
     "list": "a list of strings",
     "env": "a table of strings",
 }
 
 
+def _check_type(value, kind: str, name: str, path: Path):
+    if kind == "choice":
+        return value  # checked with the choices
+    expected = {"path": str, "str": str, "int": int, "bool": bool, "list": list, "env": dict}[kind]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{path}: '{name}' must be {_KIND_WORDS[kind]}, not {type(value).__name__} {value!r}")
+    if kind == "list" and not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{path}: '{name}' must be a list of strings")
+    if kind == "env" and not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f"{path}: '{name}' must map names to strings")
+    return value
+
+
+def _check_value(value, f: dataclasses.Field, where: str) -> None:
+    meta = f.metadata
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(meta['choices'])}, not {value!r}")
+    if isinstance(value, str) and "\0" in value:
+        raise ConfigError(f"{where} holds a NUL character")
+    if meta["required"] and not value:
+        raise ConfigError(f"{where} must not be empty")
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = meta["minimum"] if meta["minimum"] is not None else -INT_MAX
+        if not low <= value <= meta["maximum"]:
+            raise ConfigError(f"{where} must be between {low} and {meta['maximum']}, not {value}")
+
+
 def _from_env(text: str, kind: str, name: str):
+    if kind == "bool":
+        if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+            raise ConfigError(f"environment variable {name} must be true or false, not {text!r}")
+        return text.lower() in ("true", "1", "yes")
     if kind != "int":
         return text
     try:
@@ -217,82 +339,153 @@ def _from_env(text: str, kind: str, name: str):
         raise ConfigError(f"environment variable {name} must be an integer, not {text!r}") from None
 
 
-def check(config: Config) -> list[str]:
-    """Problems a command would hit later: missing directories, no emerge."""
-    problems = []
-    orch = config["orchestrator"]
-    for key in ("state_dir",):
-        if not Path(orch[key]).is_dir():
-            problems.append(f"orchestrator.{key}: directory {orch[key]} does not exist")
-    for key in ("database", "log_file"):
-        parent = Path(orch[key]).parent
-        if not parent.is_dir():
-            problems.append(f"orchestrator.{key}: directory {parent} does not exist")
-    if not config.staging_dir.is_dir():
-        problems.append(f"orchestrator.staging_dir: directory {config.staging_dir} does not exist")
-    if not Path(config["binhost"]["path"]).is_dir():
-        problems.append(f"binhost.path: directory {config['binhost']['path']} does not exist")
-    if config["binhost"]["gpg_key"] and not shutil.which("gpg"):
-        problems.append("binhost.gpg_key: gpg is not installed")
-    gpg_home = config["binhost"]["gpg_home"]
-    if gpg_home and not Path(gpg_home).is_dir():
-        problems.append(f"binhost.gpg_home: directory {gpg_home} does not exist")
-    command = config["scan"]["command"]
-    if not command:
-        problems.append("scan.command: empty")
-    else:
-        search = config["scan"]["environment"].get("PATH", os.environ.get("PATH", ""))
-        if shutil.which(command[0], path=search) is None:
-            problems.append(f"scan.command: '{command[0]}' not found on PATH")
-    return problems
+def problems(config: Config) -> list[str]:
+    """Problems a command would hit later: missing directories, no emerge, no gpg."""
+    found = []
+    orch = config.orchestrator
+    for name, directory in (("state_dir", orch.state_dir), ("staging_dir", orch.staging_dir),
+                            ("database", Path(orch.database).parent),
+                            ("log_file", Path(orch.log_file).parent if orch.log_file else None)):
+        if directory and not Path(directory).is_dir():
+            found.append(f"orchestrator.{name}: directory {directory} does not exist")
+    if not Path(config.binhost.path).is_dir():
+        found.append(f"binhost.path: directory {config.binhost.path} does not exist")
+    if config.binhost.gpg_key and not shutil.which("gpg"):
+        found.append("binhost.gpg_key: gpg is not installed")
+    if config.binhost.gpg_home and not Path(config.binhost.gpg_home).is_dir():
+        found.append(f"binhost.gpg_home: directory {config.binhost.gpg_home} does not exist")
+    command = config.scan.command
+    search = config.scan.environment.get("PATH", os.environ.get("PATH", ""))
+    if shutil.which(command[0], path=search) is None:
+        found.append(f"scan.command: '{command[0]}' not found on PATH")
+    return found
 
 
-def render_toml(data: dict) -> str:
-    """Write a config dict as TOML (strings, ints, lists of strings, tables)."""
+def help_lines() -> list[str]:
+    """Each section and its keys, for swarm-config --help (generated from the schema)."""
+    lines = []
+    for name, cls in [*SECTIONS.items(), *NAMED_TABLES.items(), *ARRAYS_OF_TABLES.items()]:
+        label = (f"[{name}.NAME]" if name in NAMED_TABLES else
+                 f"[[{name}]]" if name in ARRAYS_OF_TABLES else f"[{name}]")
+        lines.append(f"  {label:<16} " + " ".join(f.name for f in schema(cls)))
+    return lines
+
+
+def reference_table() -> str:
+    """Every key with its default and help, as the README's Markdown table."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, cls in [*SECTIONS.items(), *NAMED_TABLES.items(), *ARRAYS_OF_TABLES.items()]:
+        prefix = f"{name}.NAME" if name in NAMED_TABLES else name
+        for f in schema(cls):
+            default = _default(f)
+            shown = "" if default in ("", [], {}) else f"`{_toml_value(default)}`"
+            extra = []
+            if f.metadata["minimum"] is not None:
+                extra.append(f"at least {f.metadata['minimum']}")
+            if f.metadata["choices"]:
+                extra.append("one of " + ", ".join(f.metadata["choices"]))
+            meaning = f.metadata["help"] + (f" ({'; '.join(extra)})" if extra else "")
+            rows.append(f"| `{prefix}.{f.name}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def render_toml(data: dict, with_help: bool = False) -> str:
+    """Write config data as TOML; with_help puts each key's help above it as a comment."""
     lines: list[str] = []
 
-    def table(name: str, values: dict) -> None:
-        lines.append(f"[{name}]")
+    def table(header: str, cls: type | None, values: dict) -> None:
+        helps = {f.name: f.metadata["help"] for f in schema(cls)} if cls and with_help else {}
+        lines.append(header)
         nested = []
-        for key, value in values.items():
+        for name, value in values.items():
             if isinstance(value, dict):
-                nested.append((key, value))
-            else:
-                lines.append(f"{key} = {_toml_value(value)}")
-        for key, value in nested:
-            lines.append(f"\n[{name}.{key}]")
+                nested.append((name, value))
+                continue
+            if name in helps:
+                lines.append(f"# {helps[name]}")
+            lines.append(f"{_toml_key(name)} = {_toml_value(value)}")
+        inner = header.strip("[]")
+        for name, value in nested:
+            lines.append("")
+            if name in helps:
+                lines.append(f"# {helps[name]}")
+            lines.append(f"[{inner}.{_toml_key(name)}]")
             lines.extend(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items())
         lines.append("")
 
     for section, values in data.items():
-        if section == "drones":
-            for drone, drone_values in values.items():
-                table(f"drones.{drone}", drone_values)
+        if section in NAMED_TABLES:
+            for entry, entry_values in values.items():
+                table(f"[{section}.{_toml_key(entry)}]", NAMED_TABLES[section], entry_values)
+        elif section in ARRAYS_OF_TABLES:
+            for entry_values in values:
+                table(f"[[{section}]]", ARRAYS_OF_TABLES[section], entry_values)
         else:
-            table(section, values)
+            table(f"[{section}]", SECTIONS.get(section), values)
     return "\n".join(lines)
 
 
-def _toml_key(key: str) -> str:
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+def _toml_key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else _toml_value(name)
 
 
 def _toml_value(value) -> str:
-    # JSON strings, integers and arrays of strings are valid TOML too.
-    return json.dumps(value)
+    # JSON strings, integers, booleans and arrays of strings are valid TOML,
+    # but for DEL, which TOML wants escaped.
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def edit(path: Path, changes: dict) -> Config:
+    """Merge CHANGES (nested dicts; None removes a key) into the file and rewrite it.
+
+    What is written must load: nothing is changed otherwise. The file is
+    rewritten in canonical form (its own comments are not kept).
+    """
+    raw = tomllib.loads(_read(path))
+    merge(raw, changes)
+    text = render_toml(raw, with_help=True)
+    config = from_text(text, path, {})
+    write_atomic(path, text)
+    return config
+
+
+def merge(target: dict, changes: dict) -> None:
+    """Merge nested CHANGES into TARGET (None removes a key)."""
+    for name, value in changes.items():
+        if value is None:
+            target.pop(name, None)
+        elif isinstance(value, dict) and isinstance(target.get(name), dict):
+            merge(target[name], value)
+        else:
+            target[name] = value
+
+
+def parse_assignment(text: str) -> dict:
+    """'section.key=VALUE' as nested changes for edit(); VALUE is TOML, else a string."""
+    name, sep, value_text = text.partition("=")
+    parts = name.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"'{text}': write SECTION.KEY=VALUE, e.g. delegate.lease_seconds=600")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text
+    changes: dict = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        changes = {part: changes}
+    return changes
 
 
 def binrepos_conf(config: Config, name: str = "swarm") -> str:
     """The /etc/portage/binrepos.conf entry a client needs for this binhost."""
-    signed = bool(config["binhost"]["gpg_key"])
     lines = [
         f"# /etc/portage/binrepos.conf/{name}.conf: packages built by the swarm",
         f"[{name}]",
-        f"sync-uri = {config['binhost']['url']}",
+        f"sync-uri = {config.binhost.url}",
         "priority = 10",
     ]
-    if signed:
-        lines += ["# Signed with " + config["binhost"]["gpg_key"] + ": import its public key into",
+    if config.binhost.gpg_key:
+        lines += ["# Signed with " + config.binhost.gpg_key + ": import its public key into",
                   "# /etc/portage/gnupg with ultimate or full trust (getuto, or gpg --homedir).",
                   "verify-signature = true"]
     else:
@@ -323,14 +516,13 @@ def init(directory: Path, scan_environment: dict[str, str] | None = None,
         },
         "binhost": {"path": str(directory / "binhost"), "url": "http://127.0.0.1:8080"},
         "scan": {
-            "command": SCHEMA["scan"]["command"][1],
+            "command": _default(Scan.__dataclass_fields__["command"]),
             "environment": dict(scan_environment or {}),
         },
         "drones": {"local": {"host": "localhost", "transport": "local"}},
     }
-    path.write_text(
-        "# swarmtools config written by 'swarm-config init'; see 'swarm-config --help'.\n"
-        + render_toml(data)
-    )
-    load(path)  # what we write must load
+    text = ("# swarmtools config written by 'swarm-config init'; see 'swarm-config --help'.\n"
+            + render_toml(data, with_help=True))
+    from_text(text, path, {})  # what we write must load
+    write_atomic(path, text)
     return path

@@ -3,25 +3,44 @@
 Every write goes through :func:`write`, which opens ``BEGIN IMMEDIATE`` so
 two processes never interleave a read-modify-write. The schema version lives
 in ``PRAGMA user_version``; a database newer than this code is refused.
+Only the commands that fill the queue create the file; every other one
+refuses a missing or empty database instead of starting a new one.
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from .errors import ConfigError, TryLater
 
 BUSY_TIMEOUT_MS = 30_000
 
-STATES = ("needed", "delegated", "received", "synced", "failed")
+_STATES = ("needed", "delegated", "received", "synced", "failed")  # packages.State
+
+
+def _backfill_publications(conn: sqlite3.Connection) -> None:
+    # Until migration 3 the names ever published lived only in the text of
+    # 'synced' events ("published as CAT/PN/PF-ID.gpkg.tar").
+    name = re.compile(r"^published as ((?P<cat>[^/]+)/[^/]+/(?P<pf>.+)-(?P<id>\d+)\.(?:gpkg\.tar|xpak))$")
+    rows = conn.execute("SELECT package_id, at, detail FROM events WHERE event = 'synced'").fetchall()
+    for package_id, at, detail in rows:
+        if match := name.match(detail):
+            conn.execute(
+                "INSERT OR IGNORE INTO publications (path, cpv, build_id, package_id, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (match.group(1), f"{match.group('cat')}/{match.group('pf')}",
+                 int(match.group("id")), package_id, at))
+
 
 # Numbered migrations: index + 1 is the user_version they lead to. Never
-# edit one that has shipped; append a new one.
-MIGRATIONS: list[str] = [
+# edit one that has shipped; append a new one. A migration is SQL, or a
+# function for what SQL cannot say.
+MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     # 1: queue, history, scans, drones.
     f"""
     CREATE TABLE packages (
@@ -32,7 +51,7 @@ MIGRATIONS: list[str] = [
         subslot     TEXT,
         repo        TEXT NOT NULL DEFAULT '',
         use         TEXT NOT NULL DEFAULT '',   -- enabled USE and USE_EXPAND flags, sorted
-        status      TEXT NOT NULL CHECK (status IN {STATES!r}),
+        status      TEXT NOT NULL CHECK (status IN {_STATES!r}),
         active      INTEGER NOT NULL DEFAULT 1, -- 0: retired, gone from the latest scan
         scan_order  INTEGER NOT NULL DEFAULT 0, -- position in the latest merge list
         priority    INTEGER NOT NULL DEFAULT 0, -- higher first (swarm-resolve)
@@ -90,28 +109,54 @@ MIGRATIONS: list[str] = [
         since TEXT NOT NULL
     );
     """,
+    # 3: every binhost name ever published, keyed (a build id is never
+    # reused); the drone an event concerns; events found by kind and time.
+    """
+    CREATE TABLE publications (
+        path        TEXT PRIMARY KEY,           -- relative to binhost.path
+        cpv         TEXT NOT NULL,
+        build_id    INTEGER NOT NULL,
+        package_id  INTEGER REFERENCES packages (id),
+        at          TEXT NOT NULL
+    );
+    CREATE INDEX publications_cpv ON publications (cpv);
+    ALTER TABLE events ADD COLUMN drone TEXT;
+    CREATE INDEX events_event ON events (event, at);
+    -- Every claim looks for expired leases and ended back-offs first.
+    CREATE INDEX packages_leases ON packages (lease_until) WHERE status = 'delegated';
+    CREATE INDEX packages_backoffs ON packages (retry_after) WHERE status = 'failed';
+    """,
+    _backfill_publications,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def now() -> str:
-    """The current time as ISO-8601 UTC, the one time format in the database."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
+    """Open the database, migrate it to this code's schema, refuse a newer one.
 
-
-def connect(path: str | Path, create: bool = True) -> sqlite3.Connection:
-    """Open the database, migrate it to this code's schema, refuse a newer one."""
+    create: start a new database when there is none (swarm-fresh, init);
+    otherwise a missing or empty file is a configuration error.
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise ConfigError(
             f"database directory {path.parent} does not exist "
-            "(orchestrator.database / orchestrator.state_dir in the config)"
-        )
-    if not create and not path.exists():
-        raise ConfigError(f"no database at {path}; run 'swarm-fresh' first")
+            "(orchestrator.database / orchestrator.state_dir in the config)")
+    exists = path.exists()
+    if not create and not exists:
+        raise ConfigError(f"no database at {path}; run 'swarm-fresh' first "
+                          "(or check orchestrator.database in the config)")
+    # Empty: truncated, or a mistyped path touched by hand. (A command that
+    # creates may find one that another is creating at this very moment.)
+    if not create and exists and path.is_file() and path.stat().st_size == 0:
+        raise ConfigError(f"{path} is an empty file, not a swarmtools database; "
+                          "remove it to start a new queue")
     # isolation_level=None: we issue BEGIN ourselves, so BEGIN IMMEDIATE is real.
-    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    try:
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot open database {path}: {exc}") from None
     conn.row_factory = sqlite3.Row
     try:
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -156,16 +201,19 @@ def _migrate(conn: sqlite3.Connection, path: Path) -> None:
     if version > SCHEMA_VERSION:
         raise ConfigError(
             f"database {path} has schema version {version}, newer than this swarmtools "
-            f"({SCHEMA_VERSION}); upgrade swarmtools"
-        )
+            f"({SCHEMA_VERSION}); upgrade swarmtools")
     if version == SCHEMA_VERSION:
         return
     with write(conn):
         # Re-read inside the lock: another process may have migrated meanwhile.
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number in range(version, SCHEMA_VERSION):
-            for statement in _statements(MIGRATIONS[number]):
-                conn.execute(statement)
+            migration = MIGRATIONS[number]
+            if callable(migration):
+                migration(conn)
+            else:
+                for statement in _statements(migration):
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
 
 
@@ -189,18 +237,9 @@ def write(conn: sqlite3.Connection):
         raise TryLater(f"database is busy ({exc}); try again") from None
     try:
         yield conn
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        # Some errors (a full disk) end the transaction by themselves.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
-
-
-def record_event(conn: sqlite3.Connection, package_id: int | None, actor: str, event: str,
-                 from_status: str | None, to_status: str | None, detail: str = "",
-                 at: str | None = None) -> None:
-    """Append one entry to the history (inside the caller's write transaction)."""
-    conn.execute(
-        "INSERT INTO events (package_id, at, actor, event, from_status, to_status, detail)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (package_id, at or now(), actor, event, from_status, to_status, detail),
-    )

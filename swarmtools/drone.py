@@ -11,6 +11,7 @@ a drone that dies stops them and its lease expires.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -22,14 +23,13 @@ import subprocess
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from . import __version__
+from . import __version__, clock, gpkg
 from .config import Config
-from .delegate import file_digest
-from .errors import ConfigError, SwarmError
-from .transport import Transport
+from .delegate import check_drone
+from .errors import SwarmError
+from .transport import Transport, for_drone
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,10 @@ class Drone:
     """One drone's worker loop."""
 
     def __init__(self, config: Config, name: str, transport: Transport | None = None):
-        if name not in config.drones:
-            raise ConfigError(f"unknown drone '{name}': add a [drones.{name}] table to {config.path}")
+        check_drone(config, name)
         self.config = config
         self.name = name
-        self.transport = transport or Transport(config, name)
+        self.transport = transport or for_drone(config, name)
         self.env = build_environment(config, name)
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
@@ -72,15 +71,13 @@ class Drone:
 
     def heartbeat(self) -> None:
         """Send the facts; the orchestrator extends this drone's leases."""
-        import json
-
         answer = self.transport.call("heartbeat", input=json.dumps(self.facts()))
         if answer and not answer.get("config_matches", True):
             log.warning("this drone's config differs from the orchestrator's (digests differ)")
 
     def run(self, once: bool = False, drain: bool = False) -> int:
         """The loop; returns the exit code. once: one package; drain: until none is left."""
-        poll = self.config["delegate"]["poll_seconds"]
+        poll = self.config.delegate.poll_seconds
         failed = False
         while not self.stop.is_set():
             try:
@@ -133,8 +130,7 @@ class Drone:
                     with open(build_log, "a") as f:
                         f.write(f"\nswarm-drone: emerge succeeded but no binary package of {cpv}"
                                 f" is in {self.portage['PKGDIR']}\n")
-                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-                remote_log = f"logs/{cpv}-{stamp}.log"
+                remote_log = f"logs/{cpv}-{clock.stamp(clock.utcnow())}.log"
                 self.transport.upload(build_log, remote_log)
                 self.transport.call("report", cpv, "--failed", "--log", remote_log)
                 log.error("%s failed (emerge exit %d) after %.0f s", cpv, code, time.time() - started)
@@ -143,7 +139,7 @@ class Drone:
         pn = package.parent.name
         relative = f"{category}/{pn}/{package.name}"
         self.transport.upload(package, relative)
-        size, digest = file_digest(package)
+        size, digest = gpkg.file_digest(package)
         self.transport.call("report", cpv, "--ok", "--file", relative, "--size", str(size),
                             "--sha256", digest)
         log.info("built %s in %.0f s: %s", cpv, time.time() - started, relative)
@@ -158,7 +154,7 @@ class Drone:
     def _emerge(self, cpv: str, build_log: Path) -> int:
         command = ["emerge", "--oneshot", "--usepkg=y", "--getbinpkg=y", "--buildpkg=y",
                    "--color=n", "--nospinner", f"={cpv}"]
-        beat = self.config["delegate"]["heartbeat_seconds"]
+        heartbeat_seconds = self.config.delegate.heartbeat_seconds
         with open(build_log, "w") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()
@@ -169,7 +165,7 @@ class Drone:
             try:
                 while True:
                     try:
-                        return self.child.wait(timeout=beat)
+                        return self.child.wait(timeout=heartbeat_seconds)
                     except subprocess.TimeoutExpired:
                         self._beat_while_building()
             finally:
@@ -192,8 +188,8 @@ class Drone:
 
 def build_environment(config: Config, name: str) -> dict[str, str]:
     """The environment of this drone's emerge: binaries from the binhost first."""
-    env = {**os.environ, **config.drones[name]["environment"]}
-    env["PORTAGE_BINHOST"] = config["binhost"]["url"]
+    env = {**os.environ, **config.drones[name].environment}
+    env["PORTAGE_BINHOST"] = config.binhost.url
     # FEATURES from the environment is added to make.conf's, not a replacement.
     env["FEATURES"] = (env.get("FEATURES", "") + " getbinpkg").strip()
     return env
@@ -217,9 +213,9 @@ def binpkgs(pkgdir: Path, cpv: str) -> dict[Path, tuple[int, float]]:
     category, pf = cpv.split("/", 1)
     found = {}
     for path in pkgdir.glob(f"{category}/*/{pf}*"):
-        match = re.fullmatch(re.escape(pf) + r"(?:-(\d+))?\.(?:gpkg\.tar|xpak)", path.name)
-        if match:
-            found[path] = (int(match.group(1) or 0), path.stat().st_mtime)
+        name = gpkg.parse_name(path.name)
+        if name and name.pf == pf:
+            found[path] = (name.build_id or 0, path.stat().st_mtime)
     return found
 
 

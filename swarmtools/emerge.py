@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 
 from .errors import SwarmError
 
-ROW_KINDS = ("ebuild", "binary", "uninstall", "nomerge", "blocks")
-# Column letters, in order (portage-facts.md section 1).
+# Column letters, in order (Portage's _emerge/resolver/output.py).
 FLAG_COLUMNS = ("interactive", "new", "slot", "fetch", "update", "downgrade", "keyword")
 
 _ROW = re.compile(r"^\[(ebuild|binary|uninstall|nomerge|blocks)( [^\]]*|)\](.*)$")
@@ -51,6 +50,7 @@ class UseFlag:
     name: str
     enabled: bool
     text: str  # as emerge printed it
+    # Parsed so the parser is complete (emerge's markers); nothing decides on them yet.
     forced: bool = False  # (flag): forced or masked by the profile
     changed: bool = False  # flag*: differs from the installed package
     new: bool = False  # flag%: newly in IUSE (or, with '-', removed)
@@ -61,7 +61,7 @@ class Row:
     """One row of the merge list."""
 
     line_no: int
-    kind: str  # one of ROW_KINDS
+    kind: str  # ebuild, binary, uninstall, nomerge or blocks
     flags: str = ""  # the raw flag columns, padded to seven
     cpv: str = ""
     cp: str = ""
@@ -89,26 +89,6 @@ class Row:
             prefix = "" if group == "USE" else group.lower() + "_"
             names.extend(prefix + f.name for f in flags if f.enabled)
         return " ".join(sorted(names))
-
-    def to_dict(self) -> dict:
-        """The row as plain data for JSON output."""
-        data = {
-            "line": self.line_no,
-            "type": self.kind,
-            "cpv": self.cpv,
-            "depth": self.depth,
-        }
-        if self.kind == "blocks":
-            data.update(blocker=self.blocker, satisfied=self.satisfied, detail=self.detail)
-            return data
-        data.update(
-            flags={c: self.flag(c) for c in FLAG_COLUMNS if self.flag(c)},
-            cp=self.cp, version=self.version, build_id=self.build_id,
-            slot=self.slot, subslot=self.subslot, repo=self.repo, old=self.old,
-            use={g: [f.text for f in fs] for g, fs in self.use.items()},
-            size_kib=self.size_kib,
-        )
-        return data
 
 
 @dataclass

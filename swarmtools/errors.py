@@ -4,7 +4,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Exit codes shared by every swarm-* command (conventions.md)."""
+    """Exit codes shared by every swarm-* command (the README lists them)."""
 
     OK = 0
     FAILED = 1  # the work failed: emerge, rsync, ssh, a bad package

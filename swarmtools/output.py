@@ -1,27 +1,48 @@
-"""Table and JSON rendering shared by all commands (data on stdout only)."""
+"""Rendering shared by all commands: JSON, NDJSON and tables to a stream; atomic files.
+
+Data goes to stdout (or the stream given), never anything else: messages
+go to stderr through logging.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Iterable
+from pathlib import Path
+from typing import IO, Iterable
 
 
-def emit_json(obj) -> None:
+def emit_json(obj, stream: IO[str] | None = None) -> None:
     """Print one JSON object (a single answer)."""
-    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    (stream or sys.stdout).write(json.dumps(obj, sort_keys=True) + "\n")
 
 
-def emit_ndjson(objects: Iterable[dict]) -> None:
+def emit_ndjson(objects: Iterable[dict], stream: IO[str] | None = None) -> None:
     """Print one JSON object a line (a list, for jq)."""
-    write = sys.stdout.write
+    write = (stream or sys.stdout).write
     for obj in objects:
         write(json.dumps(obj, sort_keys=True) + "\n")
 
 
-def emit_table(rows: list[list], headers: list[str]) -> None:
+def emit_table(rows: list[list], headers: list[str], stream: IO[str] | None = None) -> None:
     """Print a plain table for people."""
     from tabulate import tabulate  # only commands that draw tables pay for it
 
-    sys.stdout.write(tabulate(rows, headers=headers, tablefmt="simple",
-                              disable_numparse=True) + "\n")
+    (stream or sys.stdout).write(tabulate(rows, headers=headers, tablefmt="simple",
+                                          disable_numparse=True) + "\n")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file through a temporary name and rename(): readers see old or new, whole."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise

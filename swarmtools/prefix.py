@@ -4,7 +4,7 @@ A prefix is a directory that the real Portage (the PyPI wheel in a virtual
 environment) treats as its EPREFIX, holding its own configuration, ebuild
 repository, installed-package database and PKGDIR.  It lets emerge, emaint
 and quickpkg run on any Linux box.  It is never used on a real Gentoo host,
-which uses the system Portage.  Recipe: docs/portage-in-a-prefix.md.
+which uses the system Portage (the README says how to deploy).
 """
 
 from __future__ import annotations

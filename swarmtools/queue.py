@@ -9,18 +9,25 @@ leaves it and its state alone.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 
-from . import db
+from . import clock, db, packages
 from .emerge import MergeList, Row
 from .errors import SwarmError
+from .packages import NO_BUILD, Event, State
 
 ACTOR = "swarm-fresh"
 # A scan that would retire more than half of the queue, and more than this
 # many packages, is refused without --force: a broken world file makes emerge
 # list nothing and exit 0.
 MASS_RETIRE_MIN = 5
+# What swarm-fresh counts, by the event that records it.
+_COUNTED = {Event.ADDED: "added", Event.REQUEUED: "requeued", Event.RETIRED: "retired",
+            Event.ON_BINHOST: "binary"}
 
 
 @dataclass
@@ -36,34 +43,45 @@ class Change:
 class ScanResult:
     """What a scan changed, as counts and as a list."""
 
-    added: int = 0
-    requeued: int = 0
-    retired: int = 0
-    unchanged: int = 0
-    binary: int = 0
     total: int = 0
+    unchanged: int = 0
+    events: Counter = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)
+
+    def note(self, event: Event, cpv: str, detail: str = "") -> None:
+        """Count one change and keep it for the listing."""
+        self.events[event] += 1
+        self.changes.append(Change(str(event), cpv, detail))
+
+    @property
+    def retired(self) -> int:
+        return self.events[Event.RETIRED]
 
     def counts(self) -> dict[str, int]:
         """The summary swarm-fresh prints (--json keys)."""
-        return {k: getattr(self, k) for k in
-                ("added", "requeued", "retired", "unchanged", "binary", "total")}
+        counted = {name: self.events[event] for event, name in _COUNTED.items()}
+        return {"added": counted["added"], "requeued": counted["requeued"],
+                "retired": counted["retired"], "unchanged": self.unchanged,
+                "binary": counted["binary"], "total": self.total}
 
 
 class _DryRun(Exception):
     """Raised inside the write transaction to roll a dry run back."""
 
 
-def identity(row: Row) -> tuple[str, str, str, str, str]:
+Identity = tuple[str, str, str, str, str]
+
+
+def identity(row: Row) -> Identity:
     """The build identity of a scan row: what, when changed, needs a new build."""
     return (row.cpv, row.slot, row.subslot, row.repo, row.enabled_use())
 
 
-def _stored_identity(pkg: sqlite3.Row) -> tuple[str, str, str, str, str]:
+def _stored_identity(pkg: sqlite3.Row) -> Identity:
     return (pkg["cpv"], pkg["slot"], pkg["subslot"] or "", pkg["repo"], pkg["use"])
 
 
-def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str,
+def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now: datetime,
                dry_run: bool = False, force: bool = False) -> ScanResult:
     """Bring the queue in line with a scan in one transaction; return what changed."""
     rows = merge_list.packages()
@@ -73,13 +91,13 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str,
         if key in seen:
             raise SwarmError(
                 f"{row.cp}:{row.slot} is in the merge list twice (lines {seen[key].line_no} "
-                f"and {row.line_no}); run emerge with --verbose so slots are shown"
-            )
+                f"and {row.line_no}); run emerge with --verbose so slots are shown")
         seen[key] = row
     result = ScanResult(total=len(rows))
+    at = clock.iso(now)
     try:
         with db.write(conn):
-            active = _apply(conn, rows, result, db.now())
+            active = _reconcile(conn, rows, result, at)
             if result.retired > MASS_RETIRE_MIN and result.retired * 2 > active and not force:
                 raise SwarmError(
                     f"this scan would retire {result.retired} of {active} queued packages; "
@@ -88,17 +106,19 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str,
                 raise _DryRun
             conn.execute(
                 "INSERT INTO scans (at, source, rows, summary) VALUES (?, ?, ?, ?)",
-                (db.now(), source, len(rows), _json(result.counts())),
-            )
+                (at, source, len(rows), json.dumps(result.counts(), sort_keys=True)))
     except _DryRun:
         pass
     return result
 
 
-def _apply(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str) -> int:
+def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str) -> int:
     """Apply the scan's rows; return how many packages were active before."""
     active = {(p["cp"], p["slot"]): p for p in conn.execute("SELECT * FROM packages WHERE active = 1")}
     active_before = len(active)
+    # The newest retired row of each (cp, slot): one read, not one a row.
+    retired = {(p["cp"], p["slot"]): p for p in conn.execute(
+        "SELECT * FROM packages WHERE active = 0 ORDER BY id")}
     unmatched_rows = []
     for order, row in enumerate(rows):
         pkg = active.pop((row.cp, row.slot), None)
@@ -117,94 +137,85 @@ def _apply(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: st
             del active[(pkg["cp"], pkg["slot"])]
             _update(conn, pkg, row, order, result, at)
         else:
-            _add(conn, row, order, result, at)
+            _add(conn, row, order, retired.get((row.cp, row.slot)), result, at)
     for pkg in active.values():
-        conn.execute("UPDATE packages SET active = 0, updated_at = ? WHERE id = ?", (at, pkg["id"]))
-        db.record_event(conn, pkg["id"], ACTOR, "retired", pkg["status"], pkg["status"],
-                        "no longer in the merge list", at)
-        result.retired += 1
-        result.changes.append(Change("retired", pkg["cpv"]))
+        _retire(conn, pkg, result, at)
     return active_before
+
+
+def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str) -> None:
+    # A lease on a package nobody wants any more ends here: its drone's
+    # report is refused, and no heartbeat keeps it alive.
+    if pkg["status"] == State.DELEGATED:
+        packages.move(conn, pkg["id"], expect=State.DELEGATED, to=State.NEEDED,
+                      event=Event.RETIRED, actor=ACTOR, at=at, active=0,
+                      detail=f"no longer in the merge list; lease of {pkg['drone']} ended",
+                      event_drone=pkg["drone"], **packages.NO_LEASE)
+    else:
+        packages.update(conn, pkg["id"], active=0, updated_at=at)
+        packages.record(conn, pkg["id"], Event.RETIRED, ACTOR, at, pkg["status"], pkg["status"],
+                        "no longer in the merge list")
+    result.note(Event.RETIRED, pkg["cpv"])
 
 
 def _update(conn, pkg: sqlite3.Row, row: Row, order: int, result: ScanResult, at: str) -> None:
     old, new = _stored_identity(pkg), identity(row)
     if order != pkg["scan_order"]:
-        conn.execute("UPDATE packages SET scan_order = ? WHERE id = ?", (order, pkg["id"]))
+        packages.update(conn, pkg["id"], scan_order=order)
     if old == new:
-        if row.kind == "binary" and pkg["status"] in ("needed", "failed"):
-            _set_status(conn, pkg, row, "synced", "binary", _on_binhost(row), result, at)
+        if row.kind == "binary" and pkg["status"] in (State.NEEDED, State.FAILED):
+            _rebuild(conn, pkg, row, State.SYNCED, Event.ON_BINHOST, _on_binhost(row), result, at)
         else:
             result.unchanged += 1
         return
     detail = "; ".join(
         f"{name} {a or '-'} -> {b or '-'}"
-        for name, a, b in zip(("cpv", "slot", "subslot", "repo", "use"), old, new) if a != b
-    )
+        for name, a, b in zip(("cpv", "slot", "subslot", "repo", "use"), old, new) if a != b)
     if row.kind == "binary":
-        _set_status(conn, pkg, row, "synced", "binary", f"{detail}; {_on_binhost(row)}", result, at)
+        _rebuild(conn, pkg, row, State.SYNCED, Event.ON_BINHOST, f"{detail}; {_on_binhost(row)}",
+                 result, at)
     else:
-        _set_status(conn, pkg, row, "needed", "requeued", detail, result, at)
+        _rebuild(conn, pkg, row, State.NEEDED, Event.REQUEUED, detail, result, at)
 
 
-def _set_status(conn, pkg, row: Row, status: str, event: str, detail: str,
-                result: ScanResult, at: str) -> None:
-    conn.execute(
-        "UPDATE packages SET cpv = ?, slot = ?, subslot = ?, repo = ?, use = ?, status = ?,"
-        " drone = NULL, lease_until = NULL, attempts = 0, retry_after = NULL,"
-        " build_id = ?, file = NULL, size = NULL, digest = NULL, binhost_path = NULL,"
-        " updated_at = ? WHERE id = ?",
-        (row.cpv, row.slot, row.subslot or None, row.repo, row.enabled_use(), status,
-         row.build_id, at, pkg["id"]),
-    )
-    db.record_event(conn, pkg["id"], ACTOR, event, pkg["status"], status, detail, at)
-    setattr(result, event, getattr(result, event) + 1)
-    result.changes.append(Change(event, row.cpv, detail))
+def _identity_columns(row: Row) -> dict:
+    return {"cpv": row.cpv, "slot": row.slot, "subslot": row.subslot or None, "repo": row.repo,
+            "use": row.enabled_use()}
 
 
-def _add(conn, row: Row, order: int, result: ScanResult, at: str) -> None:
-    status, event = ("synced", "binary") if row.kind == "binary" else ("needed", "added")
-    retired = conn.execute(
-        "SELECT * FROM packages WHERE active = 0 AND cp = ? AND slot = ?"
-        " ORDER BY id DESC LIMIT 1", (row.cp, row.slot)).fetchone()
-    values = (row.cpv, row.subslot or None, row.repo, row.enabled_use(), status, order,
-              row.build_id, at)
+def _rebuild(conn, pkg, row: Row, to: State, event: Event, detail: str, result: ScanResult,
+             at: str, **columns) -> None:
+    # The identity changed (or the binhost has it): whatever build the row
+    # had is not this one.
+    packages.move(conn, pkg["id"], expect=pkg["status"], to=to, event=event, actor=ACTOR,
+                  at=at, detail=detail, **{**NO_BUILD, "build_id": row.build_id,
+                                           **_identity_columns(row), **columns})
+    result.note(event, row.cpv, detail)
+
+
+def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanResult,
+         at: str) -> None:
     if retired and _stored_identity(retired) == identity(row) and row.kind == "ebuild":
         # Back unchanged (after a bad scan, say): it keeps its state too.
-        conn.execute("UPDATE packages SET active = 1, scan_order = ?, updated_at = ? WHERE id = ?",
-                     (order, at, retired["id"]))
-        db.record_event(conn, retired["id"], ACTOR, "added", retired["status"], retired["status"],
-                        "back in the merge list, unchanged", at)
-        result.added += 1
-        result.changes.append(Change("added", row.cpv, "back, unchanged"))
+        packages.update(conn, retired["id"], active=1, scan_order=order, updated_at=at)
+        packages.record(conn, retired["id"], Event.ADDED, ACTOR, at, retired["status"],
+                        retired["status"], "back in the merge list, unchanged")
+        result.note(Event.ADDED, row.cpv, "back, unchanged")
         return
+    status, event = ((State.SYNCED, Event.ON_BINHOST) if row.kind == "binary"
+                     else (State.NEEDED, Event.ADDED))
+    detail = _on_binhost(row) if row.kind == "binary" else ""
     if retired:
         # Back in the world: the same row, so its history stays in one place.
-        conn.execute(
-            "UPDATE packages SET cpv = ?, subslot = ?, repo = ?, use = ?, status = ?,"
-            " scan_order = ?, build_id = ?, updated_at = ?, active = 1, drone = NULL,"
-            " lease_until = NULL, attempts = 0, retry_after = NULL, file = NULL, size = NULL,"
-            " digest = NULL, binhost_path = NULL WHERE id = ?", values + (retired["id"],))
-        package_id, from_status, detail = retired["id"], retired["status"], "back in the merge list"
-    else:
-        package_id = conn.execute(
-            "INSERT INTO packages (cpv, subslot, repo, use, status, scan_order, build_id,"
-            " updated_at, cp, slot, first_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            values + (row.cp, row.slot, at)).lastrowid
-        from_status, detail = None, ""
-    if row.kind == "binary":
-        detail = _on_binhost(row)
-    db.record_event(conn, package_id, ACTOR, event, from_status, status, detail, at)
-    setattr(result, event, getattr(result, event) + 1)
-    result.changes.append(Change(event, row.cpv, detail))
+        _rebuild(conn, retired, row, status, event, detail or "back in the merge list", result,
+                 at, active=1, scan_order=order)
+        return
+    package_id = packages.insert(conn, at=at, cp=row.cp, status=status, scan_order=order,
+                                 build_id=row.build_id, **_identity_columns(row))
+    packages.record(conn, package_id, event, ACTOR, at, None, status, detail)
+    result.note(event, row.cpv, detail)
 
 
 def _on_binhost(row: Row) -> str:
     build = f" (build id {row.build_id})" if row.build_id is not None else ""
     return f"already on the binhost{build}"
-
-
-def _json(data) -> str:
-    import json
-
-    return json.dumps(data, sort_keys=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -11,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-# The project's shared/ folder lies beside the checkout (CI lays a copy there).
-SHARED = Path(os.environ.get("SWARM_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-EMERGE_DATA = SHARED / "data" / "emerge"
+from swarmtools.samples import synthetic_scan  # noqa: F401 - tests import it from here
+
+DATA = Path(__file__).resolve().parent / "data"  # real data, provenance in data/README.md
+EMERGE_DATA = DATA / "emerge"
 BIN = Path(sys.executable).parent  # the venv the tests run in holds the console scripts
 
 
@@ -73,7 +75,7 @@ def swarm(tmp_path, monkeypatch) -> Swarm:
 
 
 def emerge_files() -> list[Path]:
-    """Every real emerge output in shared/data/emerge."""
+    """Every real emerge output in tests/data/emerge."""
     files = sorted(EMERGE_DATA.glob("*.txt"))
     assert files, f"no emerge outputs found under {EMERGE_DATA}"
     return files
@@ -96,21 +98,12 @@ def emerge_swarm(tmp_path, prefix, monkeypatch) -> Swarm:
     return s
 
 
-def synthetic_scan(count: int) -> str:
-    """An emerge --pretend --verbose list of COUNT independent packages."""
-    rows = "".join(f"[ebuild  N     ] app-test/pkg{i}-1.0::gentoo  0 KiB\n" for i in range(count))
-    return f"{rows}\nTotal: {count} packages ({count} new), Size of downloads: 0 KiB\n"
-
-
 def add_drones(config_path: Path, drones: dict[str, dict]) -> None:
     """Replace the [drones.*] tables of a config written by swarm-config init."""
-    import tomllib
+    from swarmtools.config import edit
 
-    from swarmtools.config import render_toml
-
-    data = tomllib.loads(config_path.read_text())
-    data["drones"] = drones
-    config_path.write_text(render_toml(data))
+    edit(config_path, {"drones": None})
+    edit(config_path, {"drones": drones})
 
 
 class DroneSwarm(Swarm):
@@ -134,13 +127,9 @@ class DroneSwarm(Swarm):
                            "environment": self.prefixes[name].env_overrides()} for name in drones}
         add_drones(self.config, settings)
         if delegate:
-            import tomllib
+            from swarmtools.config import edit
 
-            from swarmtools.config import render_toml
-
-            data = tomllib.loads(self.config.read_text())
-            data["delegate"] = delegate
-            self.config.write_text(render_toml(data))
+            edit(self.config, {"delegate": delegate})
 
     def drone(self, name: str, *args: str, **kw) -> subprocess.Popen:
         """Start swarm-drone for NAME in its own process group."""
@@ -193,7 +182,7 @@ class HandDrone:
     def claim(self) -> str | None:
         r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json")
         assert r.returncode == 0, r.stderr
-        return __import__("json").loads(r.stdout)["cpv"] if r.stdout else None
+        return json.loads(r.stdout)["cpv"] if r.stdout else None
 
     def stage(self, cpv: str, source: Path | None = None) -> str:
         category, pf = cpv.split("/")

@@ -13,6 +13,7 @@ from swarmtools import config as config_mod
 from swarmtools import db, delegate
 from swarmtools.emerge import parse_merge_list
 from swarmtools.errors import SwarmError
+from swarmtools.packages import STATES
 from swarmtools.queue import apply_scan
 from conftest import Swarm, add_drones, script, synthetic_scan
 
@@ -61,8 +62,8 @@ class Delegation(RuleBasedStateMachine):
         swarm = Swarm(Path(self.tmp.name))
         add_drones(swarm.config, {d: {"transport": "local"} for d in DRONES})
         self.config = config_mod.load(swarm.config, environ={})
-        self.conn = db.connect(self.config.database)
-        apply_scan(self.conn, parse_merge_list(synthetic_scan(6)), "test")
+        self.conn = db.connect(self.config.database, create=True)
+        apply_scan(self.conn, parse_merge_list(synthetic_scan(6)), "test", T0)
         self.now = T0
         self.events = 6
 
@@ -91,16 +92,16 @@ class Delegation(RuleBasedStateMachine):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(b"x")
             delegate.report_built(self.conn, self.config, drone, cpv,
-                                  f"app-test/{pf}-1.gpkg.tar", now=self.now)
+                                  f"app-test/{pf}-1.gpkg.tar", self.now)
         else:
-            delegate.report_failed(self.conn, self.config, drone, cpv, now=self.now)
+            delegate.report_failed(self.conn, self.config, drone, cpv, self.now)
 
     @rule(drone=st.sampled_from(DRONES), other=st.sampled_from(DRONES))
     def report_for_another_is_refused(self, drone, other):
         for cpv in self.held(other):
             if drone != other:
                 with pytest.raises(SwarmError):
-                    delegate.release(self.conn, self.config, drone, cpv)
+                    delegate.release(self.conn, self.config, drone, cpv, self.now)
 
     @rule(drone=st.sampled_from(DRONES))
     def release(self, drone):
@@ -123,7 +124,7 @@ class Delegation(RuleBasedStateMachine):
         rows = self.conn.execute("SELECT status, drone, lease_until FROM packages").fetchall()
         assert len(rows) == 6
         for status, drone, lease in rows:
-            assert status in db.STATES
+            assert status in STATES
             assert (status == "delegated") == (lease is not None)
             if status == "delegated":
                 assert drone in DRONES

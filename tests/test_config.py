@@ -6,7 +6,7 @@ import sqlite3
 import pytest
 
 from swarmtools import config as config_mod
-from swarmtools import db
+from swarmtools import db, packages
 from swarmtools.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def test_init_writes_a_config_that_checks_and_shows(swarm):
     text = swarm.run("swarm-config", "show").stdout
     copy = swarm.root / "copy.toml"
     copy.write_text(text)
-    assert config_mod.load(copy).data == config_mod.load(swarm.config).data
+    assert config_mod.load(copy).to_dict() == config_mod.load(swarm.config).to_dict()
 
 
 def test_init_refuses_to_overwrite(swarm):
@@ -65,20 +65,20 @@ def test_check_reports_missing_paths(swarm, tmp_path):
 
 def test_precedence_flag_env_file_default(swarm, tmp_path):
     other = tmp_path / "other.toml"
-    other.write_text("[delegate]\nlease_seconds = 60\n[binhost]\npath = 'bh'\n")
+    other.write_text("[delegate]\nlease_seconds = 600\n[binhost]\npath = 'bh'\n")
     loaded = config_mod.load(other, environ={})
-    assert loaded["delegate"]["lease_seconds"] == 60  # file
-    assert loaded["delegate"]["online_seconds"] == 300  # default
-    assert loaded["binhost"]["path"] == str(tmp_path / "bh")  # relative to the file
+    assert loaded.delegate.lease_seconds == 600  # file
+    assert loaded.delegate.online_seconds == 300  # default
+    assert loaded.binhost.path == str(tmp_path / "bh")  # relative to the file
     loaded = config_mod.load(other, environ={"SWARM_DELEGATE_ONLINE_SECONDS": "9"})
-    assert loaded["delegate"]["online_seconds"] == 9  # environment over default
-    loaded = config_mod.load(other, environ={"SWARM_DELEGATE_LEASE_SECONDS": "9"})
-    assert loaded["delegate"]["lease_seconds"] == 9  # environment over file
+    assert loaded.delegate.online_seconds == 9  # environment over default
+    loaded = config_mod.load(other, environ={"SWARM_DELEGATE_LEASE_SECONDS": "99"})
+    assert loaded.delegate.lease_seconds == 99  # environment over file
     with pytest.raises(ConfigError, match="SWARM_DELEGATE_LEASE_SECONDS"):
         config_mod.load(other, environ={"SWARM_DELEGATE_LEASE_SECONDS": "soon"})
     # The flag wins over $SWARM_CONFIG.
     r = swarm.run("swarm-config", "show", "--json", "--config", str(other))
-    assert json.loads(r.stdout)["delegate"]["lease_seconds"] == 60
+    assert json.loads(r.stdout)["delegate"]["lease_seconds"] == 600
 
 
 def test_database_newer_than_the_code_is_refused(swarm):
@@ -91,7 +91,7 @@ def test_database_newer_than_the_code_is_refused(swarm):
 
 
 def test_migrations_bring_a_new_database_to_the_current_version(tmp_path):
-    conn = db.connect(tmp_path / "s.db")
+    conn = db.connect(tmp_path / "s.db", create=True)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     conn.close()
@@ -100,9 +100,9 @@ def test_migrations_bring_a_new_database_to_the_current_version(tmp_path):
 
 
 def test_history_is_append_only(tmp_path):
-    conn = db.connect(tmp_path / "s.db")
+    conn = db.connect(tmp_path / "s.db", create=True)
     with db.write(conn):
-        db.record_event(conn, None, "test", "note", None, None, "x")
+        packages.record(conn, None, "note", "test", "2026-01-01T00:00:00+00:00", None, None, "x")
     with pytest.raises(sqlite3.DatabaseError, match="append-only"):
         with db.write(conn):
             conn.execute("UPDATE events SET detail = 'y'")

@@ -6,7 +6,7 @@ import pytest
 
 from swarmtools import config as config_mod
 from swarmtools import db
-from swarmtools import delegate
+from swarmtools import delegate, gpkg
 from swarmtools.emerge import parse_merge_list
 from swarmtools.errors import ConfigError, SwarmError
 from swarmtools.queue import apply_scan
@@ -20,8 +20,8 @@ def queue(swarm):
     """(config, connection) with 5 needed packages and drones d1, d2."""
     add_drones(swarm.config, {"d1": {"transport": "local"}, "d2": {"transport": "local"}})
     config = config_mod.load(swarm.config)
-    conn = db.connect(config.database)
-    apply_scan(conn, parse_merge_list(synthetic_scan(5)), "test")
+    conn = db.connect(config.database, create=True)
+    apply_scan(conn, parse_merge_list(synthetic_scan(5)), "test", T0)
     yield config, conn
     conn.close()
 
@@ -60,7 +60,7 @@ def test_nothing_eligible_is_none(queue):
 def test_unknown_drone_is_refused(queue):
     config, conn = queue
     with pytest.raises(ConfigError, match=r"\[drones.d9\]"):
-        delegate.claim(conn, config, "d9")
+        delegate.claim(conn, config, "d9", T0)
 
 
 def test_lease_expires_without_heartbeat_and_heartbeat_extends_it(queue):
@@ -83,8 +83,8 @@ def test_report_ok_records_the_staged_file(queue):
     config, conn = queue
     job = delegate.claim(conn, config, "d1", now=T0)
     rel = staged(config, "d1", "app-test/pkg0/pkg0-1.0-3.gpkg.tar")
-    size, digest = delegate.file_digest(config.staging_dir / "d1" / rel)
-    result = delegate.report_built(conn, config, "d1", job["cpv"], rel, size, digest)
+    size, digest = gpkg.file_digest(config.staging_dir / "d1" / rel)
+    result = delegate.report_built(conn, config, "d1", job["cpv"], rel, T0, size, digest)
     assert result["status"] == "received" and result["file"] == "d1/" + rel
     row = conn.execute("SELECT status, drone, lease_until, build_id, size, digest FROM packages"
                        " WHERE cpv = ?", (job["cpv"],)).fetchone()
@@ -102,7 +102,7 @@ def test_report_refuses_files_outside_or_wrong(queue, relative, message):
     job = delegate.claim(conn, config, "d1", now=T0)
     staged(config, "d2", "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
     with pytest.raises(SwarmError, match=message):
-        delegate.report_built(conn, config, "d1", job["cpv"], relative)
+        delegate.report_built(conn, config, "d1", job["cpv"], relative, T0)
     assert statuses(conn)[job["cpv"]] == "delegated"
 
 
@@ -115,7 +115,7 @@ def test_report_refuses_a_symlink_out_of_the_staging_area(queue, tmp_path):
     (config.staging_dir / "d1").mkdir(parents=True, exist_ok=True)
     (config.staging_dir / "d1" / "app-test").symlink_to(outside / "app-test")
     with pytest.raises(SwarmError, match="outside"):
-        delegate.report_built(conn, config, "d1", job["cpv"], "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+        delegate.report_built(conn, config, "d1", job["cpv"], "app-test/pkg0/pkg0-1.0-1.gpkg.tar", T0)
 
 
 def test_report_checks_size_and_digest(queue):
@@ -123,9 +123,9 @@ def test_report_checks_size_and_digest(queue):
     job = delegate.claim(conn, config, "d1", now=T0)
     rel = staged(config, "d1", "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
     with pytest.raises(SwarmError, match="incomplete"):
-        delegate.report_built(conn, config, "d1", job["cpv"], rel, size=99)
+        delegate.report_built(conn, config, "d1", job["cpv"], rel, T0, size=99)
     with pytest.raises(SwarmError, match="corrupt"):
-        delegate.report_built(conn, config, "d1", job["cpv"], rel, sha256="0" * 64)
+        delegate.report_built(conn, config, "d1", job["cpv"], rel, T0, sha256="0" * 64)
 
 
 def test_only_the_holder_may_report_or_release(queue):
@@ -133,25 +133,25 @@ def test_only_the_holder_may_report_or_release(queue):
     job = delegate.claim(conn, config, "d1", now=T0)
     rel = staged(config, "d2", "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
     with pytest.raises(SwarmError, match="holds no lease"):
-        delegate.report_built(conn, config, "d2", job["cpv"], rel)
+        delegate.report_built(conn, config, "d2", job["cpv"], rel, T0)
     with pytest.raises(SwarmError, match="holds no lease"):
-        delegate.release(conn, config, "d2", job["cpv"])
+        delegate.release(conn, config, "d2", job["cpv"], T0)
     with pytest.raises(SwarmError, match="holds no lease"):
-        delegate.report_failed(conn, config, "d1", "app-test/pkg4-1.0")
-    assert delegate.release(conn, config, "d1", job["cpv"])["status"] == "needed"
+        delegate.report_failed(conn, config, "d1", "app-test/pkg4-1.0", T0)
+    assert delegate.release(conn, config, "d1", job["cpv"], T0)["status"] == "needed"
     assert delegate.claim(conn, config, "d2", now=T0)["cpv"] == job["cpv"]
 
 
 def test_failures_back_off_doubling_and_keep_the_log(queue):
     config, conn = queue
     cpv = "app-test/pkg0-1.0"
-    backoff = config["delegate"]["retry_seconds"]
+    backoff = config.delegate.retry_seconds
     now = T0
     for attempt in (1, 2):
         job = delegate.claim(conn, config, "d1", now=now)
         assert job["cpv"] == cpv and job["attempts"] == attempt - 1
         log = staged(config, "d1", f"logs/{cpv}-{attempt}.log", b"compile error\n")
-        result = delegate.report_failed(conn, config, "d1", cpv, log, now=now)
+        result = delegate.report_failed(conn, config, "d1", cpv, now, log)
         assert result["attempts"] == attempt
         assert result["retry_after"] == (now + timedelta(seconds=backoff)).isoformat()
         assert open(result["log"]).read() == "compile error\n"
@@ -171,7 +171,7 @@ def test_failures_back_off_doubling_and_keep_the_log(queue):
 
 def test_retired_packages_are_not_handed_out(queue):
     config, conn = queue
-    apply_scan(conn, parse_merge_list(synthetic_scan(3)), "test")
+    apply_scan(conn, parse_merge_list(synthetic_scan(3)), "test", T0)
     cpvs = []
     while job := delegate.claim(conn, config, "d1", now=T0):
         cpvs.append(job["cpv"])

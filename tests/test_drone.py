@@ -10,6 +10,8 @@ import pytest
 from conftest import DroneSwarm, ebuild
 from swarmtools.prefix import EXAMPLE_REPO
 
+pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
+
 FAST = {"lease_seconds": 4, "heartbeat_seconds": 1, "poll_seconds": 1}
 
 

@@ -15,6 +15,8 @@ from conftest import DroneSwarm, add_drones, script
 from sshd import start_sshd
 from swarmtools.prefix import EXAMPLE_REPO
 
+pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
+
 
 @pytest.fixture
 def ssh_swarm(tmp_path):
@@ -23,16 +25,11 @@ def ssh_swarm(tmp_path):
     gateway = script("swarm-delegate")
     server = start_sshd(tmp_path / "sshd", {
         name: f"{gateway} gateway --drone {name} --config {swarm.config}" for name in ("d1", "d2")})
-    import tomllib
+    from swarmtools.config import edit
 
-    from swarmtools.config import render_toml
-
-    data = tomllib.loads(swarm.config.read_text())
-    data["orchestrator"]["ssh"] = server.destination
-    for name in ("d1", "d2"):
-        data["drones"][name]["transport"] = "ssh"
-        data["drones"][name]["ssh_command"] = server.ssh_command(name)
-    swarm.config.write_text(render_toml(data))
+    edit(swarm.config, {"orchestrator": {"ssh": server.destination},
+                        "drones": {name: {"transport": "ssh", "ssh_command": server.ssh_command(name)}
+                                   for name in ("d1", "d2")}})
     swarm.server = server
     yield swarm
     server.stop()

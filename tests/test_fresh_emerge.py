@@ -3,7 +3,11 @@
 import json
 import shutil
 
+import pytest
+
 from swarmtools.prefix import EXAMPLE_REPO
+
+pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
 
 def scan(swarm):

@@ -11,6 +11,8 @@ pytest.importorskip("portage")  # the PyPI wheel, from the test extra
 
 from swarmtools.prefix import EXAMPLE_REPO, create_prefix  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
+
 LEAF = "app-misc/example-docs-1.0"  # no dependencies: builds alone
 
 

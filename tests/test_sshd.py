@@ -13,6 +13,8 @@ import pytest
 import sshd
 from sshd import SshServer, generate_key, start_sshd
 
+pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
+
 RECORD_SCRIPT = """#!/bin/sh
 # Forced command: keep what the client asked for.
 printf '%s' "$SSH_ORIGINAL_COMMAND" > {out}

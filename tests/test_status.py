@@ -4,7 +4,7 @@ import json
 import sqlite3
 from datetime import datetime, timedelta, timezone
 
-from swarmtools import db
+from swarmtools import db, packages
 from conftest import EMERGE_DATA
 
 
@@ -22,7 +22,7 @@ def test_status_counts_states_drones_and_success_rate(swarm):
                      " WHERE cp = 'app-misc/binme'")
         conn.execute("UPDATE packages SET status = 'synced' WHERE cp = 'sys-apps/reinst'")
         for drone, event in (("local", "built"), ("local", "built"), ("gone", "build-failed")):
-            db.record_event(conn, 1, drone, event, "delegated", "received")
+            packages.record(conn, 1, event, drone, now.isoformat(), "delegated", "received")
     conn.close()
 
     figures = json.loads(swarm.run("swarm-status", "--json").stdout)

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import DroneSwarm, HandDrone
 
+pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
+
 pytest.importorskip("portage")
 if not shutil.which("gpg"):
     pytest.skip("signing tests need GnuPG (Debian package gnupg)", allow_module_level=True)

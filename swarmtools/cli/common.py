@@ -1,93 +1,123 @@
-"""What every swarm-* command shares: --config, -v/-q, errors, SIGPIPE."""
+"""What every swarm-* command shares: --config, --json, -v/-q, the database, errors.
+
+Shared state of one run travels on the click context (:class:`Run`, as
+``ctx.obj``), not in module globals. Commands are :class:`SwarmCommand`
+(groups: :class:`SwarmGroup`), so every error, a usage error inside a
+command included, ends as one line and its exit code (:mod:`console`).
+"""
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
 import signal
+import sqlite3
 import sys
 
 import click
 
 from .. import config as config_mod
-from ..errors import SwarmError
+from .. import console, db
+from ..errors import ExitCode, SwarmError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def prog() -> str:
-    """The command's name as the user typed it, for messages."""
-    return os.path.basename(sys.argv[0]) or "swarm"
+class Run:
+    """One command run: its config (loaded once) and database (closed at the end)."""
+
+    def __init__(self):
+        self.config_path: str | None = None
+        self.log_file: str | None = None
+        self._config: config_mod.Config | None = None
+
+    def config(self) -> config_mod.Config:
+        """The config, loaded on first use; its log file then receives this run's errors."""
+        if self._config is None:
+            self._config = config_mod.load(self.config_path)
+            self.log_file = self._config.orchestrator.log_file or None
+        return self._config
+
+    def database(self, create: bool = False) -> sqlite3.Connection:
+        """The queue, opened once and closed when the command ends."""
+        ctx = click.get_current_context()
+        conn = db.connect(self.config().database, create=create)
+        ctx.call_on_close(conn.close)
+        return conn
+
+
+pass_run = click.make_pass_decorator(Run, ensure=True)
+
+
+def _fail(ctx: click.Context, exc: BaseException) -> None:
+    run = ctx.find_object(Run)
+    sys.exit(console.fail(exc, run.log_file if run else None))
+
+
+class SwarmCommand(click.Command):
+    """A command whose errors are one line each, logged, with the documented exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except click.UsageError as exc:  # raised inside the command
+            _fail(ctx, SwarmError(exc.format_message(), ExitCode.USAGE))
+        except (SwarmError, OSError, sqlite3.Error) as exc:
+            _fail(ctx, exc)
+
+
+class SwarmGroup(click.Group):
+    """A group of SwarmCommands."""
+
+    command_class = SwarmCommand
 
 
 def config_option(f):
     """--config PATH (else $SWARM_CONFIG, else /etc/swarmtools/swarm.toml)."""
+    def remember(ctx, _param, value):
+        ctx.ensure_object(Run).config_path = value
+
     return click.option(
-        "--config", "config_path", metavar="PATH", envvar="SWARM_CONFIG",
-        help="Config file [env SWARM_CONFIG; default /etc/swarmtools/swarm.toml].",
+        "--config", metavar="PATH", envvar="SWARM_CONFIG", expose_value=False,
+        callback=remember, help="Config file [env SWARM_CONFIG; default /etc/swarmtools/swarm.toml].",
     )(f)
 
 
+def json_option(f):
+    """--json: machine output (one object, or one a line for lists)."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON, for jq.")(f)
+
+
 def verbosity_options(f):
-    """-v (repeatable) and -q/--quiet, turned into a logging level."""
-    f = click.option("-q", "--quiet", is_flag=True,
+    """-v (repeatable) and -q/--quiet; logging is set up before the command runs."""
+    def set_verbose(ctx, _param, value):
+        ctx.meta["swarm_verbose"] = value
+        console.setup_logging(value, ctx.meta.get("swarm_quiet", False))
+        return value
+
+    def set_quiet(ctx, _param, value):
+        ctx.meta["swarm_quiet"] = value
+        console.setup_logging(ctx.meta.get("swarm_verbose", 0), value)
+        return value
+
+    f = click.option("-q", "--quiet", is_flag=True, callback=set_quiet,
                      help="Print errors only: nothing when all is well (cron).")(f)
-    return click.option("-v", "--verbose", count=True,
+    return click.option("-v", "--verbose", count=True, callback=set_verbose,
                         help="Explain each step (-vv: debug).")(f)
 
 
-def setup_logging(verbose: int, quiet: bool) -> None:
-    """One stderr handler: WARNING by default, -v INFO, -vv DEBUG, -q ERROR."""
-    level = logging.ERROR if quiet else {0: logging.WARNING, 1: logging.INFO}.get(
-        verbose, logging.DEBUG)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog()}: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
-_error_log: str | None = None
-
-
-def load_config(path: str | None) -> config_mod.Config:
-    """Load the config and remember its log file for the errors of this run."""
-    global _error_log
-    config = config_mod.load(path)
-    _error_log = config["orchestrator"]["log_file"] or None
-    return config
-
-
-def handle_errors(f):
-    """Turn SwarmError into 'prog: error: msg' and its exit code, and log it."""
-    @functools.wraps(f)
-    def wrapper(*args, **kwargs):
-        try:
-            return f(*args, **kwargs)
-        except SwarmError as exc:
-            message = f"{prog()}: error: {exc}"
-            click.echo(message, err=True)
-            _append_to_log(message)
-            sys.exit(int(exc.exit_code))
-    return wrapper
-
-
-def _append_to_log(message: str) -> None:
-    # Cron mails stderr; the log file keeps the errors after the mail is gone.
-    if not _error_log:
-        return
-    from datetime import datetime, timezone
-
-    try:
-        with open(_error_log, "a") as log_file:
-            log_file.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {message}\n")
-    except OSError:
-        pass  # a drone has no orchestrator log directory; stderr still has it
-
-
 def run(command: click.Command) -> None:
-    """Entry point of a console script."""
+    """Entry point of a console script: click's parse errors are one line too."""
     # `swarm-x | head -1` must end quietly, as coreutils do.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    command(prog_name=prog())
+    console.setup_logging()
+    try:
+        code = command.main(prog_name=console.prog(), standalone_mode=False)
+    except click.Abort:
+        sys.stderr.write(f"{console.prog()}: error: aborted\n")
+        sys.exit(1)
+    except click.ClickException as exc:
+        sys.stderr.write(f"{console.prog()}: error: {exc.format_message()}"
+                         f" (see {console.prog()} --help)\n".replace("\n", " ").rstrip() + "\n")
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)

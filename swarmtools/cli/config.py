@@ -1,41 +1,41 @@
-"""swarm-config: write, show and check the one config file."""
+"""swarm-config: write, show, change and check the one config file."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
 from .. import config as config_mod
 from ..errors import ConfigError
 from ..output import emit_json
-from .common import CONTEXT, config_option, handle_errors, load_config, run
+from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
+
+_HELP = """Write, show, change and check the swarm's one config file.
+
+Every swarm-* command reads one TOML file: --config PATH, else
+$SWARM_CONFIG, else /etc/swarmtools/swarm.toml. A value set in the
+environment as SWARM_<SECTION>_<KEY> (e.g. SWARM_ORCHESTRATOR_DATABASE)
+wins over the file; relative paths are relative to the file.
+
+\b
+Sections and keys (swarm-config show explains each):
+{keys}
+
+\b
+Examples:
+  swarm-config init --dir /tmp/swarm      # a working single-host setup
+  export SWARM_CONFIG=/tmp/swarm/swarm.toml
+  swarm-config set delegate.lease_seconds=7200 binhost.url=http://bh/binhost
+  swarm-config show --json | jq .binhost.url
+  swarm-config check && echo ok
+"""
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=SwarmGroup, context_settings=CONTEXT,
+             help=_HELP.format(keys="\n".join(config_mod.help_lines())))
 def cli():
-    """Write, show and check the swarm's one config file.
-
-    Every swarm-* command reads one TOML file: --config PATH, else
-    $SWARM_CONFIG, else /etc/swarmtools/swarm.toml. A value set in the
-    environment as SWARM_<SECTION>_<KEY> (e.g. SWARM_ORCHESTRATOR_DATABASE)
-    wins over the file; relative paths are relative to the file.
-
-    \b
-    Sections and keys:
-      [orchestrator] state_dir database staging_dir log_file ssh ssh_command
-      [binhost]      path url rsync_target grace_seconds sync_interval_seconds
-                     gpg_key gpg_home
-      [scan]         command environment timeout
-      [delegate]     lease_seconds online_seconds retry_seconds retry_max_seconds
-                     heartbeat_seconds poll_seconds
-      [drones.NAME]  host transport ssh_command environment
-
-    \b
-    Examples:
-      swarm-config init --dir /tmp/swarm      # a working single-host setup
-      export SWARM_CONFIG=/tmp/swarm/swarm.toml
-      swarm-config show --json | jq .binhost.url
-      swarm-config check && echo ok
-    """
+    pass
 
 
 @cli.command(context_settings=CONTEXT)
@@ -44,7 +44,6 @@ def cli():
 @click.option("--scan-env", "scan_env", multiple=True, metavar="NAME=VALUE",
               help="Environment for the scan's emerge (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite an existing swarm.toml.")
-@handle_errors
 def init(directory, scan_env, force):
     """Write a working single-host config under DIR and print its path.
 
@@ -55,8 +54,6 @@ def init(directory, scan_env, force):
     Example:
       swarm-config init --dir /var/lib/swarm
     """
-    from pathlib import Path
-
     env = {}
     for item in scan_env:
         name, sep, value = item.partition("=")
@@ -68,29 +65,51 @@ def init(directory, scan_env, force):
 
 @cli.command(context_settings=CONTEXT)
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="One JSON object, for jq.")
-@handle_errors
-def show(config_path, as_json):
+@json_option
+@pass_run
+def show(run_, as_json):
     """Print the effective config: the file, the environment and the defaults.
 
-    The output is itself valid TOML.
+    The output is itself valid TOML, each key with its help as a comment.
 
     \b
     Example:
       swarm-config show --json | jq -r .orchestrator.database
     """
-    config = load_config(config_path)
+    config = run_.config()
     if as_json:
-        emit_json({"file": str(config.path), "digest": config.digest(), **config.data})
+        emit_json({"file": str(config.path), "digest": config.digest(), **config.to_dict()})
     else:
         click.echo(f"# effective config from {config.path}")
-        click.echo(config_mod.render_toml(config.data), nl=False)
+        click.echo(config_mod.render_toml(config.to_dict(), with_help=True), nl=False)
+
+
+@cli.command("set", context_settings=CONTEXT)
+@config_option
+@click.argument("assignments", nargs=-1, required=True, metavar="SECTION.KEY=VALUE...")
+@pass_run
+def set_(run_, assignments):
+    """Change keys of the config file; what is written must load.
+
+    VALUE is read as TOML (600, true, ["emerge", "-pe"]) and else taken as
+    a string. The file is rewritten in canonical form, each key with its
+    help as a comment (comments of its own are not kept).
+
+    \b
+    Examples:
+      swarm-config set delegate.lease_seconds=7200
+      swarm-config set drones.d1.transport=ssh drones.d1.host=d1.example.org
+    """
+    changes: dict = {}
+    for text in assignments:
+        config_mod.merge(changes, config_mod.parse_assignment(text))
+    config_mod.edit(config_mod.locate(run_.config_path), changes)
 
 
 @cli.command(context_settings=CONTEXT)
 @config_option
-@handle_errors
-def check(config_path):
+@pass_run
+def check(run_):
     """Validate the config and the paths and programs it names.
 
     Exits 0 and prints nothing when all is well; otherwise prints each problem
@@ -100,8 +119,8 @@ def check(config_path):
     Example:
       swarm-config check --config /etc/swarmtools/swarm.toml
     """
-    config = load_config(config_path)
-    problems = config_mod.check(config)
+    config = run_.config()
+    problems = config_mod.problems(config)
     if problems:
         raise ConfigError(f"{config.path}: " + "; ".join(problems))
 
@@ -109,8 +128,8 @@ def check(config_path):
 @cli.command(context_settings=CONTEXT)
 @config_option
 @click.option("--name", default="swarm", show_default=True, help="The repository name clients use.")
-@handle_errors
-def binrepos(config_path, name):
+@pass_run
+def binrepos(run_, name):
     """Print the binrepos.conf entry a client needs for this binhost.
 
     With binhost.gpg_key set the entry asks Portage to verify signatures;
@@ -120,7 +139,7 @@ def binrepos(config_path, name):
     Example (on a client):
       ssh orchestrator swarm-config binrepos > /etc/portage/binrepos.conf/swarm.conf
     """
-    click.echo(config_mod.binrepos_conf(load_config(config_path), name), nl=False)
+    click.echo(config_mod.binrepos_conf(run_.config(), name), nl=False)
 
 
 def main():

@@ -11,13 +11,13 @@ import sys
 
 import click
 
+from ..console import prog
 from ..drone import Drone
 from ..errors import ConfigError
-from .common import (CONTEXT, config_option, handle_errors, load_config, prog, run,
-                     setup_logging, verbosity_options)
+from .common import CONTEXT, SwarmCommand, config_option, pass_run, run, verbosity_options
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SwarmCommand, context_settings=CONTEXT)
 @config_option
 @click.option("--drone", "name", envvar="SWARM_DRONE", metavar="NAME",
               help="This drone's [drones.NAME] [env SWARM_DRONE; default: the short host name].")
@@ -25,8 +25,8 @@ from .common import (CONTEXT, config_option, handle_errors, load_config, prog, r
 @click.option("--drain", is_flag=True, help="Build until nothing is left to claim, then exit.")
 @click.option("--syslog", is_flag=True, help="Log to syslog (daemon facility) instead of stderr.")
 @verbosity_options
-@handle_errors
-def cli(config_path, name, once, drain, syslog, verbose, quiet):
+@pass_run
+def cli(run_, name, once, drain, syslog, verbose, quiet):
     """Build packages for the swarm: heartbeat, claim, emerge, upload, report.
 
     Each round sends a heartbeat (ARCH, CHOST, CFLAGS, ABI_X86, CUDA, jobs,
@@ -53,13 +53,12 @@ def cli(config_path, name, once, drain, syslog, verbose, quiet):
       swarm-drone --drone d1 -v            # run in the foreground
       swarm-drone --drone d1 --once        # one package, e.g. from a test
     """
-    setup_logging(verbose, quiet)
     if syslog:
         handler = logging.handlers.SysLogHandler(
             address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
         handler.setFormatter(logging.Formatter(f"{prog()}[{os.getpid()}]: %(message)s"))
         logging.getLogger().handlers[:] = [handler]
-    config = load_config(config_path)
+    config = run_.config()
     if not name:
         name = socket.gethostname().split(".")[0]
         if name not in config.drones:

@@ -7,28 +7,27 @@ import sys
 
 import click
 
-from .. import db
+from .. import clock
 from ..emerge import ParseError, parse_merge_list, run_emerge
 from ..errors import ExitCode, SwarmError
 from ..output import emit_json, emit_table
 from ..queue import apply_scan
-from .common import (CONTEXT, config_option, handle_errors, load_config, run, setup_logging,
-                     verbosity_options)
+from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run, run, verbosity_options
 
 log = logging.getLogger(__name__)
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SwarmCommand, context_settings=CONTEXT)
 @config_option
 @click.option("--from", "source", metavar="FILE",
               help="Read saved emerge output from FILE ('-': stdin) instead of running emerge.")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would change; change nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as one JSON object.")
+@json_option
 @click.option("--force", is_flag=True,
               help="Apply a scan that would retire more than half of the queue.")
 @verbosity_options
-@handle_errors
-def cli(config_path, source, dry_run, as_json, force, verbose, quiet):
+@pass_run
+def cli(run_, source, dry_run, as_json, force, verbose, quiet):
     """Queue every package the world needs, from a full emerge scan.
 
     Runs the config's scan.command (by default `emerge --pretend --emptytree
@@ -63,16 +62,12 @@ def cli(config_path, source, dry_run, as_json, force, verbose, quiet):
       swarm-fresh --from world.txt -n  # what would this saved scan change?
       emerge -pev --color=n @world | swarm-fresh --from - --json | jq .added
     """
-    setup_logging(verbose, quiet)
-    config = load_config(config_path)
+    config = run_.config()
     # Open the database first: a config or schema problem should not wait for emerge.
-    conn = db.connect(config.database)
-    try:
-        merge_list = _scan(config, source, quiet)
-        result = apply_scan(conn, merge_list, source or " ".join(config["scan"]["command"]),
-                            dry_run=dry_run, force=force)
-    finally:
-        conn.close()
+    conn = run_.database(create=True)
+    merge_list = _scan(config, source, quiet)
+    result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
+                        clock.utcnow(), dry_run=dry_run, force=force)
     if as_json:
         emit_json({**result.counts(), "dry_run": dry_run} if dry_run else result.counts())
         return
@@ -90,9 +85,9 @@ def _scan(config, source: str | None, quiet: bool):
     if source:
         text = _read_source(source)
     else:
-        scan = config["scan"]
+        scan = config.scan
         progress = sys.stderr.isatty() and not quiet
-        text, errors = run_emerge(scan["command"], scan["environment"], scan["timeout"], progress)
+        text, errors = run_emerge(scan.command, scan.environment, scan.timeout, progress)
         for line in filter(str.strip, errors.splitlines()):
             log.warning("emerge: %s", line)
     merge_list = parse_merge_list(text)

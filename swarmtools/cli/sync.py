@@ -7,21 +7,21 @@ import sys
 
 import click
 
+from .. import clock
 from ..errors import ExitCode, SwarmError, TryLater
 from ..output import emit_json
-from .common import (CONTEXT, config_option, handle_errors, load_config, run, setup_logging,
-                     verbosity_options)
+from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run, run, verbosity_options
 
 log = logging.getLogger(__name__)
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=SwarmCommand, context_settings=CONTEXT)
 @config_option
 @click.option("--dry-run", "-n", is_flag=True, help="Say what would be done; do nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print what was done as one JSON object.")
+@json_option
 @verbosity_options
-@handle_errors
-def cli(config_path, dry_run, as_json, verbose, quiet):
+@pass_run
+def cli(run_, dry_run, as_json, verbose, quiet):
     """Publish received packages from staging to the binhost.
 
     Under an exclusive lock file (a second run exits 75 at once), for every
@@ -53,13 +53,11 @@ def cli(config_path, dry_run, as_json, verbose, quiet):
       swarm-sync -v          # explain each step
       swarm-sync --dry-run   # what would be published
     """
-    setup_logging(verbose, quiet)
-    config = load_config(config_path)
-    from .. import sync as sync_mod
+    from .. import sync
 
-    sync_mod.prepare_portage(config)  # before Portage is imported
+    config = run_.config()
     try:
-        result = sync_mod.sync(config, dry_run=dry_run)
+        result = sync.publish(config, clock.utcnow(), dry_run=dry_run)
     except TryLater:
         if quiet:  # cron: the run that holds the lock does the work
             sys.exit(int(ExitCode.TEMPFAIL))

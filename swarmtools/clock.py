@@ -1,0 +1,44 @@
+"""The one clock: "now", the database's time format, and file-name stamps.
+
+Library functions never read the time themselves: the command (or a test,
+or the scheduling simulator) asks for :func:`utcnow` once and passes the
+moment down, so the same code runs on a virtual clock.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+def utcnow() -> datetime:
+    """The current moment, in UTC."""
+    return datetime.now(timezone.utc)
+
+
+def iso(moment: datetime) -> str:
+    """The one time format of the database: ISO-8601 UTC to the second.
+
+    One fixed width and zone, so the strings compare correctly in SQL.
+    """
+    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def parse(text: str | None) -> datetime | None:
+    """A database time back as a datetime (None stays None)."""
+    return datetime.fromisoformat(text) if text else None
+
+
+def stamp(moment: datetime) -> str:
+    """A file-name stamp, e.g. 20260101T000000Z."""
+    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def later(moment: datetime, seconds: float) -> str:
+    """iso(moment + seconds): a lease end, a back-off end."""
+    return iso(moment + timedelta(seconds=seconds))
+
+
+def age(moment_text: str | None, now: datetime) -> int | None:
+    """Whole seconds from a database time to now (None when there is none)."""
+    then = parse(moment_text)
+    return None if then is None else int((now - then).total_seconds())

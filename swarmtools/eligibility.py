@@ -1,0 +1,121 @@
+"""Which packages a drone may take, as named rules that both filter and explain.
+
+A claim asks every rule for an SQL condition (and, where SQL cannot say
+it, a Python test), walks the candidates in queue order (priority, then
+merge order) and lets a policy pick one. ``swarm-status --why`` asks the
+same rules to explain, so what filters and what is said never disagree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Iterable, Iterator
+
+from .packages import State
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """A drone asking for work: its name, its last heartbeat facts, the moment."""
+
+    name: str
+    now: datetime
+    at: str  # clock.iso(now)
+    facts: dict = field(default_factory=dict)
+
+
+class Rule:
+    """A condition a package must meet to be handed to a drone."""
+
+    name = "rule"
+
+    def where(self, claimant: Claimant) -> tuple[str, tuple] | None:
+        """An SQL condition on ``packages`` (and its parameters), or None."""
+        return None
+
+    def allows(self, package: sqlite3.Row, claimant: Claimant) -> bool:
+        """A test SQL cannot express; True by default."""
+        return True
+
+    def explain(self, conn: sqlite3.Connection, package: sqlite3.Row,
+                claimant: Claimant | None) -> str | None:
+        """Why PACKAGE is not handed out (to CLAIMANT, or to anyone): None if this rule allows it."""
+        return None
+
+
+class Wanted(Rule):
+    """Only what the latest scan wants and nobody builds yet."""
+
+    name = "wanted"
+
+    def where(self, claimant):
+        return "status = ? AND active = 1", (State.NEEDED,)
+
+    def explain(self, conn, package, claimant):
+        if not package["active"]:
+            return "retired: not in the latest scan"
+        if package["status"] != State.NEEDED:
+            holder = f" by {package['drone']}" if package["status"] == State.DELEGATED else ""
+            return f"{package['status']}{holder}, not needed"
+        return None
+
+
+class BackOff(Rule):
+    """A failed build waits for its back-off to end."""
+
+    name = "back-off"
+
+    def where(self, claimant):
+        return "(retry_after IS NULL OR retry_after <= ?)", (claimant.at,)
+
+    def explain(self, conn, package, claimant):
+        if package["retry_after"] and (claimant is None or package["retry_after"] > claimant.at):
+            return (f"in back-off until {package['retry_after']} after "
+                    f"{package['attempts']} failed attempt(s)")
+        return None
+
+
+RULES: tuple[Rule, ...] = (Wanted(), BackOff())
+
+_CANDIDATE_COLUMNS = ("id, cpv, cp, slot, subslot, repo, use, status, active, drone, attempts,"
+                      " retry_after, priority, scan_order")
+
+
+def candidates(conn: sqlite3.Connection, claimant: Claimant,
+               rules: Iterable[Rule] = RULES) -> Iterator[sqlite3.Row]:
+    """Eligible packages for CLAIMANT, best first, read lazily."""
+    rules = tuple(rules)
+    conditions, params = [], []
+    for rule in rules:
+        if (clause := rule.where(claimant)) is not None:
+            conditions.append(clause[0])
+            params.extend(clause[1])
+    where = " AND ".join(conditions) or "1"
+    testers = [r for r in rules if type(r).allows is not Rule.allows]
+    for row in conn.execute(
+            f"SELECT {_CANDIDATE_COLUMNS} FROM packages WHERE {where}"
+            " ORDER BY priority DESC, scan_order, id", params):
+        if all(rule.allows(row, claimant) for rule in testers):
+            yield row
+
+
+def reasons(conn: sqlite3.Connection, package: sqlite3.Row, claimant: Claimant | None,
+            rules: Iterable[Rule] = RULES) -> list[tuple[str, str]]:
+    """(rule, why) for every rule that keeps PACKAGE from CLAIMANT (or from everyone)."""
+    found = []
+    for rule in rules:
+        if (why := rule.explain(conn, package, claimant)) is not None:
+            found.append((rule.name, why))
+    return found
+
+
+class FirstEligible:
+    """Take the best candidate in queue order: priority, then merge order."""
+
+    name = "first"
+
+    def pick(self, candidates: Iterable[sqlite3.Row], claimant: Claimant) -> sqlite3.Row | None:
+        """The package to hand to CLAIMANT, or None."""
+        return next(iter(candidates), None)

@@ -1,0 +1,167 @@
+"""The ssh forced command: what a drone's key may do on the orchestrator.
+
+Each drone's key is pinned in ``authorized_keys`` to
+``swarm-delegate gateway --drone NAME``. The gateway reads
+``SSH_ORIGINAL_COMMAND`` and lets through only the queue verbs, always for
+NAME and with the options each verb needs (:data:`VERB_OPTIONS`), and an
+rsync upload confined to ``staging/NAME/``. Nothing is ever passed to a
+shell: the command is split with shlex, checked word by word, and run as
+an argument list. This module is security policy: it is reviewed on its
+own, and a test keeps :data:`VERB_OPTIONS` in step with the verbs' options.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from . import verbs
+from .config import Config
+from .delegate import check_drone
+from .errors import ExitCode, SwarmError
+from .staging import staged_path
+
+# Options each verb may carry through the gateway; True: takes a value.
+VERB_OPTIONS = {
+    "heartbeat": {"--json": False},
+    "claim": {"--json": False},
+    "report": {"--json": False, "--ok": False, "--failed": False, "--file": True,
+               "--log": True, "--size": True, "--sha256": True},
+    "release": {"--json": False},
+}
+# Options of `swarm-delegate VERB` a drone never needs (people may use them).
+NOT_FOR_DRONES = {"claim": {"--limit"}}
+_INTEGER_OPTIONS = {"--size"}
+_TAKES_CPV = ("report", "release")
+# Matched with fullmatch: no trailing newline slips through.
+_CPV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=-]+")
+# What `rsync -t --partial FILE host:PATH` sends to the server (swarm-drone's
+# upload): option letters t (times), and v or z if asked, then the "e."
+# capability string. No l (symlinks), no s (arguments hidden from us).
+_RSYNC_FLAGS = re.compile(r"-t[vz]*(e\d*\.[A-Za-z]*)?")
+_RSYNC_OPTIONS = {"--partial"}
+
+
+class Refused(SwarmError):
+    """The gateway will not run this command."""
+
+    exit_code = ExitCode.USAGE
+
+
+@dataclass
+class VerbRequest:
+    """A queue verb a drone asked for, checked."""
+
+    verb: str
+    options: dict = field(default_factory=dict)  # keyword arguments of verbs.run
+    cpv: str | None = None
+    as_json: bool = False
+
+
+def parse(config: Config, drone: str, original: str | None) -> VerbRequest | list[str]:
+    """Check SSH_ORIGINAL_COMMAND: a VerbRequest, the rsync argv to run, or raise Refused."""
+    check_drone(config, drone)  # a drone taken out of the config is locked out
+    if not original:
+        raise Refused("this key only runs swarmtools queue verbs and uploads; no shell")
+    try:
+        words = shlex.split(original)
+    except ValueError as exc:
+        raise Refused(f"cannot parse the command: {exc}") from None
+    if not words:
+        raise Refused("empty command")
+    program = os.path.basename(words[0])
+    if program == "swarm-delegate":
+        return _verb_request(words[1:], drone)
+    if program == "rsync":
+        return _rsync_args(config, words[1:], drone)
+    raise Refused(f"'{program}' is not allowed: only swarm-delegate "
+                  f"{'|'.join(verbs.VERBS)} and rsync uploads")
+
+
+def _verb_request(words: list[str], drone: str) -> VerbRequest:
+    if not words or words[0] not in verbs.VERBS:
+        raise Refused(f"only the verbs {', '.join(verbs.VERBS)} are allowed")
+    request = VerbRequest(words[0])
+    allowed = VERB_OPTIONS[request.verb]
+    positional, rest, i = [], words[1:], 0
+    while i < len(rest):
+        word = rest[i]
+        name, eq, inline = word.partition("=")
+        if name == "--drone":
+            value = inline if eq else (rest[i + 1] if i + 1 < len(rest) else "")
+            if value != drone:
+                raise Refused(f"drone '{drone}' may not act as '{value}'")
+            i += 1 if eq else 2
+            continue
+        if not word.startswith("-"):
+            positional.append(word)
+            i += 1
+            continue
+        if name not in allowed:
+            raise Refused(f"option '{name}' is not allowed for {request.verb}")
+        if allowed[name]:
+            value = inline if eq else (rest[i + 1] if i + 1 < len(rest) else None)
+            request.options[_keyword(name)] = _checked_value(name, value)
+            i += 1 if eq else 2
+        else:
+            if eq:
+                raise Refused(f"option '{name}' takes no value")
+            if name == "--json":
+                request.as_json = True
+            else:
+                request.options[_keyword(name)] = True
+            i += 1
+    if request.verb in _TAKES_CPV:
+        if len(positional) != 1 or not _CPV.fullmatch(positional[0]):
+            raise Refused(f"{request.verb} takes one CATEGORY/PF, not {positional!r}")
+        request.cpv = positional[0]
+    elif positional:
+        raise Refused(f"{request.verb} takes no arguments")
+    return request
+
+
+def _keyword(option: str) -> str:
+    return option.lstrip("-").replace("-", "_")
+
+
+def _checked_value(name: str, value: str | None):
+    if value is None or not _SAFE_VALUE.fullmatch(value) or ".." in value.split("/"):
+        raise Refused(f"bad value for {name}: {value!r}")
+    if name == "--log" and not value.startswith("logs/"):
+        raise Refused(f"build logs go under logs/, not {value!r}")
+    if name in _INTEGER_OPTIONS:
+        if not value.isdigit() or len(value) > 18:
+            raise Refused(f"bad value for {name}: {value!r}")
+        return int(value)
+    return value
+
+
+def _rsync_args(config: Config, words: list[str], drone: str) -> list[str]:
+    # Expected: --server FLAGS [--partial] . DEST  (an upload; --sender would read files)
+    if len(words) < 4 or words[0] != "--server" or words[-2] != ".":
+        raise Refused("only an rsync upload (rsync FILE orchestrator:PATH) is allowed")
+    flags, options, dest = words[1], words[2:-2], words[-1]
+    if not _RSYNC_FLAGS.fullmatch(flags):
+        raise Refused(f"rsync flags '{flags}' are not allowed (use rsync -t [--partial])")
+    for option in options:
+        if option not in _RSYNC_OPTIONS:
+            raise Refused(f"rsync option '{option}' is not allowed")
+    try:
+        target = staged_path(config, drone, dest)
+    except SwarmError as exc:
+        raise Refused(str(exc)) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # --munge-links: even a symlink that slipped through stays inert.
+    return ["rsync", "--server", flags, *options, "--munge-links", ".", str(target)]
+
+
+def serve(config: Config, drone: str, original: str | None) -> None:
+    """Run what the drone asked for: a queue verb, or rsync (which replaces this process)."""
+    request = parse(config, drone, original)
+    if isinstance(request, list):
+        os.execvp("rsync", request)
+    verbs.run(request.verb, config, drone, as_json=request.as_json, cpv=request.cpv,
+              **request.options)

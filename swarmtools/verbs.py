@@ -1,0 +1,93 @@
+"""The drone verbs (heartbeat, claim, report, release) as plain functions.
+
+``swarm-delegate VERB`` (click) and the ssh gateway (no click) both run
+them through :func:`run`, so a drone gets the same answer either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import IO
+
+from . import clock, db, delegate
+from .config import Config
+from .errors import ExitCode, SwarmError
+from .output import emit_json, emit_ndjson
+
+log = logging.getLogger(__name__)
+
+VERBS = ("heartbeat", "claim", "report", "release")
+MAX_FACTS_BYTES = 64 * 1024  # heartbeat facts: a few dozen short values
+
+
+def read_facts(stream: IO[str]) -> dict:
+    """A heartbeat's facts: one JSON object on stdin, of bounded size."""
+    text = stream.read(MAX_FACTS_BYTES + 1)
+    if len(text) > MAX_FACTS_BYTES:
+        raise SwarmError(f"heartbeat facts larger than {MAX_FACTS_BYTES} bytes", ExitCode.USAGE)
+    try:
+        facts = json.loads(text) if text.strip() else {}
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SwarmError(f"heartbeat facts are not JSON: {exc}", ExitCode.USAGE) from None
+    if not isinstance(facts, dict):
+        raise SwarmError("heartbeat facts must be one JSON object", ExitCode.USAGE)
+    return facts
+
+
+def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
+        stdin: IO[str] | None = None, cpv: str | None = None, **options) -> None:
+    """Run one verb for DRONE and print its answer (JSON, or a line for people)."""
+    now = clock.utcnow()
+    facts = read_facts(stdin or sys.stdin) if verb == "heartbeat" else None
+    conn = db.connect(config.database)
+    try:
+        if verb == "heartbeat":
+            result = delegate.heartbeat(conn, config, drone, facts, now)
+            _answer(as_json, result, f"{drone}: {result['leases_extended']} lease(s) extended "
+                                     f"to {result['lease_until']}")
+            if not result["config_matches"] and "config_digest" in facts:
+                log.warning("warning: drone %s runs another config than the orchestrator's "
+                            "(config digests differ)", drone)
+        elif verb == "claim":
+            claimed = []
+            for _ in range(options.get("limit") or 1):
+                job = delegate.claim(conn, config, drone, now)
+                if job is None:
+                    break
+                claimed.append(job)
+            if as_json:
+                emit_ndjson(claimed)
+            else:
+                for job in claimed:
+                    print(f"{job['cpv']}\tlease until {job['lease_until']}")
+        elif verb == "report":
+            result = _report(conn, config, drone, cpv, now, **options)
+            _answer(as_json, result, f"{cpv}: {result['status']}")
+        elif verb == "release":
+            result = delegate.release(conn, config, drone, cpv, now)
+            _answer(as_json, result, f"{cpv}: released")
+        else:
+            raise SwarmError(f"unknown verb {verb!r}", ExitCode.USAGE)
+    finally:
+        conn.close()
+
+
+def _report(conn, config: Config, drone: str, cpv: str, now, ok: bool = False,
+            failed: bool = False, file: str | None = None, size: int | None = None,
+            sha256: str | None = None, log: str | None = None) -> dict:
+    if ok == failed:
+        raise SwarmError("say --ok or --failed", ExitCode.USAGE)
+    if ok:
+        if not file:
+            raise SwarmError("--ok needs --file", ExitCode.USAGE)
+        return delegate.report_built(conn, config, drone, cpv, file, now, size, sha256)
+    return delegate.report_failed(conn, config, drone, cpv, now, log)
+
+
+def _answer(as_json: bool, result: dict, text: str) -> None:
+    if as_json:
+        emit_json(result)
+    else:
+        print(text)

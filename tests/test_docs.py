@@ -1,0 +1,65 @@
+"""Things kept in two places must agree: the gateway and the verbs, the README and the code."""
+
+import re
+import subprocess
+import tomllib
+from pathlib import Path
+
+import click
+import pytest
+
+from swarmtools import config as config_mod
+from swarmtools import gateway, verbs
+from swarmtools.cli.delegate import cli as delegate_cli
+from conftest import script
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def long_options(command: click.Command) -> set[str]:
+    return {name for param in command.params if isinstance(param, click.Option)
+            for name in param.opts if name.startswith("--")}
+
+
+@pytest.mark.parametrize("verb", verbs.VERBS)
+def test_the_gateway_lets_through_exactly_the_options_a_drone_may_use(verb):
+    # A new option on a verb must be decided on for the gateway too, or
+    # drones' calls work locally and fail over ssh.
+    options = long_options(delegate_cli.commands[verb]) - {"--config", "--drone", "--help"}
+    assert options - gateway.NOT_FOR_DRONES.get(verb, set()) == set(gateway.VERB_OPTIONS[verb])
+
+
+def test_every_verb_has_a_gateway_entry():
+    assert set(gateway.VERB_OPTIONS) == set(verbs.VERBS)
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_every_console_script_is_in_the_readme(name):
+    assert f"`{name}`" in README, f"{name} is missing from the README's command table"
+    assert (ROOT / "bin" / name).exists(), f"bin/{name} (a link to bin/swarm-shim) is missing"
+
+
+def schema_keys():
+    sections = {**config_mod.SECTIONS, **config_mod.NAMED_TABLES, **config_mod.ARRAYS_OF_TABLES}
+    return [(section, f.name) for section, cls in sections.items()
+            for f in config_mod.schema(cls)]
+
+
+def test_the_readme_config_reference_is_the_schema():
+    # Regenerate with: python -c 'from swarmtools.config import reference_table as t; print(t())'
+    assert config_mod.reference_table() in README, "the README's config reference is stale"
+
+
+def test_the_help_lists_every_key_of_the_schema():
+    text = subprocess.run([script("swarm-config"), "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    listed = {}
+    for line in text.splitlines():
+        if match := re.match(r"\s+\[\[?([a-z_]+)(?:\.NAME)?\]\]?\s+(.*)", line):
+            listed[match.group(1)] = match.group(2).split()
+    expected = {}
+    for section, key in schema_keys():
+        expected.setdefault(section, []).append(key)
+    assert listed == expected
