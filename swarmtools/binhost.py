@@ -12,14 +12,19 @@ the surface to re-check when Portage changes: ``binarytree._load_pkgindex``,
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpkg
+from . import gpkg, identity
 from .config import Config
 from .errors import SwarmError
 
@@ -48,10 +53,17 @@ def portage_config(config: Config):
         # user running swarm-sync (not 'nobody', who cannot read that home).
         env["BINPKG_GPG_VERIFY_GPG_HOME"] = home
         env["GPG_VERIFY_USER_DROP"] = env["GPG_VERIFY_GROUP_DROP"] = ""
+    # Portage writes its warnings to stderr; they become log lines, so -q
+    # (cron) stays quiet and -v shows them.
+    noise = io.StringIO()
     try:
-        return portage.config(config_root=config_root, eprefix=eprefix, env=env)
+        with contextlib.redirect_stderr(noise):
+            return portage.config(config_root=config_root, eprefix=eprefix, env=env)
     except portage.exception.PortageException as exc:
         raise SwarmError(f"Portage cannot read its configuration under {config_root}: {exc}") from None
+    finally:
+        for line in filter(str.strip, noise.getvalue().splitlines()):
+            log.warning("portage: %s", line.strip())
 
 
 class Binhost:
@@ -130,8 +142,8 @@ class PortageIndex:
                     self._indexed_ids.setdefault(entry["CPV"], set()).add(int(entry["BUILD_ID"]))
         return self._indexed_ids.get(cpv, set())
 
-    def publish(self, new: list[tuple[str, str]]) -> list[str]:
-        """Add the new files' entries (CPV, path), drop superseded ones, write the index once.
+    def publish(self, new: list[tuple[str, str]], drop: list[str] = ()) -> list[str]:
+        """Add the new files' entries (CPV, path), drop superseded ones and DROP, write once.
 
         Returns the paths the index no longer lists (to delete after the grace).
         """
@@ -156,6 +168,8 @@ class PortageIndex:
             kept, dropped = [], []
             for entry in index.packages:
                 key = (cpv_getkey(entry["CPV"]), entry.get("SLOT", "0").split("/")[0])
+                if entry.get("PATH") in drop:
+                    continue  # its file is gone: no client may be sent to fetch it
                 if any(key == (cp, slot) and entry.get("PATH") != path for cp, slot, path in added):
                     dropped.append(entry["PATH"])
                 else:
@@ -163,9 +177,7 @@ class PortageIndex:
             index.packages[:] = kept
             self.tree._update_pkgindex_header(index.header)
             index.modified = True
-            if int(time.time()) <= before:
-                # Clients refetch only on a strictly newer TIMESTAMP (1 s resolution).
-                time.sleep(before + 1 - time.time())
+            _wait_for_a_newer_timestamp(before)
             self.tree._pkgindex_write(index)
         finally:
             unlockfile(lock)
@@ -177,19 +189,87 @@ class PortageIndex:
         return sorted(set(dropped) | set(leftovers))
 
 
-def index_entries(binhost: Path) -> list[dict]:
-    """The package entries of a binhost's Packages file (Portage's reader)."""
+# A client asks for the index with If-Modified-Since = its cached TIMESTAMP
+# plus this many seconds (Portage's TIMESTAMP_TOLERANCE), and Portage sets
+# the file's mtime to TIMESTAMP: an index written sooner answers 304.
+CLIENT_TOLERANCE = 5
+
+
+def _wait_for_a_newer_timestamp(before: int) -> None:
+    """Sleep until an index written now is one every client that cached BEFORE refetches.
+
+    TIMESTAMP is the time of writing: it never runs ahead of the clock, so
+    the publisher waits instead (at most CLIENT_TOLERANCE + 1 seconds, only
+    when publications follow each other that closely).
+    """
+    due = before + CLIENT_TOLERANCE + 1
+    while (now := time.time()) < due:
+        time.sleep(due - now)
+
+
+@dataclass
+class Index:
+    """A binhost's Packages file as read: its header and package entries."""
+
+    header: dict[str, str]
+    entries: list[dict[str, str]]
+
+    def paths(self) -> set[str]:
+        """Every PATH the index lists."""
+        return {entry["PATH"] for entry in self.entries}
+
+    def by_cpv(self, cpv: str) -> list[dict[str, str]]:
+        """The entries of one CPV (several builds may be listed)."""
+        return [entry for entry in self.entries if entry["CPV"] == cpv]
+
+    def hidden(self) -> tuple[str, ...]:
+        """Flag prefixes of the USE_EXPAND groups emerge does not show."""
+        return identity.hidden_prefixes(self.header)
+
+
+_INDEX_LINE = re.compile(r"^[A-Z][A-Z0-9_]*:( .*)?$")
+
+
+def read_index(binhost: Path) -> Index | None:
+    """The binhost's index (None: there is none yet); SwarmError if it cannot be trusted.
+
+    Portage's reader skips what it does not understand; a sync that trusted
+    it would write back an index missing every entry it skipped. So every
+    line must be Portage's KEY: value form, the header must carry VERSION,
+    TIMESTAMP and PACKAGES, and PACKAGES must count the entries.
+    """
     from portage.getbinpkg import PackageIndex
 
+    path = Path(binhost) / "Packages"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SwarmError(f"cannot read the binhost's index {path}: {exc}") from None
+    problem = None
+    bad = next((n for n, line in enumerate(text.splitlines(), 1)
+                if line and not _INDEX_LINE.match(line)), None)
     index = PackageIndex()
-    with open(binhost / "Packages", encoding="utf-8") as f:
-        index.read(f)
-    return index.packages
+    index.read(io.StringIO(text))
+    header = index.header
+    if bad is not None:
+        problem = f"line {bad} is not 'KEY: value'"
+    elif not header.get("VERSION", "").isdigit() or not header.get("TIMESTAMP", "").isdigit():
+        problem = "its header has no numeric VERSION and TIMESTAMP"
+    elif header.get("PACKAGES") != str(len(index.packages)):
+        problem = f"PACKAGES: {header.get('PACKAGES')} but {len(index.packages)} entries"
+    elif any("CPV" not in e or "PATH" not in e for e in index.packages):
+        problem = "an entry without CPV or PATH"
+    if problem:
+        raise SwarmError(f"the binhost's index {path} cannot be trusted ({problem}); nothing "
+                         "was changed: restore it, or move it away and run swarm-sync --reindex")
+    return Index(dict(header), [dict(e) for e in index.packages])
 
 
-def mirror(source: Path, target: str) -> None:
+def mirror(source: Path, target: str, ssh_command: list[str]) -> None:
     """Copy the binhost to another host: files first, then the index."""
-    common = ["rsync", "-rt", "--partial"]
+    common = ["rsync", "-rt", "--partial", "-e", shlex.join(ssh_command)]
     files = ["--exclude=/Packages", "--exclude=/Packages.gz", "--exclude=/.incoming",
              f"{source}/", f"{target}/"]
     steps = [

@@ -66,6 +66,8 @@ class Binhost:
     url: str = key("http://orchestrator/binhost", "URL clients put in PORTAGE_BINHOST",
                    required=True)
     rsync_target: str = key("", "when the binhost is another host: [user@]host:/path to mirror to")
+    rsync_ssh_command: list = key(["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"],
+                                  "ssh program and options for that mirror")
     grace_seconds: int = key(86400, "how long a superseded package stays on disk", minimum=0)
     sync_interval_seconds: int = key(120, "how often cron runs swarm-sync", minimum=1)
     gpg_key: str = key("", "sign published packages with this GnuPG key (empty: unsigned)")
@@ -77,10 +79,11 @@ class Scan:
     """How swarm-fresh learns what the world needs."""
 
     command: list = key(
-        ["emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "@world"],
-        "the scan swarm-fresh runs; add --usepkg=y --getbinpkg=y to skip what the binhost has",
+        ["emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "--with-bdeps=y",
+         "--usepkg=y", "--getbinpkg=y", "@world"],
+        "the scan swarm-fresh runs; with --getbinpkg it asks binhost.url what is built",
         required=True)
-    environment: dict = key({}, "extra environment for the scan (PORTAGE_BINHOST, ...)",
+    environment: dict = key({}, "extra environment for the scan (PORTAGE_CONFIGROOT, ...)",
                             kind="env")
     timeout: int = key(3600, "seconds before a scan is abandoned", minimum=1)
 
@@ -98,6 +101,10 @@ class Delegate:
     heartbeat_seconds: int = key(60, "how often a drone sends a heartbeat, also while building",
                                  minimum=1)
     poll_seconds: int = key(30, "how long an idle drone sleeps before asking again", minimum=1)
+    max_silent_seconds: int = key(7200, "a build with no output and no CPU time this long is "
+                                        "stopped and reported stalled (0: never)", minimum=0)
+    staging_quota_mib: int = key(20480, "the most a drone may keep in its staging area",
+                                 minimum=1)
 
 
 @dataclass(frozen=True)

@@ -56,10 +56,16 @@ def fail(exc: BaseException, log_file: str | None) -> int:
 
 
 def append_to_log(log_file: str | None, line: str) -> None:
-    """Append LINE, stamped, to the error log (if there is one and it can be written)."""
+    """Append LINE, stamped, to the error log (if there is one and it can be written).
+
+    A log that is not there yet is made only by the owner of its directory:
+    one made by root would lock the swarm's user out of its own log.
+    """
     if not log_file:
         return
     try:
+        if not os.path.exists(log_file) and os.stat(os.path.dirname(log_file) or ".").st_uid != os.geteuid():
+            return
         with open(log_file, "a") as f:
             f.write(f"{clock.iso(clock.utcnow())} {line}\n")
     except OSError:

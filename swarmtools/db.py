@@ -9,6 +9,8 @@ refuses a missing or empty database instead of starting a new one.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import sqlite3
 import time
@@ -122,8 +124,19 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     CREATE INDEX publications_cpv ON publications (cpv);
     ALTER TABLE events ADD COLUMN drone TEXT;
     CREATE INDEX events_event ON events (event, at);
-    -- Every claim looks for expired leases and ended back-offs first.
-    CREATE INDEX packages_leases ON packages (lease_until) WHERE status = 'delegated';
+    -- A drone kept from one package for a while (its upload was refused).
+    CREATE TABLE holds (
+        package_id  INTEGER NOT NULL REFERENCES packages (id),
+        drone       TEXT NOT NULL,
+        until       TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        PRIMARY KEY (package_id, drone)
+    );
+    -- What kind of failure a build-failed event is (build, stalled, ...).
+    ALTER TABLE events ADD COLUMN kind TEXT;
+    -- Every claim looks for expired leases and ended back-offs first, and
+    -- for a lease its drone forgot; delegated rows are few (one a drone).
+    CREATE INDEX packages_delegated ON packages (drone, lease_until) WHERE status = 'delegated';
     CREATE INDEX packages_backoffs ON packages (retry_after) WHERE status = 'failed';
     """,
     _backfill_publications,
@@ -132,11 +145,14 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
+def connect(path: str | Path, create: bool = False, writer: bool = True) -> sqlite3.Connection:
     """Open the database, migrate it to this code's schema, refuse a newer one.
 
     create: start a new database when there is none (swarm-fresh, init);
-    otherwise a missing or empty file is a configuration error.
+    otherwise a missing or empty file is a configuration error. writer: the
+    caller changes the swarm's state, which only the owner of the database
+    (or its directory) may do: files another user made (root, from a hook)
+    would lock that owner out.
     """
     path = Path(path)
     if not path.parent.is_dir():
@@ -144,6 +160,8 @@ def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
             f"database directory {path.parent} does not exist "
             "(orchestrator.database / orchestrator.state_dir in the config)")
     exists = path.exists()
+    if writer:
+        check_owner(path if exists else path.parent)
     if not create and not exists:
         raise ConfigError(f"no database at {path}; run 'swarm-fresh' first "
                           "(or check orchestrator.database in the config)")
@@ -176,6 +194,20 @@ def connect(path: str | Path, create: bool = False) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def check_owner(path: Path) -> None:
+    """Refuse to change the swarm's state as another user than the owner of PATH."""
+    owner = path.stat().st_uid
+    if os.geteuid() != owner:
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = f"uid {owner}"
+        raise ConfigError(
+            f"{path} belongs to {name}: run this command as {name} "
+            f"(e.g. su -s /bin/sh {name} -c '...'); files made by another user would lock "
+            f"{name} out")
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

@@ -18,8 +18,8 @@ from datetime import datetime
 
 from . import clock, db, eligibility, gpkg, packages, staging
 from .config import Config
-from .errors import ConfigError, SwarmError
-from .packages import Event, State
+from .errors import ConfigError, ExitCode, SwarmError
+from .packages import Event, FailureKind, State
 
 ACTOR = "swarm-delegate"
 
@@ -30,10 +30,25 @@ def check_drone(config: Config, drone: str) -> None:
         raise ConfigError(f"unknown drone '{drone}': add a [drones.{drone}] table to {config.path}")
 
 
+def building(facts: dict) -> list[str]:
+    """The CPVs a drone says it is working on (heartbeat facts 'building')."""
+    listed = facts.get("building", [])
+    if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
+        raise SwarmError("heartbeat facts: 'building' must be a list of CATEGORY/PF",
+                         ExitCode.USAGE)
+    return listed
+
+
 def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
               now: datetime) -> dict:
-    """Record a drone's facts and extend the leases it holds."""
+    """Record a drone's facts; extend the leases of what it says it is building.
+
+    A lease lives only while its drone says it works on it: a lease the drone
+    does not list (a claim whose answer was lost, say) is not extended and
+    runs out, unless the drone's next claim takes it up.
+    """
     check_drone(config, drone)
+    working = building(facts)
     lease_until = clock.later(now, config.delegate.lease_seconds)
     digest = facts.get("config_digest")
     with db.write(conn):
@@ -43,10 +58,12 @@ def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
             " facts = excluded.facts, config_digest = excluded.config_digest",
             (drone, clock.iso(now), json.dumps(facts, sort_keys=True), digest))
         extended = 0
-        for row in conn.execute("SELECT id FROM packages WHERE status = ? AND drone = ?",
-                                (State.DELEGATED, drone)).fetchall():
-            extended += packages.update(conn, row["id"], guard={"status": State.DELEGATED},
-                                        lease_until=lease_until)
+        for row in conn.execute(
+                "SELECT id, cpv FROM packages INDEXED BY packages_delegated"
+                " WHERE status = 'delegated' AND drone = ? AND active = 1", (drone,)).fetchall():
+            if row["cpv"] in working:
+                extended += packages.update(conn, row["id"], guard={"status": State.DELEGATED},
+                                            lease_until=lease_until)
     return {"drone": drone, "leases_extended": extended, "lease_until": lease_until,
             "config_matches": digest == config.digest()}
 
@@ -59,9 +76,10 @@ def expire(conn: sqlite3.Connection, now: datetime) -> dict:
 
 def _expire(conn: sqlite3.Connection, at: str) -> dict:
     # The states are written out in the SQL so SQLite can use the partial
-    # indexes on leases and back-offs (it cannot match a bound parameter).
+    # indexes on leases and back-offs (it cannot match a bound parameter
+    # to an index's WHERE); delegated rows are few, one a drone.
     expired = conn.execute(
-        "SELECT id, drone FROM packages INDEXED BY packages_leases"
+        "SELECT id, drone FROM packages INDEXED BY packages_delegated"
         " WHERE status = 'delegated' AND lease_until < ?",
         (at,)).fetchall()
     for row in expired:
@@ -80,9 +98,30 @@ def _expire(conn: sqlite3.Connection, at: str) -> dict:
     return {"expired": len(expired), "retried": len(retried)}
 
 
+_CLAIM_KEYS = ("cpv", "slot", "subslot", "repo", "use", "attempts")
+
+
+def _forgotten_lease(conn: sqlite3.Connection, drone: str) -> sqlite3.Row | None:
+    """A lease the drone holds but did not say it works on (its claim's answer was lost)."""
+    facts = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
+    working = json.loads(facts["facts"]).get("building", []) if facts else []
+    for row in conn.execute(
+            "SELECT id, cpv, slot, subslot, repo, use, attempts FROM packages"
+            " INDEXED BY packages_delegated WHERE status = 'delegated' AND drone = ?"
+            " AND active = 1 ORDER BY updated_at, id", (drone,)):
+        if row["cpv"] not in working:
+            return row
+    return None
+
+
 def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
-          policy=None, rules=eligibility.RULES) -> dict | None:
-    """Hand the best eligible package to a drone, or return None when there is none."""
+          policy=None, rules=eligibility.RULES, renew: bool = True) -> dict | None:
+    """Hand the best eligible package to a drone, or return None when there is none.
+
+    A drone that holds a lease it did not list as building in its last
+    heartbeat gets that lease again first (renew), so a claim whose answer
+    was lost on the way costs nothing.
+    """
     check_drone(config, drone)
     at = clock.iso(now)
     lease_until = clock.later(now, config.delegate.lease_seconds)
@@ -90,6 +129,10 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     policy = policy or eligibility.FirstEligible()
     with db.write(conn):
         _expire(conn, at)
+        if renew and (held := _forgotten_lease(conn, drone)) is not None:
+            packages.update(conn, held["id"], guard={"status": State.DELEGATED},
+                            lease_until=lease_until)
+            return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until}
         choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
         if choice is None:
             return None
@@ -111,10 +154,27 @@ def _held_lease(conn: sqlite3.Connection, drone: str, cpv: str) -> sqlite3.Row:
     return row
 
 
+def _last_word(conn: sqlite3.Connection, drone: str, cpv: str) -> sqlite3.Row | None:
+    """The package row, with its latest event, if that event was DRONE's (a report repeated)."""
+    return conn.execute(
+        "SELECT p.*, e.event AS last_event, e.kind AS last_kind FROM packages p"
+        " JOIN events e ON e.id = (SELECT max(id) FROM events WHERE package_id = p.id)"
+        " WHERE p.cpv = ? AND p.active = 1 AND e.drone = ?", (cpv, drone)).fetchone()
+
+
 def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str, file: str,
                  now: datetime, size: int | None = None, sha256: str | None = None) -> dict:
-    """Record a successful build whose binary package is in the drone's staging area."""
+    """Record a successful build whose binary package is in the drone's staging area.
+
+    Repeating a report (its answer was lost) is answered as the first was.
+    """
     check_drone(config, drone)
+    with db.write(conn):
+        done = _last_word(conn, drone, cpv)
+        if (done is not None and sha256 and done["last_event"] in (Event.BUILT, Event.SYNCED)
+                and done["digest"] == sha256):
+            return {"cpv": cpv, "status": done["status"], "file": done["file"],
+                    "size": done["size"], "sha256": done["digest"]}
     path = staging.staged_path(config, drone, file)
     name = gpkg.parse_name(path.name)
     if name is None or name.pf != cpv.split("/", 1)[-1]:
@@ -140,9 +200,16 @@ def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
 
 
 def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
-                  now: datetime, log: str | None = None) -> dict:
+                  now: datetime, log: str | None = None,
+                  kind: FailureKind = FailureKind.BUILD) -> dict:
     """Record a failed build: keep its log, count the attempt, set the back-off."""
     check_drone(config, drone)
+    kind = FailureKind(kind)
+    with db.write(conn):
+        done = _last_word(conn, drone, cpv)
+        if done is not None and done["last_event"] == Event.BUILD_FAILED:
+            return {"cpv": cpv, "status": done["status"], "attempts": done["attempts"],
+                    "retry_after": done["retry_after"], "log": None, "kind": done["last_kind"]}
     at = clock.iso(now)
     kept = None
     if log:
@@ -161,19 +228,22 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
             kept = staging.keep_log(config, source, cpv, drone, now)
         packages.move(conn, held["id"], expect=State.DELEGATED, to=State.FAILED,
                       event=Event.BUILD_FAILED, actor=drone, at=at, event_drone=drone,
-                      detail=f"attempt {attempts}; retry after {retry_after}"
-                             + (f"; log {kept}" if kept else ""),
+                      kind=kind, detail=f"{kind}: attempt {attempts}; retry after {retry_after}"
+                                        + (f"; log {kept}" if kept else ""),
                       lease_until=None, attempts=attempts, retry_after=retry_after)
     return {"cpv": cpv, "status": "failed", "attempts": attempts, "retry_after": retry_after,
-            "log": str(kept) if kept else None}
+            "log": str(kept) if kept else None, "kind": str(kind)}
 
 
 def release(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
             now: datetime) -> dict:
-    """Give a lease back: the package is 'needed' again at once."""
+    """Give a lease back: the package is 'needed' again at once (again: a no-op)."""
     check_drone(config, drone)
     at = clock.iso(now)
     with db.write(conn):
+        done = _last_word(conn, drone, cpv)
+        if done is not None and done["last_event"] == Event.RELEASED:
+            return {"cpv": cpv, "status": done["status"]}
         held = _held_lease(conn, drone, cpv)
         packages.move(conn, held["id"], expect=State.DELEGATED, to=State.NEEDED,
                       event=Event.RELEASED, actor=drone, at=at, event_drone=drone,

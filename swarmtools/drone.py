@@ -2,11 +2,15 @@
 
 Dependencies the binhost already has come from it as binaries
 (``--usepkg=y --getbinpkg=y``, ``PORTAGE_BINHOST`` and ``getbinpkg`` in
-FEATURES); claims are not yet held back until all dependencies are published
-(dependency order is swarm-resolve's job), so a drone may still build some
-from source. Only the claimed package's own binary is uploaded. While emerge runs the drone keeps
-sending heartbeats, which extend its lease, so a build of hours keeps it;
-a drone that dies stops them and its lease expires.
+FEATURES). Only the claimed package's own binary is uploaded. While emerge
+runs the drone keeps sending heartbeats that name the package, which extend
+its lease, so a build of hours keeps it; a drone that dies stops them and
+its lease expires. A build that shows no progress (no output, no CPU time)
+for ``delegate.max_silent_seconds`` is stopped and reported as stalled.
+
+A finished build is never thrown away for a network fault: its upload and
+report are retried (the transport retries at once, the loop later) while
+the drone keeps naming it in its heartbeats.
 """
 
 from __future__ import annotations
@@ -23,17 +27,33 @@ import subprocess
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__, clock, gpkg
 from .config import Config
 from .delegate import check_drone
 from .errors import SwarmError
-from .transport import Transport, for_drone
+from .packages import FailureKind
+from .transport import Transport, TransportError, for_drone
 
 log = logging.getLogger(__name__)
 
 PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "MAKEOPTS", "PKGDIR", "PORTAGE_TMPDIR")
+LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
+CONSOLE_TAIL_BYTES = 256 << 10
+
+
+@dataclass
+class Outcome:
+    """A finished build waiting to be delivered: its binary, or its log."""
+
+    cpv: str
+    package: Path | None = None  # the binary package (success)
+    relative: str = ""  # where it goes under staging/DRONE/
+    log: Path | None = None  # the log (failure)
+    kind: FailureKind = FailureKind.BUILD
+    workdir: tempfile.TemporaryDirectory | None = None  # holds the log until delivered
 
 
 class Drone:
@@ -47,6 +67,7 @@ class Drone:
         self.env = build_environment(config, name)
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
+        self.working_on: str | None = None  # named in every heartbeat
         self.portage = portage_settings(self.env)
         if not self.portage.get("PKGDIR"):
             raise SwarmError("portageq did not tell PKGDIR: is Portage set up on this drone?")
@@ -67,10 +88,11 @@ class Drone:
             "free_disk": shutil.disk_usage(pkgdir if pkgdir.exists() else "/").free,
             "config_digest": self.config.digest(),
             "version": __version__,
+            "building": [self.working_on] if self.working_on else [],
         }
 
     def heartbeat(self) -> None:
-        """Send the facts; the orchestrator extends this drone's leases."""
+        """Send the facts; the orchestrator extends the lease of what this drone builds."""
         answer = self.transport.call("heartbeat", input=json.dumps(self.facts()))
         if answer and not answer.get("config_matches", True):
             log.warning("this drone's config differs from the orchestrator's (digests differ)")
@@ -79,95 +101,141 @@ class Drone:
         """The loop; returns the exit code. once: one package; drain: until none is left."""
         poll = self.config.delegate.poll_seconds
         failed = False
+        pending: Outcome | None = None
         while not self.stop.is_set():
             try:
-                self.heartbeat()
-                job = self.transport.call("claim")
-            except SwarmError as exc:
+                self.heartbeat()  # names a pending build: its lease stays
+                if pending is None:
+                    job = self.transport.call("claim")
+                    if job is None:
+                        if once or drain:
+                            return 0
+                        log.debug("nothing to build; sleeping %d s", poll)
+                        self.stop.wait(poll)
+                        continue
+                    pending = self.build(job)
+                    if pending is None:  # stopped: given back
+                        continue
+                failed |= pending.package is None
+                self.deliver(pending)
+                pending = None
+            except TransportError as exc:
+                # The orchestrator is away; a built package waits, named in
+                # every heartbeat, until it can be delivered.
                 if once or drain:
                     raise
                 log.error("%s; trying again in %d s", exc, poll)
                 self.stop.wait(poll)
                 continue
-            if job is None:
-                if once or drain:
-                    return 0
-                log.debug("nothing to build; sleeping %d s", poll)
-                self.stop.wait(poll)
-                continue
-            try:
-                failed |= self.build(job) == "failed"
             except SwarmError as exc:
-                # Upload or report failed: give the package back if we can;
-                # otherwise its lease runs out and another drone takes it.
                 if once or drain:
                     raise
-                log.error("%s: %s; releasing it", job["cpv"], exc)
-                self._try_release(job["cpv"])
+                # The orchestrator refused it (the lease ended, say): nothing to keep.
+                log.error("%s", exc)
+                pending = self._drop(pending)
                 self.stop.wait(poll)
                 continue
             if once:
                 break
         return 1 if failed and once else 0
 
-    def build(self, job: dict) -> str:
-        """Build one claimed package, upload and report: 'built', 'failed' or 'released'."""
+    def _drop(self, pending: Outcome | None) -> None:
+        if pending is not None:
+            log.warning("giving up %s", pending.cpv)
+            if pending.workdir:
+                pending.workdir.cleanup()
+            self.working_on = None
+        return None
+
+    def build(self, job: dict) -> Outcome | None:
+        """Build one claimed package: its Outcome, or None when stopped (and given back)."""
         cpv = job["cpv"]
+        self.working_on = cpv
         log.info("building %s", cpv)
-        started = time.time()
+        started = time.monotonic()
         pkgdir = Path(self.portage["PKGDIR"])
         before = set(binpkgs(pkgdir, cpv))
-        with tempfile.TemporaryDirectory(prefix="swarm-drone-") as tmp:
-            build_log = Path(tmp) / "build.log"
-            code = self._emerge(cpv, build_log)
-            if self.stop.is_set():
-                log.warning("stopping: releasing %s", cpv)
-                self.transport.call("release", cpv)
-                return "released"
-            package = find_binpkg(pkgdir, cpv, before) if code == 0 else None
-            if package is None:
-                if code == 0:
-                    with open(build_log, "a") as f:
-                        f.write(f"\nswarm-drone: emerge succeeded but no binary package of {cpv}"
-                                f" is in {self.portage['PKGDIR']}\n")
-                remote_log = f"logs/{cpv}-{clock.stamp(clock.utcnow())}.log"
-                self.transport.upload(build_log, remote_log)
-                self.transport.call("report", cpv, "--failed", "--log", remote_log)
-                log.error("%s failed (emerge exit %d) after %.0f s", cpv, code, time.time() - started)
-                return "failed"
-        category = cpv.split("/", 1)[0]
-        pn = package.parent.name
-        relative = f"{category}/{pn}/{package.name}"
-        self.transport.upload(package, relative)
-        size, digest = gpkg.file_digest(package)
-        self.transport.call("report", cpv, "--ok", "--file", relative, "--size", str(size),
-                            "--sha256", digest)
-        log.info("built %s in %.0f s: %s", cpv, time.time() - started, relative)
-        return "built"
+        workdir = tempfile.TemporaryDirectory(prefix="swarm-drone-")
+        console = Path(workdir.name) / "console.log"
+        logdir = Path(workdir.name) / "logs"
+        code, stalled = self._emerge(cpv, console, logdir)
+        if self.stop.is_set():
+            log.warning("stopping: releasing %s", cpv)
+            workdir.cleanup()
+            self._release(cpv)
+            return None
+        package = find_binpkg(pkgdir, cpv, before) if code == 0 and not stalled else None
+        if package is None:
+            if code == 0 and not stalled:
+                with open(console, "a") as f:
+                    f.write(f"\nswarm-drone: emerge succeeded but no binary package of {cpv}"
+                            f" is in {self.portage['PKGDIR']}\n")
+            kind = FailureKind.STALLED if stalled else FailureKind.BUILD
+            log.error("%s failed (%s, emerge exit %s) after %.0f s", cpv, kind, code,
+                      time.monotonic() - started)
+            return Outcome(cpv, log=failure_log(cpv, console, logdir, Path(workdir.name)),
+                           kind=kind, workdir=workdir)
+        workdir.cleanup()
+        log.info("built %s in %.0f s", cpv, time.monotonic() - started)
+        relative = f"{cpv.split('/', 1)[0]}/{package.parent.name}/{package.name}"
+        return Outcome(cpv, package=package, relative=relative)
 
-    def _try_release(self, cpv: str) -> None:
+    def deliver(self, outcome: Outcome) -> None:
+        """Upload and report a finished build (safe to repeat)."""
+        if outcome.package is not None:
+            self.transport.upload(outcome.package, outcome.relative)
+            size, digest = gpkg.file_digest(outcome.package)
+            self.transport.call("report", outcome.cpv, "--ok", "--file", outcome.relative,
+                                "--size", str(size), "--sha256", digest)
+            log.info("reported %s: %s", outcome.cpv, outcome.relative)
+        else:
+            remote_log = f"logs/{outcome.cpv}-{clock.stamp(clock.utcnow())}.log"
+            self.transport.upload(outcome.log, remote_log)
+            self.transport.call("report", outcome.cpv, "--failed", "--kind", str(outcome.kind),
+                                "--log", remote_log)
+            outcome.workdir.cleanup()
+        self.working_on = None
+
+    def _release(self, cpv: str) -> None:
         try:
             self.transport.call("release", cpv)
         except SwarmError as exc:
             log.warning("could not release %s: %s", cpv, exc)
+        self.working_on = None
 
-    def _emerge(self, cpv: str, build_log: Path) -> int:
+    def _emerge(self, cpv: str, console: Path, logdir: Path) -> tuple[int, bool]:
+        """Run emerge for CPV; (exit code, stalled)."""
         command = ["emerge", "--oneshot", "--usepkg=y", "--getbinpkg=y", "--buildpkg=y",
                    "--color=n", "--nospinner", f"={cpv}"]
         heartbeat_seconds = self.config.delegate.heartbeat_seconds
-        with open(build_log, "w") as out:
+        silent_limit = self.config.delegate.max_silent_seconds
+        logdir.mkdir()
+        # Portage writes the real build log (PORTAGE_LOG_FILE) under PORT_LOGDIR.
+        env = {**self.env, "PORT_LOGDIR": str(logdir)}
+        with open(console, "w") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()
-            # Own session: on SIGTERM the whole build tree is stopped at once.
-            self.child = subprocess.Popen(command, env=self.env, stdout=out,
-                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            # Own session: on SIGTERM (or a stall) the whole build tree stops at once.
+            self.child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, start_new_session=True)
+            progress, quiet_since = None, time.monotonic()
             try:
                 while True:
                     try:
-                        return self.child.wait(timeout=heartbeat_seconds)
+                        return self.child.wait(timeout=heartbeat_seconds), False
                     except subprocess.TimeoutExpired:
                         self._beat_while_building()
+                    now_progress = (_tree_size(console, logdir), session_cpu(self.child.pid))
+                    if now_progress != progress:
+                        progress, quiet_since = now_progress, time.monotonic()
+                    elif silent_limit and time.monotonic() - quiet_since >= silent_limit:
+                        log.error("%s: no output and no CPU time for %d s: stopping it",
+                                  cpv, silent_limit)
+                        out.write(f"\nswarm-drone: no output and no CPU time for {silent_limit} s"
+                                  " (delegate.max_silent_seconds): stopped\n")
+                        out.flush()
+                        _stop_session(self.child)
+                        return self.child.wait(), True
             finally:
                 self.child = None
 
@@ -186,6 +254,63 @@ class Drone:
             os.killpg(child.pid, signal.SIGTERM)
 
 
+def _stop_session(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tree_size(*paths: Path) -> int:
+    total = 0
+    for path in paths:
+        if path.is_file():
+            total += path.stat().st_size
+        elif path.is_dir():
+            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return total
+
+
+def session_cpu(session: int) -> int:
+    """CPU clock ticks used by the processes of a session (a build tree), reaped ones included."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        # After the command name: state ppid pgrp session ... utime stime cutime cstime.
+        if int(fields[3]) == session:
+            ticks += sum(int(value) for value in fields[11:15])
+    return ticks
+
+
+def failure_log(cpv: str, console: Path, logdir: Path, workdir: Path) -> Path:
+    """One file for the orchestrator: the end of Portage's build log, then of emerge's output."""
+    pf = cpv.split("/", 1)[1]
+    logs = sorted((p for p in logdir.rglob("*.log") if pf in p.name),
+                  key=lambda p: p.stat().st_mtime)
+    target = workdir / "failure.log"
+    with open(target, "wb") as out:
+        if logs:
+            out.write(f"==> build log {logs[-1].name} (its last {LOG_TAIL_BYTES >> 20} MiB)\n"
+                      .encode())
+            out.write(_tail(logs[-1], LOG_TAIL_BYTES))
+            out.write(b"\n")
+        out.write(f"==> emerge output (its last {CONSOLE_TAIL_BYTES >> 10} KiB)\n".encode())
+        out.write(_tail(console, CONSOLE_TAIL_BYTES))
+    return target
+
+
+def _tail(path: Path, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - size))
+        return f.read()
+
+
 def build_environment(config: Config, name: str) -> dict[str, str]:
     """The environment of this drone's emerge: binaries from the binhost first."""
     env = {**os.environ, **config.drones[name].environment}
@@ -197,8 +322,12 @@ def build_environment(config: Config, name: str) -> dict[str, str]:
 
 def portage_settings(env: dict[str, str]) -> dict[str, str]:
     """ARCH, CHOST, CFLAGS, ... as Portage sees them on this drone (portageq)."""
-    proc = subprocess.run(["portageq", "envvar", "-v", *PORTAGE_FACTS], env=env,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    try:
+        proc = subprocess.run(["portageq", "envvar", "-v", *PORTAGE_FACTS], env=env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    except OSError as exc:
+        raise SwarmError(f"cannot run portageq ({exc.strerror}): is Portage installed on this "
+                         "drone, and on the PATH of the drone's environment?") from None
     settings = {}
     for line in proc.stdout.splitlines():
         name, sep, value = line.partition("=")

@@ -18,9 +18,9 @@ from .packages import State
 
 @dataclass(frozen=True)
 class Claimant:
-    """A drone asking for work: its name, its last heartbeat facts, the moment."""
+    """A drone asking for work (name None: any drone), its heartbeat facts, the moment."""
 
-    name: str
+    name: str | None
     now: datetime
     at: str  # clock.iso(now)
     facts: dict = field(default_factory=dict)
@@ -40,8 +40,8 @@ class Rule:
         return True
 
     def explain(self, conn: sqlite3.Connection, package: sqlite3.Row,
-                claimant: Claimant | None) -> str | None:
-        """Why PACKAGE is not handed out (to CLAIMANT, or to anyone): None if this rule allows it."""
+                claimant: Claimant) -> str | None:
+        """Why PACKAGE is not handed out to CLAIMANT (None: this rule allows it)."""
         return None
 
 
@@ -71,13 +71,32 @@ class BackOff(Rule):
         return "(retry_after IS NULL OR retry_after <= ?)", (claimant.at,)
 
     def explain(self, conn, package, claimant):
-        if package["retry_after"] and (claimant is None or package["retry_after"] > claimant.at):
+        if package["retry_after"] and package["retry_after"] > claimant.at:
             return (f"in back-off until {package['retry_after']} after "
                     f"{package['attempts']} failed attempt(s)")
         return None
 
 
-RULES: tuple[Rule, ...] = (Wanted(), BackOff())
+class Held(Rule):
+    """A drone whose upload of a package was refused waits before taking it again."""
+
+    name = "held"
+
+    def where(self, claimant):
+        return ("NOT EXISTS (SELECT 1 FROM holds h WHERE h.package_id = packages.id"
+                " AND h.drone = ? AND h.until > ?)", (claimant.name, claimant.at))
+
+    def explain(self, conn, package, claimant):
+        rows = conn.execute(
+            "SELECT drone, until, reason FROM holds WHERE package_id = ? AND until > ?"
+            " AND (? IS NULL OR drone = ?) ORDER BY drone",
+            (package["id"], claimant.at, claimant.name, claimant.name)).fetchall()
+        if not rows:
+            return None
+        return "; ".join(f"not for {r['drone']} until {r['until']} ({r['reason']})" for r in rows)
+
+
+RULES: tuple[Rule, ...] = (Wanted(), BackOff(), Held())
 
 _CANDIDATE_COLUMNS = ("id, cpv, cp, slot, subslot, repo, use, status, active, drone, attempts,"
                       " retry_after, priority, scan_order")
@@ -101,9 +120,9 @@ def candidates(conn: sqlite3.Connection, claimant: Claimant,
             yield row
 
 
-def reasons(conn: sqlite3.Connection, package: sqlite3.Row, claimant: Claimant | None,
+def reasons(conn: sqlite3.Connection, package: sqlite3.Row, claimant: Claimant,
             rules: Iterable[Rule] = RULES) -> list[tuple[str, str]]:
-    """(rule, why) for every rule that keeps PACKAGE from CLAIMANT (or from everyone)."""
+    """(rule, why) for every rule that keeps PACKAGE from CLAIMANT."""
     found = []
     for rule in rules:
         if (why := rule.explain(conn, package, claimant)) is not None:

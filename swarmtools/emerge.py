@@ -132,13 +132,18 @@ def parse_merge_list(text: str) -> MergeList:
             reverse |= "in reverse order" in line
         else:
             notes.append((line_no, line))
+    last = next((line for line in reversed(text.splitlines()) if line.strip()), "")
+    if last.startswith("[") and not text.endswith("\n"):
+        # A list cut inside a row can still look like a row ("::tes" for "::test").
+        raise ParseError(f"the last row has no end of line: input cut off? ({last[:80]!r})")
     if bad:
         shown = "; ".join(f"line {n}: {t[:120]}" for n, t in bad[:3])
         raise ParseError(f"{len(bad)} merge-list row(s) not understood: {shown}")
     merges = [r for r in rows if r.kind in ("ebuild", "binary")]
-    if not rows and total is None:
+    if not merges and total is None:
         where = f" (line {notes[0][0]}: {notes[0][1][:80]!r})" if notes else ""
-        what = "no merge list found" if header or notes else "input is empty"
+        what = ("no merge list found (no package row, no 'Total:' line)" if header or notes or rows
+                else "input is empty")
         raise ParseError(f"{what}; is this 'emerge --pretend' output?{where}")
     if total is not None and total != len(merges):
         raise ParseError(
@@ -226,17 +231,18 @@ def _set_cpv(row: Row, text: str) -> bool:
     from portage.dep import Atom  # Portage's own version and build-id rules
     from portage.exception import InvalidAtom
 
-    text, _, repo = text.partition("::")
-    text, _, slot = text.partition(":")
+    # Portage checks the slot, sub-slot and repository names too: a row
+    # with one Portage could never print is not a row.
     try:
-        atom = Atom("=" + text, allow_build_id=row.kind == "binary")
+        atom = Atom("=" + text, allow_build_id=row.kind == "binary", allow_repo=True)
     except InvalidAtom:
+        return False
+    if atom.slot_operator or atom.use or atom.blocker:
         return False
     row.cpv, row.cp, row.version = str(atom.cpv), atom.cp, atom.version
     row.build_id = atom.build_id
-    row.slot, _, row.subslot = slot.partition("/")
-    row.slot = row.slot or "0"
-    row.repo = repo
+    row.slot, row.subslot = atom.slot or "0", atom.sub_slot or ""
+    row.repo = atom.repo or ""
     return True
 
 
@@ -253,6 +259,21 @@ def _parse_flag(text: str) -> UseFlag:
     return UseFlag(name=name, enabled=enabled, text=text, forced=forced, changed=changed, new=new)
 
 
+def consults_binhost(command: list[str]) -> bool:
+    """Whether a scan command asks a binhost (--getbinpkg, --getbinpkgonly, -g, -G)."""
+    for word in command:
+        if word.split("=")[0] in ("--getbinpkg", "--getbinpkgonly"):
+            return not word.endswith(("=n", "=no", "=False"))
+        if re.fullmatch(r"-[A-Za-z]+", word) and ("g" in word or "G" in word):
+            return True
+    return False
+
+
+# What emerge says when it could not read a binhost's index: it then uses
+# its own old copy (--pretend), so its list says nothing about what is there.
+BINHOST_UNREADABLE = "Error fetching binhost package info"
+
+
 def run_emerge(command: list[str], environment: dict[str, str], timeout: int,
                progress: bool = False) -> tuple[str, str]:
     """Run the scan command, return its stdout and stderr; raise SwarmError if it fails."""
@@ -265,8 +286,9 @@ def run_emerge(command: list[str], environment: dict[str, str], timeout: int,
     try:
         proc = subprocess.run(command, env=env, capture_output=True, text=True,
                               errors="replace", timeout=timeout or None, stdin=subprocess.DEVNULL)
-    except FileNotFoundError:
-        raise SwarmError(f"cannot run '{command[0]}': not found (scan.command in the config)") from None
+    except OSError as exc:
+        raise SwarmError(f"cannot run '{command[0]}': {exc.strerror} (scan.command in the "
+                         "config)") from None
     except subprocess.TimeoutExpired:
         raise SwarmError(f"'{' '.join(command)}' did not finish in {timeout} s (scan.timeout)") from None
     finally:

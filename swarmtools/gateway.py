@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import sqlite3
 from dataclasses import dataclass, field
 
 from . import verbs
 from .config import Config
 from .delegate import check_drone
 from .errors import ExitCode, SwarmError
+from . import staging
 from .staging import staged_path
 
 # Options each verb may carry through the gateway; True: takes a value.
@@ -28,7 +30,7 @@ VERB_OPTIONS = {
     "heartbeat": {"--json": False},
     "claim": {"--json": False},
     "report": {"--json": False, "--ok": False, "--failed": False, "--file": True,
-               "--log": True, "--size": True, "--sha256": True},
+               "--log": True, "--size": True, "--sha256": True, "--kind": True},
     "release": {"--json": False},
 }
 # Options of `swarm-delegate VERB` a drone never needs (people may use them).
@@ -39,9 +41,9 @@ _TAKES_CPV = ("report", "release")
 _CPV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=-]+")
 # What `rsync -t --partial FILE host:PATH` sends to the server (swarm-drone's
-# upload): option letters t (times), and v or z if asked, then the "e."
+# upload): option letters t (times), v and z if asked, then the "e."
 # capability string. No l (symlinks), no s (arguments hidden from us).
-_RSYNC_FLAGS = re.compile(r"-t[vz]*(e\d*\.[A-Za-z]*)?")
+_RSYNC_FLAGS = re.compile(r"-[vz]*t[vz]*(e\d*\.[A-Za-z]*)?")
 _RSYNC_OPTIONS = {"--partial"}
 
 
@@ -153,9 +155,15 @@ def _rsync_args(config: Config, words: list[str], drone: str) -> list[str]:
         target = staged_path(config, drone, dest)
     except SwarmError as exc:
         raise Refused(str(exc)) from None
+    room = config.delegate.staging_quota_mib * 2**20 - staging.area_bytes(config, drone)
+    if room <= 0:
+        raise SwarmError(f"staging/{drone}/ is full (delegate.staging_quota_mib = "
+                         f"{config.delegate.staging_quota_mib}); nothing more until it is published")
     target.parent.mkdir(parents=True, exist_ok=True)
-    # --munge-links: even a symlink that slipped through stays inert.
-    return ["rsync", "--server", flags, *options, "--munge-links", ".", str(target)]
+    # --munge-links: even a symlink that slipped through stays inert;
+    # --max-size: rsync itself refuses a file beyond the drone's room.
+    return ["rsync", "--server", flags, *options, "--munge-links", f"--max-size={room}", ".",
+            str(target)]
 
 
 def serve(config: Config, drone: str, original: str | None) -> None:
@@ -165,3 +173,51 @@ def serve(config: Config, drone: str, original: str | None) -> None:
         os.execvp("rsync", request)
     verbs.run(request.verb, config, drone, as_json=request.as_json, cpv=request.cpv,
               **request.options)
+
+
+def main(argv: list[str]) -> int:
+    """`swarm-delegate gateway --drone NAME [--config PATH]`, the forced command.
+
+    Reads no SWARM_* variable: what confines a drone is the forced command
+    line and the config file it names (else /etc/swarmtools/swarm.toml),
+    never an environment that sshd might let a client set. Loads nothing it
+    does not need (no click): every ssh session of every drone pays for it.
+    """
+    from . import config as config_mod
+    from . import console
+
+    console.setup_logging()
+    drone = path = None
+    log_file = None
+    try:
+        words = list(argv)
+        while words:
+            word = words.pop(0)
+            name, eq, value = word.partition("=")
+            if name in ("--drone", "--config") and (eq or words):
+                value = value if eq else words.pop(0)
+                drone, path = (value, path) if name == "--drone" else (drone, value)
+            else:
+                raise SwarmError(f"gateway takes --drone NAME [--config PATH], not {word!r}",
+                                 ExitCode.USAGE)
+        if not drone:
+            raise SwarmError("gateway needs --drone NAME", ExitCode.USAGE)
+        config = config_mod.load(path or config_mod.DEFAULT_PATH, environ={})
+        log_file = config.orchestrator.log_file or None
+        serve(config, drone, os.environ.get("SSH_ORIGINAL_COMMAND"))
+    except (SwarmError, OSError, sqlite3.Error) as exc:
+        return console.fail(exc, log_file)
+    return 0
+
+
+def delegate_main() -> None:
+    """The swarm-delegate console script: the gateway without click, the rest with it."""
+    import signal
+    import sys
+
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    if sys.argv[1:2] == ["gateway"] and not {"-h", "--help"} & set(sys.argv[2:]):
+        sys.exit(main(sys.argv[2:]))
+    from .cli.delegate import main as cli_main
+
+    cli_main()

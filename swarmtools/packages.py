@@ -44,6 +44,14 @@ class Event(StrEnum):
     RETRY = "retry"                # back-off over
     QUARANTINED = "quarantined"    # swarm-sync refused the file
     SYNCED = "synced"              # published
+    REINDEXED = "reindexed"        # published file listed in the index again
+
+
+class FailureKind(StrEnum):
+    """Why a build failed, as the drone saw it (``events.kind``)."""
+
+    BUILD = "build"        # emerge failed building the package
+    STALLED = "stalled"    # no output and no CPU time for delegate.max_silent_seconds
 
 
 # Columns of the current build. Cleared together when a package must be
@@ -67,7 +75,7 @@ def _checked(columns) -> None:
 
 def move(conn: sqlite3.Connection, package_id: int, *, to: State, event: Event, actor: str,
          at: str, expect: State, detail: str = "", guard: dict | None = None,
-         event_drone: str | None = None, **columns) -> bool:
+         event_drone: str | None = None, kind: str | None = None, **columns) -> bool:
     """Move a row from EXPECT to TO, set COLUMNS, append EVENT; False if it had moved on.
 
     GUARD adds conditions (column: value, NULL-safe) the row must still meet,
@@ -84,7 +92,7 @@ def move(conn: sqlite3.Connection, package_id: int, *, to: State, event: Event, 
         (*assignments.values(), package_id, *conditions.values())).rowcount
     if changed:
         record(conn, package_id, event, actor, at, expect, to, detail,
-               event_drone if event_drone is not None else columns.get("drone"))
+               event_drone if event_drone is not None else columns.get("drone"), kind)
     return bool(changed)
 
 
@@ -125,9 +133,18 @@ def insert(conn: sqlite3.Connection, *, at: str, **columns) -> int:
 
 def record(conn: sqlite3.Connection, package_id: int | None, event: Event | str, actor: str,
            at: str, from_status: str | None, to_status: str | None, detail: str = "",
-           drone: str | None = None) -> None:
+           drone: str | None = None, kind: str | None = None) -> None:
     """Append one entry to the history (inside the caller's write transaction)."""
     conn.execute(
-        "INSERT INTO events (package_id, at, actor, event, from_status, to_status, detail, drone)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (package_id, at, actor, str(event), from_status, to_status, detail, drone))
+        "INSERT INTO events (package_id, at, actor, event, from_status, to_status, detail, drone,"
+        " kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (package_id, at, actor, str(event), from_status, to_status, detail, drone,
+         None if kind is None else str(kind)))
+
+
+def hold(conn: sqlite3.Connection, package_id: int, drone: str, until: str, reason: str) -> None:
+    """Keep one drone from one package until a moment (its upload was refused)."""
+    conn.execute(
+        "INSERT INTO holds (package_id, drone, until, reason) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (package_id, drone) DO UPDATE SET until = excluded.until,"
+        " reason = excluded.reason", (package_id, drone, until, reason))

@@ -67,6 +67,18 @@ def uploads(config: Config) -> Iterator[tuple[str, Path]]:
             yield str(path.relative_to(root)), path
 
 
+def area_bytes(config: Config, drone: str) -> int:
+    """Bytes in one drone's staging area (its quota counts them)."""
+    total = 0
+    for directory, _, filenames in os.walk(config.staging_dir / drone):
+        for name in filenames:
+            try:
+                total += (Path(directory) / name).lstat().st_size
+            except FileNotFoundError:
+                pass
+    return total
+
+
 def waiting_bytes(config: Config) -> int:
     """Bytes in the drones' areas (quarantine not counted)."""
     total = 0

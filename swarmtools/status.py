@@ -95,3 +95,13 @@ def staging_backlog(config: Config, conn: sqlite3.Connection, now: datetime) -> 
     limit = 3 * config.binhost.sync_interval_seconds
     return {"staging_bytes": staging.waiting_bytes(config), "oldest_received_seconds": age,
             "backlog": age is not None and age > limit}
+
+
+def history(conn: sqlite3.Connection, package: str | None = None, limit: int = 50) -> list[dict]:
+    """The last LIMIT events, of one package (CATEGORY/PF or CATEGORY/PN) or of all, oldest first."""
+    rows = conn.execute(
+        "SELECT e.at, p.cpv, e.event, e.from_status, e.to_status, e.actor, e.drone, e.kind,"
+        " e.detail FROM events e LEFT JOIN packages p ON p.id = e.package_id"
+        " WHERE ? IS NULL OR p.cpv = ? OR p.cp = ? ORDER BY e.id DESC LIMIT ?",
+        (package, package, package, limit)).fetchall()
+    return [dict(row) for row in reversed(rows)]

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import clock, db, gpkg, packages, staging
-from .binhost import Binhost, PortageIndex, index_entries, mirror, portage_config
+from . import clock, db, gpkg, identity, packages, staging
+from .binhost import Binhost, Index, PortageIndex, mirror, portage_config, read_index
 from .config import Config
 from .errors import SwarmError, TryLater
 from .packages import Event, State
@@ -54,12 +54,15 @@ class SyncResult:
     superseded: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)  # published once, gone since
+    reindexed: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The --json answer."""
         return {"published": self.published,
                 "quarantined": [{"cpv": c, "reason": r} for c, r in self.quarantined],
-                "superseded": self.superseded, "deleted": self.deleted, "orphans": self.orphans}
+                "superseded": self.superseded, "deleted": self.deleted, "orphans": self.orphans,
+                "requeued": self.requeued, "reindexed": self.reindexed}
 
 
 def lock_path(config: Config) -> Path:
@@ -71,6 +74,7 @@ def publish(config: Config, now: datetime, dry_run: bool = False) -> SyncResult:
     """Publish every received package; raise TryLater when another run holds the lock."""
     from filelock import FileLock, Timeout
 
+    db.check_owner(config.database if config.database.exists() else config.state_dir)
     lock = FileLock(str(lock_path(config)), timeout=0)
     try:
         lock.acquire()
@@ -96,6 +100,10 @@ def _hook(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
     if action.startswith("pause="):
         time.sleep(float(action.split("=", 1)[1]))
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
 
 
 class _Reject(Exception):
@@ -132,27 +140,76 @@ class Publisher:
 
     def run(self) -> SyncResult:
         """The steps of a run, in order."""
+        if not self.binhost.path.is_dir():
+            raise SwarmError(f"binhost.path {self.binhost.path} does not exist; create it "
+                             "(owned by the user swarm-sync runs as) or fix the config")
+        published = read_index(self.binhost.path)  # refuses an index it cannot trust
         # Rows as read now: every later write is guarded by what was read, so
         # a rescan or a claim that changes a row meanwhile wins over this run.
         received = self.conn.execute(
             "SELECT * FROM packages WHERE status = ? ORDER BY id", (State.RECEIVED,)).fetchall()
         _hook("start")
+        lost, reindex, stale = self._check_synced(published)
         log.info("%d received package(s) to publish", len(received))
         if received and not self.dry_run:
             self.binhost.clear_incoming()
         ready = [(pkg, path) for pkg in received if (path := self._place_or_quarantine(pkg))]
         _hook("copied")
-        if ready:
-            superseded = self.index.publish([(pkg["cpv"], path) for pkg, path in ready])
+        if (ready or reindex or stale) and not self.dry_run:
+            superseded = self.index.publish(
+                [(pkg["cpv"], path) for pkg, path in ready + reindex], drop=stale)
             log.info("wrote %s and Packages.gz", self.binhost.path / "Packages")
             _hook("indexed")
-            self._mark_synced(ready, superseded)
+            self._mark_synced(ready, reindex, superseded)
             _hook("marked")
+        self._requeue_lost(lost)
         self._delete_superseded()
         self._sweep_orphans()
         if not self.dry_run and self.config.binhost.rsync_target:
-            mirror(self.binhost.path, self.config.binhost.rsync_target)
+            mirror(self.binhost.path, self.config.binhost.rsync_target,
+                   self.config.binhost.rsync_ssh_command)
         return self.result
+
+    def _check_synced(self, published: Index | None):
+        """What the index and disk say of every synced package.
+
+        Returns (lost, reindex, stale): packages whose binary is gone (to
+        build again, with why), packages whose file is there but unlisted (to
+        list again), and index entries whose file is missing (to drop).
+        """
+        paths = published.paths() if published else set()
+        lost, reindex = [], []
+        for pkg in self.conn.execute("SELECT * FROM packages WHERE status = ? AND active = 1",
+                                     (State.SYNCED,)):
+            path = pkg["binhost_path"]
+            if path is None:  # marked synced by a scan that found it on the binhost
+                entries = published.by_cpv(pkg["cpv"]) if published else []
+                if not any(pkg["build_id"] in (None, _int(e.get("BUILD_ID"))) for e in entries):
+                    lost.append((pkg, "not in the binhost's index"))
+            elif not self.binhost.has(path):
+                lost.append((pkg, f"its file {path} is gone from the binhost"))
+            elif path not in paths:
+                reindex.append((pkg, path))
+        stale = sorted(p for p in paths if not self.binhost.has(p))
+        for pkg, why in lost:
+            log.warning("%s was published but %s; building it again", pkg["cpv"], why)
+        for pkg, path in reindex:
+            log.warning("%s: %s is on the binhost but not in its index; listing it again",
+                        pkg["cpv"], path)
+        for path in stale:
+            log.warning("the index lists %s, which is not on disk; dropping the entry", path)
+        return lost, reindex, stale
+
+    def _requeue_lost(self, lost) -> None:
+        if not lost or self.dry_run:
+            return
+        with db.write(self.conn):
+            for pkg, why in lost:
+                if packages.move(self.conn, pkg["id"], expect=State.SYNCED, to=State.NEEDED,
+                                 event=Event.REQUEUED, actor=ACTOR, at=self.at,
+                                 guard={"binhost_path": pkg["binhost_path"]},
+                                 detail=f"published, but {why}", **packages.NO_BUILD):
+                    self.result.requeued.append(pkg["cpv"])
 
     def _place_or_quarantine(self, pkg: sqlite3.Row) -> str | None:
         try:
@@ -225,13 +282,20 @@ class Publisher:
             if (size, digest) != (pkg["size"], pkg["digest"]):
                 raise _Reject(f"{path.name} is not the file that was reported "
                               f"({size} bytes, reported {pkg['size']})")
-            gpkg.verify(path, pkg["cpv"], self.settings)
+            metadata = gpkg.verify(path, pkg["cpv"], self.settings)
         except _Reject:
             raise
         except SwarmError as exc:
             raise _Reject(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - whatever breaks reading it, it is not publishable
             raise _Reject(f"{path.name}: cannot be read as a gpkg ({type(exc).__name__}: {exc})") from None
+        # Portage's verdict on a client: a build with other USE, slot or CHOST
+        # than the scan's is not the package clients asked for.
+        differs = identity.differences(pkg, metadata, self.settings.get("CHOST"),
+                                       identity.hidden_prefixes(self.settings))
+        if differs:
+            raise _Reject(f"built by {pkg['drone']} with other settings than the scan's: "
+                          + "; ".join(differs))
 
     def _quarantine(self, pkg: sqlite3.Row, reason: str) -> None:
         log.error("%s %s: %s", "would quarantine" if self.dry_run else "quarantining",
@@ -248,14 +312,24 @@ class Publisher:
             safe = _SAFE_PATH.fullmatch(name) and ".." not in name.split("/")
             if safe and (self.staging / name).is_file():
                 reason += f"; file kept at {staging.quarantine(self.config, name, clock.stamp(self.now))}"
+            # The drone's fault, not the package's: no attempt is counted, but
+            # this drone does not get this package again before the back-off.
+            until = clock.later(self.now, self.config.delegate.retry_seconds)
             packages.move(self.conn, pkg["id"], expect=State.RECEIVED, to=State.NEEDED,
-                          event=Event.QUARANTINED, actor=ACTOR, at=self.at, detail=reason,
+                          event=Event.QUARANTINED, actor=ACTOR, at=self.at,
+                          detail=f"{reason}; {pkg['drone']} may take it again after {until}",
                           event_drone=pkg["drone"], drone=None, file=None, size=None,
                           digest=None, binhost_path=None)
+            if pkg["drone"]:
+                packages.hold(self.conn, pkg["id"], pkg["drone"], until, reason)
 
-    def _mark_synced(self, ready, superseded: list[str]) -> None:
+    def _mark_synced(self, ready, reindex, superseded: list[str]) -> None:
         published = []
         with db.write(self.conn):
+            for pkg, path in reindex:
+                packages.record(self.conn, pkg["id"], Event.REINDEXED, ACTOR, self.at,
+                                State.SYNCED, State.SYNCED, f"{path} listed again in the index")
+                self.result.reindexed.append(pkg["cpv"])
             for pkg, path in ready:
                 if packages.move(self.conn, pkg["id"], expect=State.RECEIVED, to=State.SYNCED,
                                  event=Event.SYNCED, actor=ACTOR, at=self.at,
@@ -280,10 +354,13 @@ class Publisher:
             "SELECT path FROM superseded WHERE since <= ?", (limit,))]
         if not due:
             return
-        has_index = (self.binhost.path / "Packages").exists()
-        listed = {e.get("PATH") for e in index_entries(self.binhost.path)} if has_index else set()
+        published = read_index(self.binhost.path)
+        # Never a file the index lists, nor one a package is published as.
+        keep = (published.paths() if published else set()) | {row[0] for row in self.conn.execute(
+            "SELECT binhost_path FROM packages WHERE binhost_path IS NOT NULL AND status IN (?, ?)",
+            (State.SYNCED, State.RECEIVED))}
         for path in due:
-            if path not in listed:  # never a file the index lists
+            if path not in keep:
                 self.result.deleted.append(path)
                 log.info("deleting %s: superseded longer than binhost.grace_seconds", path)
                 if self.dry_run:
@@ -304,7 +381,8 @@ class Publisher:
         # A drone uploads before it reports: give it the lease time to do so.
         grace = self.config.delegate.lease_seconds
         for relative, path in sorted(staging.uploads(self.config)):
-            if relative in wanted or path.name.startswith(".") or not path.is_file():
+            # Dot-files too: rsync's temporary .name.XXXXXX of a killed upload.
+            if relative in wanted or not path.is_file():
                 continue
             if relative in published and gpkg.file_digest(path)[1] == published[relative]:
                 if not self.dry_run:
@@ -317,3 +395,5 @@ class Publisher:
             log.warning("staged file %s belongs to no received package; quarantined", relative)
             if not self.dry_run:
                 staging.quarantine(self.config, relative, "orphans")
+        if not self.dry_run:
+            staging.remove_empty_dirs(self.config)

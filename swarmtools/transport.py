@@ -8,28 +8,55 @@ which checks it; locally (a single-host swarm) the drone runs
 from __future__ import annotations
 
 import json
+import logging
+import random
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from .config import Config
-from .errors import SwarmError
+from .errors import ExitCode, SwarmError
 from .staging import staged_path
+
+log = logging.getLogger(__name__)
+
+# A verb answers in seconds; one that does not has lost its connection.
+VERB_TIMEOUT = 300
+# Connection failures are retried this many times, waiting about 1, 2, 4, 8 s...
+ATTEMPTS = 6
+# ssh exits 255 when the connection fails (refused, dropped by MaxStartups,
+# timed out); rsync's codes for a broken stream or socket.
+_SSH_FAILED = 255
+_RSYNC_CONNECTION_CODES = {10, 12, 30, 35, 255}
+# Unless the config says otherwise: give up on a dead host or connection.
+SSH_TIMEOUTS = ("ConnectTimeout=10", "ServerAliveInterval=15", "ServerAliveCountMax=4")
+
+
+class TransportError(SwarmError):
+    """The orchestrator could not be reached (after retrying); the work is not lost."""
 
 
 class Transport:
-    """A drone's way to the orchestrator: `call` a verb, `upload` a file."""
+    """A drone's way to the orchestrator: `call` a verb, `upload` a file.
 
-    def __init__(self, config: Config, drone: str):
+    Connection failures are retried with a jittered exponential back-off;
+    every verb may be repeated safely (the orchestrator answers a repeated
+    report or claim as it answered the first).
+    """
+
+    def __init__(self, config: Config, drone: str, sleep=time.sleep):
         self.config = config
         self.drone = drone
+        self.sleep = sleep
 
     def call(self, verb: str, *args: str, input: str | None = None) -> dict | None:
         """Run `swarm-delegate VERB --json ARGS` for this drone; return its JSON or None."""
         words = ["swarm-delegate", verb, "--drone", self.drone, "--json", *args]
-        proc = _run(self._verb_command(words), input=input)
+        proc = self._retrying(verb, lambda: _run(self._verb_command(words), input=input,
+                                                 timeout=VERB_TIMEOUT), self._verb_retry)
         if proc.returncode != 0:
             message = proc.stderr.strip().splitlines()
             raise SwarmError(f"{verb} failed (exit {proc.returncode}): "
@@ -44,10 +71,34 @@ class Transport:
 
     def upload(self, local: Path, relative: str) -> None:
         """Copy a file to staging/DRONE/RELATIVE on the orchestrator."""
-        proc = _run(["rsync", "-t", "--partial", *self._rsync_target(local, relative)])
+        command = ["rsync", "-t", "--partial", *self._rsync_target(local, relative)]
+        proc = self._retrying(f"upload of {local.name}", lambda: _run(command),
+                              self._upload_retry)
         if proc.returncode != 0:
             raise SwarmError(f"upload of {local.name} failed (rsync exit {proc.returncode}): "
                              f"{proc.stderr.strip()}")
+
+    def _retrying(self, what: str, attempt, retry) -> subprocess.CompletedProcess:
+        for number in range(1, ATTEMPTS + 1):
+            proc = attempt()
+            if not retry(proc):
+                return proc
+            if number == ATTEMPTS:
+                break
+            pause = min(2 ** (number - 1), 60) * random.uniform(0.5, 1.5)
+            log.warning("%s: %s; again in %.1f s", what, _last_line(proc), pause)
+            self.sleep(pause)
+        raise TransportError(f"{what}: the orchestrator could not be reached after "
+                             f"{ATTEMPTS} attempts ({_last_line(proc)})")
+
+    def _verb_retry(self, proc: subprocess.CompletedProcess) -> bool:
+        # 75: the database was busy; the rest: the connection, not the verb.
+        return proc.returncode in (ExitCode.TEMPFAIL, _SSH_FAILED, -1)
+
+    def _upload_retry(self, proc: subprocess.CompletedProcess) -> bool:
+        if "swarm-delegate: error" in proc.stderr:  # the gateway said no: final
+            return False
+        return proc.returncode in _RSYNC_CONNECTION_CODES or proc.returncode == -1
 
     def _verb_command(self, words: list[str]) -> list[str]:
         raise NotImplementedError
@@ -71,9 +122,10 @@ class LocalTransport(Transport):
 class SshTransport(Transport):
     """Over ssh to the orchestrator's gateway."""
 
-    def __init__(self, config: Config, drone: str):
-        super().__init__(config, drone)
-        self.ssh = config.drones[drone].ssh_command or config.orchestrator.ssh_command
+    def __init__(self, config: Config, drone: str, sleep=time.sleep):
+        super().__init__(config, drone, sleep)
+        self.ssh = with_timeouts(config.drones[drone].ssh_command
+                                 or config.orchestrator.ssh_command)
         self.destination = config.orchestrator.ssh
 
     def _verb_command(self, words):
@@ -83,16 +135,33 @@ class SshTransport(Transport):
         return ["-e", shlex.join(self.ssh), str(local), f"{self.destination}:{relative}"]
 
 
+def with_timeouts(ssh: list[str]) -> list[str]:
+    """The ssh command with connect and keep-alive timeouts, unless it sets its own."""
+    given = " ".join(ssh)
+    extra = [word for option in SSH_TIMEOUTS if option.split("=")[0] not in given
+             for word in ("-o", option)]
+    return [ssh[0], *extra, *ssh[1:]]
+
+
 def for_drone(config: Config, drone: str) -> Transport:
     """The transport the config names for DRONE."""
     kind = config.drones[drone].transport
     return LocalTransport(config, drone) if kind == "local" else SshTransport(config, drone)
 
 
-def _run(command: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = proc.stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
+def _run(command: list[str], input: str | None = None,
+         timeout: float | None = None) -> subprocess.CompletedProcess:
     try:
         return subprocess.run(command, input=input, capture_output=True, text=True,
-                              stdin=None if input is not None else subprocess.DEVNULL)
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, -1, "", f"no answer in {timeout} s")
     except OSError as exc:  # ssh or rsync missing, say
         raise SwarmError(f"cannot run {command[0]}: {exc.strerror}") from None
 

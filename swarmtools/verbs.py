@@ -15,6 +15,7 @@ from . import clock, db, delegate
 from .config import Config
 from .errors import ExitCode, SwarmError
 from .output import emit_json, emit_ndjson
+from .packages import FailureKind
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,8 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
                             "(config digests differ)", drone)
         elif verb == "claim":
             claimed = []
-            for _ in range(options.get("limit") or 1):
-                job = delegate.claim(conn, config, drone, now)
+            for number in range(options.get("limit") or 1):
+                job = delegate.claim(conn, config, drone, now, renew=number == 0)
                 if job is None:
                     break
                 claimed.append(job)
@@ -76,14 +77,22 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
 
 def _report(conn, config: Config, drone: str, cpv: str, now, ok: bool = False,
             failed: bool = False, file: str | None = None, size: int | None = None,
-            sha256: str | None = None, log: str | None = None) -> dict:
+            sha256: str | None = None, log: str | None = None, kind: str | None = None) -> dict:
     if ok == failed:
         raise SwarmError("say --ok or --failed", ExitCode.USAGE)
     if ok:
-        if not file:
-            raise SwarmError("--ok needs --file", ExitCode.USAGE)
+        if not file or log or kind:
+            raise SwarmError("--ok takes --file (and --size, --sha256), not --log or --kind",
+                             ExitCode.USAGE)
         return delegate.report_built(conn, config, drone, cpv, file, now, size, sha256)
-    return delegate.report_failed(conn, config, drone, cpv, now, log)
+    if file or size is not None or sha256:
+        raise SwarmError("--failed takes --log and --kind, not --file, --size or --sha256",
+                         ExitCode.USAGE)
+    if kind is not None and kind not in FailureKind.__members__.values():
+        raise SwarmError(f"--kind is one of {', '.join(FailureKind)}, not {kind!r}",
+                         ExitCode.USAGE)
+    return delegate.report_failed(conn, config, drone, cpv, now, log,
+                                  FailureKind(kind or FailureKind.BUILD))
 
 
 def _answer(as_json: bool, result: dict, text: str) -> None:

@@ -30,6 +30,15 @@ def script(name: str) -> str:
     return str(path)
 
 
+def one_line_error(r: subprocess.CompletedProcess, prog: str, logged: Path | None = None) -> None:
+    """The command failed with one line, PROG: error: ..., no traceback (and logged)."""
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"{prog}: error: "), r.stderr
+    assert "Traceback" not in r.stderr
+    if logged is not None:
+        assert r.stderr.strip() in logged.read_text(), "the error is not in the log file"
+
+
 class Swarm:
     """One test's swarm: config file, database path, and a way to run commands."""
 
@@ -40,6 +49,7 @@ class Swarm:
                              capture_output=True, text=True, check=True)
         self.config = Path(out.stdout.strip())
         self.db = root / "state" / "swarm.db"
+        self.log = root / "state" / "swarm.log"
         self.env = {**os.environ, "SWARM_CONFIG": str(self.config),
                     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
 
@@ -206,3 +216,16 @@ class HandDrone:
             assert r.returncode == 0, r.stderr
             done.append(cpv)
         return done
+
+
+def write_index(binhost: Path, entries: list[dict], chost: str = "x86_64-pc-linux-gnu") -> None:
+    """A binhost Packages index listing ENTRIES, in Portage's format (no files behind it)."""
+    header = {"CHOST": chost, "PACKAGES": str(len(entries)), "TIMESTAMP": "1700000000",
+              "VERSION": "0"}
+    blocks = ["".join(f"{k}: {v}\n" for k, v in sorted(header.items()))]
+    for entry in entries:
+        entry = {"PATH": f"{entry['CPV']}-{entry.get('BUILD_ID', '1')}.gpkg.tar", "SLOT": "0",
+                 **entry}
+        blocks.append("".join(f"{k}: {v}\n" for k, v in sorted(entry.items())))
+    binhost.mkdir(parents=True, exist_ok=True)
+    (binhost / "Packages").write_text("\n".join(blocks))

@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from conftest import script
+from conftest import one_line_error, script
 
 # Every command that reads the config, with the arguments it needs to get that far.
 COMMANDS = [
@@ -17,12 +17,6 @@ COMMANDS = [
     ("swarm-delegate", "release", "--drone", "d1", "a/b-1"), ("swarm-delegate", "expire"),
     ("swarm-delegate", "gateway", "--drone", "d1"), ("swarm-drone", "--drone", "d1", "--once"),
 ]
-
-
-def one_line_error(r, prog):
-    assert r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith(f"{prog}: error: "), r.stderr
-    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)

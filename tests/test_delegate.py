@@ -53,8 +53,8 @@ def test_claims_go_in_merge_order_to_one_drone_each(queue):
 def test_nothing_eligible_is_none(queue):
     config, conn = queue
     for _ in range(5):
-        assert delegate.claim(conn, config, "d1", now=T0)
-    assert delegate.claim(conn, config, "d1", now=T0) is None
+        assert delegate.claim(conn, config, "d1", now=T0, renew=False)
+    assert delegate.claim(conn, config, "d1", now=T0, renew=False) is None
 
 
 def test_unknown_drone_is_refused(queue):
@@ -68,7 +68,8 @@ def test_lease_expires_without_heartbeat_and_heartbeat_extends_it(queue):
     job = delegate.claim(conn, config, "d1", now=T0)
     delegate.claim(conn, config, "d2", now=T0)
     later = T0 + timedelta(seconds=3000)
-    answer = delegate.heartbeat(conn, config, "d1", {"arch": "amd64"}, now=later)
+    answer = delegate.heartbeat(conn, config, "d1", {"arch": "amd64", "building": [job["cpv"]]},
+                                now=later)
     assert answer["leases_extended"] == 1 and answer["config_matches"] is False
     # d2 sent no heartbeat: its lease runs out; d1's was extended.
     result = delegate.expire(conn, now=T0 + timedelta(seconds=3700))
@@ -157,7 +158,7 @@ def test_failures_back_off_doubling_and_keep_the_log(queue):
         assert open(result["log"]).read() == "compile error\n"
         assert not (config.staging_dir / "d1" / log).exists()
         # In back-off: others are handed out, not this one.
-        assert delegate.claim(conn, config, "d1", now=now)["cpv"] != cpv
+        assert delegate.claim(conn, config, "d2", now=now)["cpv"] != cpv
         now += timedelta(seconds=backoff)
         backoff *= 2
     assert statuses(conn)[cpv] == "failed"
@@ -173,6 +174,78 @@ def test_retired_packages_are_not_handed_out(queue):
     config, conn = queue
     apply_scan(conn, parse_merge_list(synthetic_scan(3)), "test", T0)
     cpvs = []
-    while job := delegate.claim(conn, config, "d1", now=T0):
+    while job := delegate.claim(conn, config, "d1", now=T0, renew=False):
         cpvs.append(job["cpv"])
     assert cpvs == ["app-test/pkg0-1.0", "app-test/pkg1-1.0", "app-test/pkg2-1.0"]
+
+
+def test_a_claim_whose_answer_was_lost_gets_the_same_lease_again(queue):
+    config, conn = queue
+    first = delegate.claim(conn, config, "d1", now=T0)
+    # The answer never reached d1, which asks again (its heartbeat names nothing).
+    delegate.heartbeat(conn, config, "d1", {"building": []}, now=T0 + timedelta(seconds=5))
+    again = delegate.claim(conn, config, "d1", now=T0 + timedelta(seconds=10))
+    assert again["cpv"] == first["cpv"]
+    assert again["lease_until"] == (T0 + timedelta(seconds=3610)).isoformat()
+    assert conn.execute("SELECT count(*) FROM packages WHERE status = 'delegated'").fetchone()[0] == 1
+    # While d1 says it builds it, a claim brings new work.
+    delegate.heartbeat(conn, config, "d1", {"building": [first["cpv"]]}, now=T0)
+    assert delegate.claim(conn, config, "d1", now=T0)["cpv"] != first["cpv"]
+
+
+def test_only_the_leases_a_drone_says_it_works_on_are_extended(queue):
+    config, conn = queue
+    jobs = [delegate.claim(conn, config, "d1", now=T0, renew=False) for _ in range(5)]  # --limit 5
+    working = jobs[0]["cpv"]
+    for minutes in range(10, 70, 10):  # heartbeats for an hour, naming one package
+        answer = delegate.heartbeat(conn, config, "d1", {"building": [working]},
+                                    now=T0 + timedelta(minutes=minutes))
+        assert answer["leases_extended"] == 1
+    assert delegate.expire(conn, now=T0 + timedelta(seconds=3601)) == {"expired": 4, "retried": 0}
+    assert [c for c, s in statuses(conn).items() if s == "delegated"] == [working]
+
+
+def test_a_package_retired_while_delegated_loses_its_lease(queue):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    # The next scan no longer wants pkg0 (the other four stay).
+    text = synthetic_scan(5).replace("[ebuild  N     ] app-test/pkg0-1.0::gentoo  0 KiB\n", "")
+    apply_scan(conn, parse_merge_list(text.replace("Total: 5", "Total: 4")), "test", T0)
+    assert statuses(conn)[job["cpv"]] == "needed"
+    answer = delegate.heartbeat(conn, config, "d1", {"building": [job["cpv"]]}, now=T0)
+    assert answer["leases_extended"] == 0
+    with pytest.raises(SwarmError, match="holds no lease"):
+        delegate.release(conn, config, "d1", job["cpv"], T0)
+    retired = conn.execute("SELECT e.from_status, e.to_status, e.detail FROM events e"
+                           " WHERE e.event = 'retired'").fetchone()
+    assert tuple(retired)[:2] == ("delegated", "needed") and "lease of d1 ended" in retired[2]
+
+
+def test_repeated_reports_and_releases_are_answered_as_the_first(queue):
+    config, conn = queue
+    job = delegate.claim(conn, config, "d1", now=T0)
+    rel = staged(config, "d1", "app-test/pkg0/pkg0-1.0-3.gpkg.tar")
+    size, digest = gpkg.file_digest(config.staging_dir / "d1" / rel)
+    first = delegate.report_built(conn, config, "d1", job["cpv"], rel, T0, size, digest)
+    again = delegate.report_built(conn, config, "d1", job["cpv"], rel, T0, size, digest)
+    assert again == first
+    job = delegate.claim(conn, config, "d1", now=T0)
+    first = delegate.report_failed(conn, config, "d1", job["cpv"], T0)
+    again = delegate.report_failed(conn, config, "d1", job["cpv"], T0)
+    assert (again["status"], again["attempts"]) == (first["status"], first["attempts"]) == ("failed", 1)
+    job = delegate.claim(conn, config, "d1", now=T0)
+    assert delegate.release(conn, config, "d1", job["cpv"], T0) == \
+        delegate.release(conn, config, "d1", job["cpv"], T0)
+    events = [e[0] for e in conn.execute("SELECT event FROM events WHERE event != 'added' ORDER BY id")]
+    assert events == ["claimed", "built", "claimed", "build-failed", "claimed", "released"]
+
+
+def test_a_drone_held_from_a_package_does_not_get_it_but_others_do(queue):
+    config, conn = queue
+    from swarmtools import packages
+
+    with db.write(conn):
+        pkg0 = conn.execute("SELECT id FROM packages WHERE cpv = 'app-test/pkg0-1.0'").fetchone()[0]
+        packages.hold(conn, pkg0, "d1", (T0 + timedelta(hours=1)).isoformat(), "bad upload")
+    assert delegate.claim(conn, config, "d1", now=T0)["cpv"] == "app-test/pkg1-1.0"
+    assert delegate.claim(conn, config, "d2", now=T0)["cpv"] == "app-test/pkg0-1.0"

@@ -48,7 +48,7 @@ def schema_keys():
 
 
 def test_the_readme_config_reference_is_the_schema():
-    # Regenerate with: python -c 'from swarmtools.config import reference_table as t; print(t())'
+    # Regenerate with scripts/readme-config.
     assert config_mod.reference_table() in README, "the README's config reference is stale"
 
 

@@ -164,3 +164,38 @@ def test_generated_rows_parse_back(cat, pn, ver, slot, repo, use, depth, columns
     assert row.size_kib == size
     assert row.flags == columns[1:]
     assert row.enabled_use() == " ".join(sorted(name for on, _, _, name in use if on))
+
+
+SERVER = EMERGE_DATA / "server-pretend-emptytree-verbose.txt"
+
+
+@pytest.mark.parametrize("cut", [186, 300, 1000])
+def test_a_list_cut_inside_a_row_is_refused(cut):
+    # `head -c N` of a real list: the last row may still look like a row ("::tes").
+    text = SERVER.read_text()
+    first_row = text.index("[ebuild")
+    with pytest.raises(ParseError, match="cut off|truncated"):
+        parse_merge_list(text[: first_row + cut % 120 + 20])
+    with pytest.raises(ParseError, match="cut off|truncated"):
+        parse_merge_list(text[:cut * 7])
+
+
+@pytest.mark.parametrize("text", [
+    "[nomerge       ] app-misc/h2-1::test_repo\n",
+    '[blocks B      ] app-text/dos2unix ("app-text/dos2unix" is soft blocking app-text/hd2u-1)\n',
+])
+def test_a_list_of_only_nomerge_or_blockers_without_total_is_refused(text):
+    with pytest.raises(ParseError, match="no merge list"):
+        parse_merge_list(text)
+
+
+@pytest.mark.parametrize("row", [
+    "[ebuild  N     ] app-misc/foo-1.0:$lot::gentoo  0 KiB",      # no such slot name
+    "[ebuild  N     ] app-misc/foo-1.0:0/::gentoo  0 KiB",        # empty sub-slot
+    "[ebuild  N     ] app-misc/foo-1.0::gen.too  0 KiB",          # no such repository name
+    "[ebuild  N     ] app-misc/foo-1.0::g/x  0 KiB",
+    "[ebuild  N     ] app-misc/foo-1.0:=::gentoo  0 KiB",         # an operator, not a slot
+])
+def test_rows_with_names_portage_could_never_print_are_refused(row):
+    with pytest.raises(ParseError, match="not understood"):
+        parse_merge_list(f"{row}\nTotal: 1 package (1 new)\n")

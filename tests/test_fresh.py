@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from conftest import EMERGE_DATA, emerge_files
+from conftest import EMERGE_DATA, emerge_files, write_index
 
 SERVER = EMERGE_DATA / "server-pretend-emptytree-verbose.txt"
 GNOME = EMERGE_DATA / "gnome-pretend-emptytree-verbose.txt"
@@ -25,8 +25,9 @@ def test_every_real_output_fills_the_queue_and_a_rerun_changes_nothing(swarm, pa
     ebuilds = len(re.findall(r"^\[ebuild", text, re.M))
     binaries = len(re.findall(r"^\[binary", text, re.M))
     counts = fresh_json(swarm, "--from", str(path))
-    assert counts["added"] == ebuilds
-    assert counts["binary"] == binaries
+    # The swarm's binhost is empty: a [binary row is some other binary, built again.
+    assert counts["added"] == ebuilds + binaries
+    assert counts["binary"] == 0
     assert counts["total"] == ebuilds + binaries
     assert counts["requeued"] == counts["retired"] == 0
     before = swarm.dump()
@@ -34,7 +35,7 @@ def test_every_real_output_fills_the_queue_and_a_rerun_changes_nothing(swarm, pa
     assert again["unchanged"] == again["total"] == counts["total"]
     assert swarm.dump()[: len(before)] == before  # only a new scans row is appended
     assert swarm.query("SELECT count(*) FROM packages")[0][0] == ebuilds + binaries
-    assert swarm.query("SELECT count(*) FROM packages WHERE status = 'synced'")[0][0] == binaries
+    assert swarm.query("SELECT count(*) FROM packages WHERE status = 'synced'")[0][0] == 0
 
 
 def changed_scan(text: str) -> tuple[str, dict[str, str]]:
@@ -88,9 +89,23 @@ def test_changed_scan_requeues_two_and_retires_one_with_history(swarm, tmp_path)
 
 def test_binary_rows_mark_queued_packages_synced(swarm):
     fresh_json(swarm, "--from", str(EMERGE_DATA / "varieties-24.txt"))
+    # varieties-04: [binary   R    ] app-misc/binme-3-2::test_repo  USE="x*"
+    write_index(swarm.root / "binhost", [{"CPV": "app-misc/binme-3", "BUILD_ID": "2",
+                                          "IUSE": "x", "USE": "x", "REPO": "test_repo"}])
     counts = fresh_json(swarm, "--from", str(EMERGE_DATA / "varieties-04.txt"))
     assert (counts["binary"], counts["retired"], counts["total"]) == (1, 4, 1)  # 4 <= MASS_RETIRE_MIN
     assert swarm.query("SELECT status, build_id FROM packages WHERE cp = 'app-misc/binme'") == [("synced", 2)]
+
+
+def test_binary_rows_from_elsewhere_are_not_published(swarm):
+    # The same CPV on the swarm's binhost, but built with other USE: not this build.
+    write_index(swarm.root / "binhost", [{"CPV": "app-misc/binme-3", "BUILD_ID": "2",
+                                          "IUSE": "x", "USE": "", "REPO": "test_repo"}])
+    counts = fresh_json(swarm, "--from", str(EMERGE_DATA / "varieties-04.txt"))
+    assert (counts["binary"], counts["added"]) == (0, 1)
+    assert swarm.query("SELECT status FROM packages") == [("needed",)]
+    detail = swarm.query("SELECT detail FROM events WHERE event = 'added'")[0][0]
+    assert "not on the swarm's binhost" in detail
 
 
 def test_slot_change_requeues_the_same_row(swarm):

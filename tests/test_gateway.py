@@ -23,7 +23,8 @@ def gate(swarm, tmp_path):
 
     def run(command: str, input: str | bytes | None = None, drone: str = "d1"):
         env = {**swarm.env, "SSH_ORIGINAL_COMMAND": command}
-        return subprocess.run([script("swarm-delegate"), "gateway", "--drone", drone],
+        return subprocess.run([script("swarm-delegate"), "gateway", "--drone", drone,
+                               "--config", str(swarm.config)],
                               env=env, input=input, capture_output=True,
                               text=not isinstance(input, bytes), cwd=tmp_path)
     run.swarm = swarm
@@ -94,7 +95,7 @@ def rsync_upload(gate, tmp_path, dest: str, extra: str = "") -> subprocess.Compl
     # forced command with the command rsync asked for, as sshd would.
     fake_ssh.write_text(
         "#!/bin/sh\nshift\nexport SSH_ORIGINAL_COMMAND=\"$*\"\n"
-        f"exec {script('swarm-delegate')} gateway --drone d1\n")
+        f"exec {script('swarm-delegate')} gateway --drone d1 --config {gate.swarm.config}\n")
     fake_ssh.chmod(0o755)
     return subprocess.run(["rsync", "-t", "--partial", *extra.split(), "-e", str(fake_ssh),
                            str(source), f"orchestrator:{dest}"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sqlite3
 import sys
+import traceback
 
 import click
 
@@ -36,10 +37,10 @@ class Run:
             self.log_file = self._config.orchestrator.log_file or None
         return self._config
 
-    def database(self, create: bool = False) -> sqlite3.Connection:
+    def database(self, create: bool = False, writer: bool = True) -> sqlite3.Connection:
         """The queue, opened once and closed when the command ends."""
         ctx = click.get_current_context()
-        conn = db.connect(self.config().database, create=create)
+        conn = db.connect(self.config().database, create=create, writer=writer)
         ctx.call_on_close(conn.close)
         return conn
 
@@ -63,6 +64,10 @@ class SwarmCommand(click.Command):
         except click.UsageError as exc:  # raised inside the command
             _fail(ctx, SwarmError(exc.format_message(), ExitCode.USAGE))
         except (SwarmError, OSError, sqlite3.Error) as exc:
+            _fail(ctx, exc)
+        except Exception as exc:  # a bug: one line here, the whole story in the log
+            run = ctx.find_object(Run)
+            console.append_to_log(run.log_file if run else None, traceback.format_exc())
             _fail(ctx, exc)
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import sys
 
 import click
 
 from .. import clock, delegate, gateway, verbs
 from ..output import emit_json
+from ..packages import FailureKind
 from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
 
 
@@ -91,9 +92,11 @@ def claim(run_, drone, as_json, limit):
 @click.option("--failed", is_flag=True, help="The build failed.")
 @click.option("--file", "file", metavar="PATH",
               help="With --ok: the binary package, relative to staging/DRONE/.")
-@click.option("--size", type=click.IntRange(0), help="With --ok: its size as the drone saw it.")
+@click.option("--size", type=click.IntRange(0, 2**62), help="With --ok: its size as the drone saw it.")
 @click.option("--sha256", help="With --ok: its sha256 as the drone saw it.")
 @click.option("--log", metavar="PATH", help="With --failed: the build log, relative to staging/DRONE/.")
+@click.option("--kind", type=click.Choice([str(k) for k in FailureKind]),
+              help="With --failed: what failed (default build; stalled: no progress).")
 @pass_run
 def report(run_, drone, as_json, cpv, **options):
     """Report the result of a build the drone holds a lease on.
@@ -153,10 +156,10 @@ def expire(run_, as_json, quiet):
 
 
 @cli.command("gateway", context_settings=CONTEXT)
-@config_option
+@click.option("--config", "config_path", metavar="PATH",
+              help="Config file [default /etc/swarmtools/swarm.toml; SWARM_CONFIG is ignored].")
 @drone_option
-@pass_run
-def serve_gateway(run_, drone):
+def serve_gateway(config_path, drone):
     """The ssh forced command for one drone's key (not for people).
 
     Reads SSH_ORIGINAL_COMMAND. Allows `swarm-delegate heartbeat|claim|
@@ -166,10 +169,14 @@ def serve_gateway(run_, drone):
     with a message and exit 2. Nothing goes through a shell.
 
     \b
+    No SWARM_* variable is read (sshd may let a client set some): the
+    config is the one --config names, else /etc/swarmtools/swarm.toml.
+
+    \b
     In ~swarm/.ssh/authorized_keys on the orchestrator, one line a drone:
       command="swarm-delegate gateway --drone d1",restrict ssh-ed25519 AAAA... swarm@d1
     """
-    gateway.serve(run_.config(), drone, os.environ.get("SSH_ORIGINAL_COMMAND"))
+    sys.exit(gateway.main(["--drone", drone, *(["--config", config_path] if config_path else [])]))
 
 
 def main():

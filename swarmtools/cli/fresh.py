@@ -7,11 +7,14 @@ import sys
 
 import click
 
+from pathlib import Path
+
 from .. import clock
-from ..emerge import ParseError, parse_merge_list, run_emerge
+from ..binhost import read_index
+from ..emerge import BINHOST_UNREADABLE, ParseError, consults_binhost, parse_merge_list, run_emerge
 from ..errors import ExitCode, SwarmError
 from ..output import emit_json, emit_table
-from ..queue import apply_scan
+from ..queue import Verdict, apply_scan
 from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run, run, verbosity_options
 
 log = logging.getLogger(__name__)
@@ -24,34 +27,48 @@ log = logging.getLogger(__name__)
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would change; change nothing.")
 @json_option
 @click.option("--force", is_flag=True,
-              help="Apply a scan that would retire more than half of the queue.")
+              help="Apply a scan that would retire more than half of the queue (or rebuild "
+                   "more than half of what is published).")
+@click.option("--consulted-binhost", is_flag=True,
+              help="With --from: the saved scan asked the swarm's binhost (--getbinpkg), so its "
+                   "[ebuild rows for published packages mean Portage would not use them.")
 @verbosity_options
 @pass_run
-def cli(run_, source, dry_run, as_json, force, verbose, quiet):
+def cli(run_, source, dry_run, as_json, force, consulted_binhost, verbose, quiet):
     """Queue every package the world needs, from a full emerge scan.
 
     Runs the config's scan.command (by default `emerge --pretend --emptytree
-    --verbose --color=n @world`) or reads its saved output, and brings the
-    queue in line with it, in one transaction:
+    --verbose --color=n --with-bdeps=y --usepkg=y --getbinpkg=y @world`,
+    asking the swarm's binhost, binhost.url, what is already built) or reads
+    its saved output, and brings the queue in line with it, in one
+    transaction:
 
     \b
       [ebuild ...] rows      new packages are queued (needed); a package whose
                              version, slot, repository or USE changed is
                              queued again (requeued); the rest keep their
                              state and history (unchanged)
-      [binary ...] rows      already on the binhost: recorded as synced, never
-                             built (scan with --usepkg=y --getbinpkg=y)
+      [binary ...] rows      on the swarm's binhost (its index lists that CPV
+                             with that identity): synced, never built; a
+                             binary from anywhere else counts as [ebuild
       gone from the list     retired: kept, with their history
       blockers, uninstalls   reported, not queued
 
+    Portage's verdict wins: when the scan asked the binhost, an [ebuild row
+    for a package the queue calls synced means Portage would not use the
+    published build (other USE, say), and the package is queued again, with
+    the reason in its history. A scan that could not read the binhost's
+    index changes nothing (its list would be from a stale copy).
+
     A row it does not understand, a truncated or empty list, a failed emerge,
     or a scan that would retire more than half of the queue (a broken world
-    file makes emerge list nothing, and exit 0; --force applies it anyway)
-    stop it before anything changes (exit 1). A package that comes back after
-    being retired keeps its row, history and, if unchanged, its state. While emerge runs, a terminal
-    shows that it is working; cron sees nothing. Prints each change and the
-    counts; --json prints {"added", "requeued", "retired", "unchanged",
-    "binary", "total"}.
+    file makes emerge list nothing, and exit 0) or rebuild more than half of
+    what is published stops it before anything changes (exit 1; --force
+    applies it anyway). A package that comes back after being retired keeps
+    its row, history and, if unchanged, its state. While emerge runs, a
+    terminal shows that it is working; cron sees nothing. Prints each change
+    and the counts; --json prints {"added", "requeued", "retired",
+    "unchanged", "binary", "total"}.
 
     Exit codes: 0 done, 1 scan failed or not understood, 2 usage or config
     error, 75 database busy (try again).
@@ -65,9 +82,11 @@ def cli(run_, source, dry_run, as_json, force, verbose, quiet):
     config = run_.config()
     # Open the database first: a config or schema problem should not wait for emerge.
     conn = run_.database(create=True)
-    merge_list = _scan(config, source, quiet)
+    published = read_index(Path(config.binhost.path))  # refuses an index it cannot trust
+    merge_list, consulted = _scan(config, source, quiet, published is not None)
     result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
-                        clock.utcnow(), dry_run=dry_run, force=force)
+                        clock.utcnow(), dry_run=dry_run, force=force,
+                        verdict=Verdict(published, consulted or consulted_binhost))
     if as_json:
         emit_json({**result.counts(), "dry_run": dry_run} if dry_run else result.counts())
         return
@@ -80,16 +99,29 @@ def cli(run_, source, dry_run, as_json, force, verbose, quiet):
     click.echo(("would change: " if dry_run else "") + counts)
 
 
-def _scan(config, source: str | None, quiet: bool):
-    """The parsed merge list, from --from or from running the scan command."""
+def _scan(config, source: str | None, quiet: bool, published: bool):
+    """The parsed merge list, from --from or from the scan command; did it ask the binhost?"""
+    consulted = False
     if source:
         text = _read_source(source)
     else:
         scan = config.scan
+        environment = dict(scan.environment)
+        consulted = consults_binhost(scan.command)
+        if consulted:
+            # The swarm's binhost, from the one config: not written twice.
+            environment.setdefault("PORTAGE_BINHOST", config.binhost.url)
         progress = sys.stderr.isatty() and not quiet
-        text, errors = run_emerge(scan.command, scan.environment, scan.timeout, progress)
+        text, errors = run_emerge(scan.command, environment, scan.timeout, progress)
         for line in filter(str.strip, errors.splitlines()):
             log.warning("emerge: %s", line)
+        if consulted and BINHOST_UNREADABLE in errors:
+            if published:
+                raise SwarmError(
+                    f"the scan could not read the binhost's index at "
+                    f"{environment['PORTAGE_BINHOST']}, so its list does not say what is "
+                    "published; nothing was changed (is the web server up? binhost.url?)")
+            consulted = False  # nothing published yet: nothing to weigh
     merge_list = parse_merge_list(text)
     for line_no, note in merge_list.notes:
         log.info("line %d is not a merge-list row: %s", line_no, note)
@@ -99,7 +131,7 @@ def _scan(config, source: str | None, quiet: bool):
                         row.detail or row.blocker)
         elif row.kind in ("uninstall", "nomerge"):
             log.info("%s row, not queued: %s", row.kind, row.cpv)
-    return merge_list
+    return merge_list, consulted
 
 
 def _read_source(source: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from .. import clock, status
@@ -20,8 +22,14 @@ from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run,
               help="With --packages: only packages in this state.")
 @click.option("--retired", is_flag=True,
               help="With --packages: include packages gone from the latest scan.")
+@click.option("--history", "show_history", is_flag=True,
+              help="The event history instead (of PACKAGE, or the swarm's): NDJSON, a table "
+                   "at a terminal.")
+@click.option("--last", type=click.IntRange(1, 10**6), default=50, show_default=True,
+              help="With --history: how many of the latest events.")
+@click.argument("package", required=False, metavar="[PACKAGE]")
 @pass_run
-def cli(run_, as_json, list_packages, state, retired):
+def cli(run_, as_json, list_packages, state, retired, show_history, last, package):
     """Show the swarm: drones, success rate, packages per state.
 
     Every figure is derived from the database and staging: drones online
@@ -31,15 +39,34 @@ def cli(run_, as_json, list_packages, state, retired):
     staging and the age of the oldest received package (BACKLOG when older
     than three binhost.sync_interval_seconds), and one line a drone.
 
+    --history [PACKAGE] prints what happened, oldest first: to every package
+    (the last --last events) or to one (CATEGORY/PF or CATEGORY/PN): when,
+    what, the state before and after, who, and why.
+
     \b
     Examples:
       swarm-status
       swarm-status --json | jq .states.needed
       swarm-status --packages --state failed | jq -r .cpv
+      swarm-status --history app-misc/foo       # why is foo where it is?
     """
     if (state or retired) and not list_packages:
         raise SwarmError("--state and --retired go with --packages", ExitCode.USAGE)
-    conn = run_.database()
+    if package and not show_history:
+        raise SwarmError(f"{package}: a package goes with --history", ExitCode.USAGE)
+    conn = run_.database(writer=False)
+    if show_history:
+        events = status.history(conn, package, last)
+        if package and not events:
+            raise SwarmError(f"no package {package} in the queue", ExitCode.FAILED)
+        if as_json or not sys.stdout.isatty():
+            emit_ndjson(events)
+        else:
+            emit_table([[e["at"], e["cpv"] or "", e["event"],
+                         f"{e['from_status'] or '-'} -> {e['to_status'] or '-'}",
+                         e["actor"], e["detail"]] for e in events],
+                       ["at", "package", "event", "state", "by", "detail"])
+        return
     if list_packages:
         emit_ndjson(status.packages(conn, state, retired))
         return
