@@ -526,10 +526,11 @@ def init(directory: Path, scan_environment: dict[str, str] | None = None,
             "command": _default(Scan.__dataclass_fields__["command"]),
             "environment": dict(scan_environment or {}),
         },
-        "drones": {"local": {"host": "localhost", "transport": "local"}},
     }
     text = ("# swarmtools config written by 'swarm-config init'; see 'swarm-config --help'.\n"
-            + render_toml(data, with_help=True))
+            + render_toml(data, with_help=True)
+            + "# One table a drone, e.g. (swarm-config set drones.d1.transport=ssh):\n"
+              "# [drones.d1]\n# host = \"d1.example.org\"\n# transport = \"ssh\"\n")
     from_text(text, path, {})  # what we write must load
     write_atomic(path, text)
     return path

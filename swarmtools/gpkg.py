@@ -25,6 +25,8 @@ _NAME = re.compile(r"^(?P<pf>.+?)(?:-(?P<build_id>\d+))?(?P<ext>\.gpkg\.tar|\.xp
 # run to run (Portage keeps them in a set), a report must not.
 _MANIFEST_HASHES = {"BLAKE2B": hashlib.blake2b, "SHA512": hashlib.sha512}
 MAX_MANIFEST_LINE = 4096   # a DATA line names one member and a few hashes
+MAX_MANIFEST_BYTES = 1 << 20  # a gpkg's Manifest lists a handful of members
+MAX_MEMBERS = 64
 MAX_METADATA_BYTES = 16 << 20  # compressed metadata: ebuild, environment, a few variables
 
 
@@ -78,6 +80,10 @@ def verify(path: Path, cpv: str, settings) -> dict[str, str]:
             files = {m.name.split("/", 1)[1]: m for m in members}
             if "gpkg-1" not in files or "Manifest" not in files:
                 raise SwarmError(f"{path.name}: not a gpkg (gpkg-1 or Manifest missing)")
+            # Portage's own reader takes the Manifest whole: bound it first.
+            if files["Manifest"].size > MAX_MANIFEST_BYTES or len(files) > MAX_MEMBERS:
+                raise SwarmError(f"{path.name}: a Manifest of {files['Manifest'].size} bytes and "
+                                 f"{len(files)} members is not a gpkg's (a handful of members)")
             listed = _check_manifest(container, files, path.name)
             unlisted = set(files) - listed - {"Manifest"}
             if any(not name.endswith(".sig") for name in unlisted):

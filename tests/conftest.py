@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,8 +79,9 @@ class Swarm:
 
 @pytest.fixture
 def swarm(tmp_path, monkeypatch) -> Swarm:
-    """A fresh single-host swarm under tmp_path; SWARM_CONFIG points at it."""
+    """A fresh single-host swarm under tmp_path with a drone 'local'; SWARM_CONFIG points at it."""
     s = Swarm(tmp_path / "swarm")
+    add_drones(s.config, {"local": {"host": "localhost", "transport": "local"}})
     monkeypatch.setenv("SWARM_CONFIG", str(s.config))
     return s
 
@@ -229,3 +231,30 @@ def write_index(binhost: Path, entries: list[dict], chost: str = "x86_64-pc-linu
         blocks.append("".join(f"{k}: {v}\n" for k, v in sorted(entry.items())))
     binhost.mkdir(parents=True, exist_ok=True)
     (binhost / "Packages").write_text("\n".join(blocks))
+
+
+class HttpServer:
+    """`python3 -m http.server` on a loopback port: a binhost as clients see it."""
+
+    def __init__(self, directory: Path):
+        import re
+
+        directory.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+             "--directory", str(directory)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        port = re.search(r"port (\d+)", self.process.stdout.readline()).group(1)
+        self.url = f"http://127.0.0.1:{port}"
+        self.log: list[str] = []  # its access log, read as it comes (a full pipe would stall it)
+        threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

@@ -147,10 +147,13 @@ class SshServer:
 
 
 def _sshd_config(workdir: Path, port: int, host_key: Path, authorized_keys: Path,
-                 user: str) -> str:
+                 user: str, settings: tuple[str, ...] = ()) -> str:
     # No Subsystem and no AcceptEnv lines: with -f only this file is read, so the
     # server offers no subsystem (sftp) and accepts no client environment.
-    return "\n".join([
+    # SETTINGS replace the defaults of the same keyword (sshd keeps the first
+    # value of some keywords and the last of others: one line each).
+    overridden = {line.split()[0].lower() for line in settings}
+    defaults = [
         "ListenAddress 127.0.0.1",
         f"Port {port}",
         f"HostKey {host_key}",
@@ -182,8 +185,9 @@ def _sshd_config(workdir: Path, port: int, host_key: Path, authorized_keys: Path
         "SetEnv SHLVL=1",
         # The default post-quantum key exchange costs ~70 ms per connection.
         "KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org",
-        "",
-    ])
+    ]
+    return "\n".join([*settings, *(line for line in defaults
+                                   if line.split()[0].lower() not in overridden), ""])
 
 
 def _wait_ready(process: subprocess.Popen, port: int, log: Path, deadline: float) -> str | None:
@@ -207,9 +211,10 @@ def _wait_ready(process: subprocess.Popen, port: int, log: Path, deadline: float
     return f"sshd did not accept connections on port {port} within {START_TIMEOUT:.0f} s"
 
 
-def start_sshd(workdir: Path, clients: dict[str, str]) -> SshServer:
+def start_sshd(workdir: Path, clients: dict[str, str], settings: tuple[str, ...] = ()) -> SshServer:
     """Start sshd on 127.0.0.1 with one forced-command key per client name.
 
+    SETTINGS are extra sshd_config lines (e.g. "MaxStartups 1:100:1").
     CLIENTS maps a client name to the forced command for that client's key (use
     absolute paths: it runs through the login shell of the user, with sshd's
     default PATH).  Files land in WORKDIR: host_ed25519_key[.pub], keys/<name>[.pub],
@@ -249,7 +254,7 @@ def start_sshd(workdir: Path, clients: dict[str, str]) -> SshServer:
     started = time.monotonic()
     for _attempt in range(BIND_ATTEMPTS):
         port = free_port()
-        config.write_text(_sshd_config(workdir, port, host_key, authorized_keys, user))
+        config.write_text(_sshd_config(workdir, port, host_key, authorized_keys, user, settings))
         known_hosts.write_text(f"[127.0.0.1]:{port} {' '.join(host_pub_fields)}\n")
         log.unlink(missing_ok=True)
         # Config check first: a bad config is a bug, not a port race.

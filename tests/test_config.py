@@ -15,13 +15,20 @@ def test_init_writes_a_config_that_checks_and_shows(swarm):
     shown = swarm.run("swarm-config", "show", "--json")
     data = json.loads(shown.stdout)
     assert data["orchestrator"]["database"] == str(swarm.db)
-    assert data["drones"]["local"]["transport"] == "local"
+    assert data["drones"] == {"local": {"host": "localhost", "transport": "local",
+                                        "ssh_command": [], "environment": {}}}
     assert data["file"] == str(swarm.config)
     # The human form is TOML that loads back to the same values.
     text = swarm.run("swarm-config", "show").stdout
     copy = swarm.root / "copy.toml"
     copy.write_text(text)
     assert config_mod.load(copy).to_dict() == config_mod.load(swarm.config).to_dict()
+
+
+def test_init_names_no_drone_that_would_never_come_online(tmp_path):
+    path = config_mod.init(tmp_path / "new")
+    assert config_mod.load(path, environ={}).drones == {}
+    assert "# [drones.d1]" in path.read_text()
 
 
 def test_init_refuses_to_overwrite(swarm):

@@ -116,7 +116,28 @@ def test_a_failed_build_is_reported_with_its_log(tmp_path):
     assert d1.returncode == 1
     (status, attempts, retry_after), = swarm.query("SELECT status, attempts, retry_after FROM packages")
     assert (status, attempts) == ("failed", 1) and retry_after
-    detail = swarm.query("SELECT detail FROM events WHERE event = 'build-failed'")[0][0]
+    detail, kind = swarm.query("SELECT detail, kind FROM events WHERE event = 'build-failed'")[0]
     log_path = detail.split("log ")[1]
-    assert "this package does not build" in open(log_path).read()
+    kept = open(log_path).read()
+    assert "this package does not build" in kept and kind == "build"
+    # Portage's own build log (PORTAGE_LOG_FILE), not only emerge's console.
+    assert "==> build log app-misc:broken-1" in kept and ">>> Unpacking source" in kept
     assert not list((swarm.root / "state" / "staging" / "d1" / "logs").rglob("*.log"))
+
+
+def test_a_build_that_shows_no_progress_is_stopped_as_stalled(tmp_path):
+    pytest.importorskip("portage")
+    body = 'src_compile() { sleep 600; }\n'  # no output, no CPU: a hung test suite, say
+    swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/hung"],
+                       delegate={**FAST, "max_silent_seconds": 3},
+                       extra_ebuilds={"app-misc/hung/hung-1.ebuild": ebuild(body)})
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    started = time.monotonic()
+    d1 = swarm.drone("d1", "--once")
+    out, err = d1.communicate(timeout=120)
+    assert d1.returncode == 1 and time.monotonic() - started < 60, err
+    (status, attempts), = swarm.query("SELECT status, attempts FROM packages")
+    assert (status, attempts) == ("failed", 1)
+    detail, kind = swarm.query("SELECT detail, kind FROM events WHERE event = 'build-failed'")[0]
+    assert kind == "stalled"
+    assert "no output and no CPU time for 3 s" in open(detail.split("log ")[1]).read()

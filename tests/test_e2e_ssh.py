@@ -7,32 +7,41 @@ is empty.
 """
 
 import json
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
-from conftest import DroneSwarm, add_drones, script
+from conftest import DroneSwarm, HandDrone, add_drones, script
 from sshd import start_sshd
 from swarmtools.prefix import EXAMPLE_REPO
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
 
-@pytest.fixture
-def ssh_swarm(tmp_path):
+def ssh_swarm_with(tmp_path, settings=()):
     pytest.importorskip("portage")
     swarm = DroneSwarm(tmp_path, delegate={"heartbeat_seconds": 2, "poll_seconds": 1})
     gateway = script("swarm-delegate")
     server = start_sshd(tmp_path / "sshd", {
-        name: f"{gateway} gateway --drone {name} --config {swarm.config}" for name in ("d1", "d2")})
+        name: f"{gateway} gateway --drone {name} --config {swarm.config}" for name in ("d1", "d2")},
+        settings)
     from swarmtools.config import edit
 
     edit(swarm.config, {"orchestrator": {"ssh": server.destination},
                         "drones": {name: {"transport": "ssh", "ssh_command": server.ssh_command(name)}
                                    for name in ("d1", "d2")}})
     swarm.server = server
+    return swarm
+
+
+@pytest.fixture
+def ssh_swarm(tmp_path):
+    swarm = ssh_swarm_with(tmp_path)
     yield swarm
-    server.stop()
+    swarm.server.stop()
 
 
 def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
@@ -68,3 +77,78 @@ def test_a_drone_key_cannot_claim_as_another_over_ssh(ssh_swarm):
                         "swarm-delegate claim --json"], capture_output=True, text=True)
     assert r.returncode == 0 and json.loads(r.stdout)["cpv"]
     assert ssh_swarm.query("SELECT drone FROM packages WHERE status = 'delegated'") == [("d1",)]
+
+
+def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
+    """sshd's MaxStartups drops connections in a burst; drones retry, nothing is lost."""
+    swarm = ssh_swarm_with(tmp_path, ("MaxStartups 1:100:1",))  # a second at once is dropped
+    try:
+        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        stop = threading.Event()
+
+        def burst():  # other hosts knocking: each unauthenticated connection takes the slot
+            while not stop.wait(0.4):
+                try:
+                    with socket.create_connection(("127.0.0.1", swarm.server.port), timeout=2):
+                        time.sleep(0.2)
+                except OSError:
+                    pass
+        knockers = [threading.Thread(target=burst) for _ in range(2)]
+        for thread in knockers:
+            thread.start()
+        # As services (no --drain): a drone that cannot reach the orchestrator waits.
+        procs = [swarm.drone(name, "-v") for name in ("d1", "d2")]
+        try:
+            swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages"
+                           " WHERE status != 'received')", timeout=400)
+        finally:
+            stop.set()
+            for proc in procs:
+                proc.terminate()
+            results = [p.communicate(timeout=60) for p in procs]
+            for thread in knockers:
+                thread.join()
+        assert [p.returncode for p in procs] == [0, 0], results
+        claims = swarm.query("SELECT count(*), count(DISTINCT package_id) FROM events"
+                             " WHERE event = 'claimed'")
+        assert claims[0][0] == claims[0][1]  # no package handed out twice, none built twice
+        assert swarm.query("SELECT count(*) FROM events WHERE event = 'built'") == [(claims[0][0],)]
+        retried = "".join(err for _, err in results).count("again in")
+        dropped = swarm.server.log_text().count("past MaxStartups")
+        assert retried > 0 and dropped > 0, (retried, dropped)  # it really happened
+    finally:
+        swarm.server.stop()
+
+
+RSYNC_MIRROR = """#!/bin/sh
+# Forced command of the mirror key: rsync into {root}, nothing else.
+case "$SSH_ORIGINAL_COMMAND" in
+  "rsync --server "*) cd {root} && exec $SSH_ORIGINAL_COMMAND ;;
+  *) echo "only rsync" >&2; exit 1 ;;
+esac
+"""
+
+
+def test_the_binhost_is_mirrored_over_ssh(tmp_path, built_packages):
+    from swarmtools.config import edit
+
+    swarm = DroneSwarm(tmp_path, drones=("d1",))
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    cpvs = HandDrone(swarm, built_packages).build_all()
+    web = tmp_path / "web"
+    web.mkdir()
+    forced = tmp_path / "mirror-only"
+    forced.write_text(RSYNC_MIRROR.format(root=web))
+    forced.chmod(0o755)
+    server = start_sshd(tmp_path / "sshd", {"mirror": str(forced)})
+    try:
+        edit(swarm.config, {"binhost": {"rsync_target": f"{server.destination}:binhost",
+                                        "rsync_ssh_command": server.ssh_command("mirror")}})
+        r = swarm.run("swarm-sync", "-q")
+        assert r.returncode == 0, r.stderr
+        mirrored = web / "binhost"
+        assert (mirrored / "Packages").read_bytes() == (swarm.root / "binhost" / "Packages").read_bytes()
+        assert len(list(mirrored.rglob("*.gpkg.tar"))) == len(cpvs)
+        assert server.log_text().count("Accepted publickey") == 3  # files, index, deletions
+    finally:
+        server.stop()

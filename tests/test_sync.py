@@ -278,3 +278,82 @@ def test_a_rescan_during_a_run_wins_and_the_index_stays_true(received):
                           ) == [("app-misc/example-docs-1.1", "needed")]
     assert received.query("SELECT count(*) FROM events e JOIN packages p ON p.id = e.package_id"
                           " WHERE p.cp = 'app-misc/example-docs' AND e.event = 'synced'") == [(0,)]
+
+
+def test_a_lost_index_is_rebuilt_from_the_published_files(received):
+    assert received.run("swarm-sync", "-q").returncode == 0
+    index = received.binhost / "Packages"
+    before = sorted(e["PATH"] for e in index_of(received.binhost)[0])
+    index.rename(received.binhost / "Packages.broken")
+    (received.binhost / "Packages.gz").unlink()
+    r = received.run("swarm-sync", "--json")
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(r.stdout)["reindexed"]) == sorted(received.cpvs)
+    assert sorted(e["PATH"] for e in assert_consistent(received.binhost)) == before
+    assert received.query("SELECT DISTINCT status FROM packages") == [("synced",)]
+
+
+def test_a_published_file_that_vanished_is_built_again_and_unlisted(received):
+    assert received.run("swarm-sync", "-q").returncode == 0
+    cpv = "app-misc/example-docs-1.0"
+    (path,) = [e["PATH"] for e in index_of(received.binhost)[0] if e["CPV"] == cpv]
+    (received.binhost / path).unlink()
+    r = received.run("swarm-sync", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["requeued"] == [cpv]
+    assert cpv not in {e["CPV"] for e in assert_consistent(received.binhost)}
+    assert received.query("SELECT status FROM packages WHERE cpv = ?", (cpv,)) == [("needed",)]
+    detail = received.query("SELECT detail FROM events WHERE event = 'requeued'")[0][0]
+    assert f"its file {path} is gone from the binhost" in detail
+
+
+def test_the_grace_period_never_deletes_a_file_a_package_is_published_as(received):
+    assert received.run("swarm-sync", "-q").returncode == 0
+    path = index_of(received.binhost)[0][0]["PATH"]
+    conn = sqlite3.connect(received.db)  # as a bug or a hand edit might leave it
+    conn.execute("INSERT INTO superseded (path, since) VALUES (?, '2020-01-01T00:00:00+00:00')",
+                 (path,))
+    conn.commit()
+    conn.close()
+    (received.binhost / "Packages").rename(received.binhost / "Packages.old")
+    env = {**received.env, "SWARM_BINHOST_GRACE_SECONDS": "0"}
+    r = received.run("swarm-sync", "--json", env=env)
+    assert r.returncode == 0 and path not in json.loads(r.stdout)["deleted"]
+    assert (received.binhost / path).is_file()
+
+
+def test_a_newer_upload_under_the_same_name_survives_a_run(received, built_packages):
+    cpv = "app-misc/example-docs-1.0"
+    env = {**received.env, "SWARM_SYNC_TEST_HOOK": "indexed:pause=6"}
+    sync = subprocess.Popen([script("swarm-sync"), "-q"], env=env, stderr=subprocess.PIPE, text=True)
+    received.wait_for("SELECT 1 FROM packages WHERE binhost_path IS NOT NULL", timeout=30)
+    time.sleep(3)  # files placed, index being written: then the package is built anew
+    conn = sqlite3.connect(received.db)
+    conn.execute("UPDATE packages SET status = 'needed', file = NULL, digest = NULL,"
+                 " binhost_path = NULL WHERE cpv = ?", (cpv,))  # as a rescan would (test only)
+    conn.commit()
+    conn.close()
+    assert received.hand.claim() == cpv
+    relative = received.hand.stage(cpv)
+    staged = received.root / "state" / "staging" / "d1" / relative
+    with open(staged, "ab") as f:  # a different file under the same name
+        f.write(b"\0" * 512)
+    assert received.hand.report(cpv, relative).returncode == 0
+    assert sync.wait(timeout=60) == 0, sync.stderr.read()
+    assert staged.is_file()  # not deleted with the files of the run
+    assert received.query("SELECT status FROM packages WHERE cpv = ?", (cpv,)) == [("received",)]
+
+
+def test_an_oversized_manifest_is_refused_before_portage_reads_it(scanned, tmp_path):
+    cpv = scanned.hand.claim()
+    relative = scanned.hand.stage(cpv)
+    staged = scanned.root / "state" / "staging" / "d1" / relative
+    padding = b"# " + b"x" * 1021 + b"\n"  # every real member still listed and right
+    rewrite_gpkg(staged, tmp_path / "big.tar",
+                 lambda name, data: data + padding * 2048 if name.endswith("/Manifest") else data)
+    staged.write_bytes((tmp_path / "big.tar").read_bytes())
+    assert scanned.hand.report(cpv, relative).returncode == 0
+    r = scanned.run("swarm-sync", "--json")
+    assert r.returncode == 1
+    (quarantined,) = json.loads(r.stdout)["quarantined"]
+    assert "a Manifest of 2" in quarantined["reason"]
