@@ -3,11 +3,12 @@
 Builds throw-away Portage prefixes holding the example repository: one for
 the orchestrator's scan, one for each of two drones, and later one for a
 client. Serves the binhost over HTTP on loopback, writes a single-host
-config, fills the queue from the real `emerge --pretend --emptytree @world`,
-lets the two drones build the queue concurrently (local transport: each
-drone runs swarm-delegate and rsync directly) while swarm-sync publishes
-every two seconds, as cron would, so later builds take their dependencies
-from the binhost. Then a fresh client installs the whole world with
+config, fills the queue from the real `emerge --pretend --emptytree @world`
+and resolves its dependency graph (swarm-resolve), lets the two drones build
+the queue concurrently (local transport: each drone runs swarm-delegate and
+rsync directly), each package only once what it needs is published: every
+report starts swarm-sync, and a cron-like loop runs it every two seconds
+too. No drone compiles anything it did not claim. Then a fresh client installs the whole world with
 `emerge --getbinpkgonly`: nothing is built from source. Last, a version bump
 in the tree is scanned, built and published, superseding the old build.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
@@ -65,18 +66,20 @@ def main() -> None:
         print(f"demo: the binhost {DEMO / 'swarm' / 'binhost'} is served at {url}")
 
         show("swarm-config", "check", env=env)
-        show("swarm-fresh", env=env)
+        show("swarm-fresh", "--resolve", env=env)
+        show("swarm-resolve", "--json", env=env)
         show("swarm-status", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)
         show("swarm-status", env=env)
+        compiled_only_what_was_claimed(drones, config)
         install_client(url)
 
         print("\ndemo: a new version of app-misc/example-docs lands in the tree", flush=True)
         for p in (prefix, *drones.values()):
             docs = p.repo / "app-misc" / "example-docs"
             shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
-        show("swarm-fresh", "--json", env=env)
+        show("swarm-fresh", "--json", "--resolve", env=env)
         show("swarm-status", "--packages", "--state", "needed", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)
@@ -117,6 +120,27 @@ def build(env: dict) -> None:
     thread.join()
     if any(codes):
         sys.exit("demo: a drone failed")
+
+
+def compiled_only_what_was_claimed(drones: dict, config: Path) -> None:
+    """Each drone's emerge.log: everything it compiled, it had claimed (the rest came as binaries)."""
+    import sqlite3
+
+    from swarmtools.config import load
+
+    conn = sqlite3.connect(load(config).database)
+    for name, prefix in drones.items():
+        claimed = {cpv for (cpv,) in conn.execute(
+            "SELECT p.cpv FROM events e JOIN packages p ON p.id = e.package_id"
+            " WHERE e.event = 'claimed' AND e.drone = ?", (name,))}
+        log = (prefix.root / "var" / "log" / "emerge.log").read_text()
+        compiled = re.findall(r"=== \(\d+ of \d+\) Compiling/\w+ \(([^:]+)::", log)
+        binaries = len(re.findall(r"=== \(\d+ of \d+\) Merging Binary", log))
+        print(f"demo: {name} compiled {len(compiled)} packages, all of them its own claims: "
+              f"{set(compiled) <= claimed}; it installed {binaries} dependencies as binaries")
+        if not set(compiled) <= claimed:
+            sys.exit(f"demo: {name} compiled what it did not claim: {set(compiled) - claimed}")
+    conn.close()
 
 
 def install_client(url: str) -> None:

@@ -12,7 +12,6 @@ the surface to re-check when Portage changes: ``binarytree._load_pkgindex``,
 
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import os
@@ -24,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import gpkg, identity
+from . import gpkg, identity, portageenv
 from .config import Config
 from .errors import SwarmError
 
@@ -33,13 +32,7 @@ log = logging.getLogger(__name__)
 
 def portage_config(config: Config):
     """A portage.config for the binhost, with the scan's environment (the profile's Portage)."""
-    import portage
-
-    env = {**os.environ, **config.scan.environment}
-    # A prefix (the demo, the tests) names its EPREFIX in the environment;
-    # a real host has Portage's own.
-    eprefix = env.get("PORTAGE_OVERRIDE_EPREFIX", portage.const.EPREFIX)
-    config_root = env.get("PORTAGE_CONFIGROOT") or eprefix or "/"
+    env = portageenv.scan_environment(config)
     env["PKGDIR"] = config.binhost.path
     # compress-index: Packages.gz too (clients fetch it first). Multi-instance
     # names never reuse a file name.
@@ -53,17 +46,7 @@ def portage_config(config: Config):
         # user running swarm-sync (not 'nobody', who cannot read that home).
         env["BINPKG_GPG_VERIFY_GPG_HOME"] = home
         env["GPG_VERIFY_USER_DROP"] = env["GPG_VERIFY_GROUP_DROP"] = ""
-    # Portage writes its warnings to stderr; they become log lines, so -q
-    # (cron) stays quiet and -v shows them.
-    noise = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(noise):
-            return portage.config(config_root=config_root, eprefix=eprefix, env=env)
-    except portage.exception.PortageException as exc:
-        raise SwarmError(f"Portage cannot read its configuration under {config_root}: {exc}") from None
-    finally:
-        for line in filter(str.strip, noise.getvalue().splitlines()):
-            log.warning("portage: %s", line.strip())
+    return portageenv.settings(env)
 
 
 class Binhost:
@@ -238,8 +221,6 @@ def read_index(binhost: Path) -> Index | None:
     line must be Portage's KEY: value form, the header must carry VERSION,
     TIMESTAMP and PACKAGES, and PACKAGES must count the entries.
     """
-    from portage.getbinpkg import PackageIndex
-
     path = Path(binhost) / "Packages"
     try:
         text = path.read_text(encoding="utf-8")
@@ -247,6 +228,8 @@ def read_index(binhost: Path) -> Index | None:
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise SwarmError(f"cannot read the binhost's index {path}: {exc}") from None
+    from portage.getbinpkg import PackageIndex  # (Portage is slow to import)
+
     problem = None
     bad = next((n for n, line in enumerate(text.splitlines(), 1)
                 if line and not _INDEX_LINE.match(line)), None)

@@ -70,6 +70,8 @@ class Binhost:
                                   "ssh program and options for that mirror")
     grace_seconds: int = key(86400, "how long a superseded package stays on disk", minimum=0)
     sync_interval_seconds: int = key(120, "how often cron runs swarm-sync", minimum=1)
+    publish_on_report: bool = key(True, "start a swarm-sync (in the background, coalesced) as "
+                                        "soon as a drone reports a build")
     gpg_key: str = key("", "sign published packages with this GnuPG key (empty: unsigned)")
     gpg_home: str = key("", "the GnuPG home holding that key (empty: ~/.gnupg)", kind="path")
 
@@ -101,6 +103,9 @@ class Delegate:
     heartbeat_seconds: int = key(60, "how often a drone sends a heartbeat, also while building",
                                  minimum=1)
     poll_seconds: int = key(30, "how long an idle drone sleeps before asking again", minimum=1)
+    policy: str = key("critical", "which eligible package a drone gets: critical (the longest "
+                                  "chain first, placed by drone speed) or first (queue order)",
+                      kind="choice", choices=("critical", "first"))
     max_silent_seconds: int = key(7200, "a build with no output and no CPU time this long is "
                                         "stopped and reported stalled (0: never)", minimum=0)
     staging_quota_mib: int = key(20480, "the most a drone may keep in its staging area",
@@ -108,10 +113,21 @@ class Delegate:
 
 
 @dataclass(frozen=True)
+class Resolve:
+    """The dependency graph and the expected build times behind priorities."""
+
+    emerge_logs: list = key([], "emerge.log files to learn build times from (as qlop does)")
+    default_seconds: int = key(900, "the expected build time of a package never seen built",
+                               minimum=1)
+
+
+@dataclass(frozen=True)
 class Drone:
     """One [drones.NAME] table a drone."""
 
     host: str = key("", "the drone's host name, for people")
+    speed: float = key(0.0, "how fast it builds, 1 the norm (0: learn it from its builds)",
+                       minimum=0)
     transport: str = key("ssh", "how the drone reaches the orchestrator", kind="choice",
                          choices=("ssh", "local"))
     ssh_command: list = key([], "this drone's ssh program and options "
@@ -125,6 +141,7 @@ SECTIONS: dict[str, type] = {
     "binhost": Binhost,
     "scan": Scan,
     "delegate": Delegate,
+    "resolve": Resolve,
 }
 NAMED_TABLES: dict[str, type] = {"drones": Drone}
 ARRAYS_OF_TABLES: dict[str, type] = {}
@@ -142,6 +159,7 @@ class Config:
     binhost: Binhost
     scan: Scan
     delegate: Delegate
+    resolve: Resolve
     drones: dict[str, Drone]
 
     @property
@@ -258,7 +276,8 @@ def kind_of(f: dataclasses.Field) -> str:
     """path, str, int, bool, list, env or choice."""
     if f.metadata["kind"]:
         return f.metadata["kind"]
-    return {"str": "str", "int": "int", "bool": "bool", "list": "list", "dict": "env"}[str(f.type)]
+    return {"str": "str", "int": "int", "bool": "bool", "list": "list", "dict": "env",
+            "float": "float"}[str(f.type)]
 
 
 def _table(cls: type, table: dict, section: str, path: Path, base: Path, environ) -> object:
@@ -272,7 +291,8 @@ def _table(cls: type, table: dict, section: str, path: Path, base: Path, environ
     for f in order:
         kind, name = kind_of(f), f"{section}.{f.name}"
         env_name = f"SWARM_{section}_{f.name}".upper().replace(".", "_").replace("-", "_")
-        if f.metadata["environ"] and env_name in environ and kind in ("path", "str", "int", "bool"):
+        if f.metadata["environ"] and env_name in environ and kind in ("path", "str", "int", "bool",
+                                                                       "float"):
             value = _from_env(environ[env_name], kind, env_name)
             where = f"environment variable {env_name}"
         elif f.name in table:
@@ -299,6 +319,7 @@ _KIND_WORDS = {
     "path": "a path string",
     "str": "a string",
     "int": "an integer",
+    "float": "a number",
     "bool": "true or false",
     "list": "a list of strings",
     "env": "a table of strings",
@@ -308,15 +329,16 @@ _KIND_WORDS = {
 def _check_type(value, kind: str, name: str, path: Path):
     if kind == "choice":
         return value  # checked with the choices
-    expected = {"path": str, "str": str, "int": int, "bool": bool, "list": list, "env": dict}[kind]
-    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+    expected = {"path": str, "str": str, "int": int, "bool": bool, "list": list, "env": dict,
+                "float": (int, float)}[kind]
+    if not isinstance(value, expected) or (kind in ("int", "float") and isinstance(value, bool)):
         raise ConfigError(
             f"{path}: '{name}' must be {_KIND_WORDS[kind]}, not {type(value).__name__} {value!r}")
     if kind == "list" and not all(isinstance(item, str) for item in value):
         raise ConfigError(f"{path}: '{name}' must be a list of strings")
     if kind == "env" and not all(isinstance(v, str) for v in value.values()):
         raise ConfigError(f"{path}: '{name}' must map names to strings")
-    return value
+    return float(value) if kind == "float" else value
 
 
 def _check_value(value, f: dataclasses.Field, where: str) -> None:
@@ -327,7 +349,7 @@ def _check_value(value, f: dataclasses.Field, where: str) -> None:
         raise ConfigError(f"{where} holds a NUL character")
     if meta["required"] and not value:
         raise ConfigError(f"{where} must not be empty")
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         low = meta["minimum"] if meta["minimum"] is not None else -INT_MAX
         if not low <= value <= meta["maximum"]:
             raise ConfigError(f"{where} must be between {low} and {meta['maximum']}, not {value}")
@@ -338,12 +360,13 @@ def _from_env(text: str, kind: str, name: str):
         if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
             raise ConfigError(f"environment variable {name} must be true or false, not {text!r}")
         return text.lower() in ("true", "1", "yes")
-    if kind != "int":
+    if kind not in ("int", "float"):
         return text
     try:
-        return int(text)
+        return int(text) if kind == "int" else float(text)
     except ValueError:
-        raise ConfigError(f"environment variable {name} must be an integer, not {text!r}") from None
+        raise ConfigError(f"environment variable {name} must be {_KIND_WORDS[kind]}, "
+                          f"not {text!r}") from None
 
 
 def problems(config: Config) -> list[str]:

@@ -136,10 +136,45 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     ALTER TABLE events ADD COLUMN kind TEXT;
     -- Every claim looks for expired leases and ended back-offs first, and
     -- for a lease its drone forgot; delegated rows are few (one a drone).
-    CREATE INDEX packages_delegated ON packages (drone, lease_until) WHERE status = 'delegated';
+    CREATE INDEX packages_leases ON packages (lease_until) WHERE status = 'delegated';
+    CREATE INDEX packages_delegated ON packages (drone) WHERE status = 'delegated';
     CREATE INDEX packages_backoffs ON packages (retry_after) WHERE status = 'failed';
     """,
     _backfill_publications,
+    # 5: the dependency graph (swarm-resolve). Edges between queued packages,
+    # what each package waits for before a drone may build it, reduced
+    # dependency strings cached by identity, and per package the expected
+    # build time behind its priority.
+    """
+    CREATE TABLE edges (
+        package_id  INTEGER NOT NULL REFERENCES packages (id),  -- the dependent
+        dep_id      INTEGER NOT NULL REFERENCES packages (id),  -- its dependency
+        kinds       TEXT NOT NULL,              -- DEPEND BDEPEND RDEPEND PDEPEND IDEPEND
+        PRIMARY KEY (package_id, dep_id)
+    );
+    CREATE INDEX edges_dep ON edges (dep_id);
+    CREATE TABLE requires (
+        package_id  INTEGER NOT NULL REFERENCES packages (id),
+        dep_id      INTEGER NOT NULL REFERENCES packages (id),  -- must be synced first
+        PRIMARY KEY (package_id, dep_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX requires_dep ON requires (dep_id);
+    CREATE TABLE dep_cache (
+        key         TEXT PRIMARY KEY,           -- cpv, repository, USE, ebuild metadata hash
+        deps        TEXT NOT NULL,              -- JSON: kind -> reduced dependency list
+        names       TEXT NOT NULL,              -- the category/packages those name
+        at          TEXT NOT NULL
+    );
+    ALTER TABLE packages ADD COLUMN resolved TEXT;           -- dep_cache key of its edges
+    ALTER TABLE packages ADD COLUMN expected_seconds INTEGER;
+    ALTER TABLE packages ADD COLUMN waits_for TEXT;          -- JSON: CPVs a drone found missing
+    ALTER TABLE drones ADD COLUMN speed REAL;                -- learned from its builds
+    CREATE INDEX packages_order ON packages (scan_order) WHERE active = 1;
+    CREATE TABLE resolve_state (
+        key         TEXT PRIMARY KEY,           -- what the last swarm-resolve knew
+        value       TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -208,6 +243,23 @@ def check_owner(path: Path) -> None:
             f"{path} belongs to {name}: run this command as {name} "
             f"(e.g. su -s /bin/sh {name} -c '...'); files made by another user would lock "
             f"{name} out")
+
+
+@contextmanager
+def run_lock(lock_file: Path, database: Path, what: str, timeout: float = 0):
+    """Hold a command's lock file for one run (as the state's owner); TryLater if another holds it."""
+    from filelock import FileLock, Timeout
+
+    check_owner(database if database.exists() else database.parent)
+    lock = FileLock(str(lock_file), timeout=timeout)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise TryLater(f"another {what} holds {lock_file}; try again later") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _set_wal(conn: sqlite3.Connection) -> None:

@@ -20,6 +20,7 @@ from . import clock, db, eligibility, gpkg, packages, staging
 from .config import Config
 from .errors import ConfigError, ExitCode, SwarmError
 from .packages import Event, FailureKind, State
+from .placement import CriticalPath
 
 ACTOR = "swarm-delegate"
 
@@ -79,7 +80,7 @@ def _expire(conn: sqlite3.Connection, at: str) -> dict:
     # indexes on leases and back-offs (it cannot match a bound parameter
     # to an index's WHERE); delegated rows are few, one a drone.
     expired = conn.execute(
-        "SELECT id, drone FROM packages INDEXED BY packages_delegated"
+        "SELECT id, drone FROM packages INDEXED BY packages_leases"
         " WHERE status = 'delegated' AND lease_until < ?",
         (at,)).fetchall()
     for row in expired:
@@ -126,7 +127,9 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     at = clock.iso(now)
     lease_until = clock.later(now, config.delegate.lease_seconds)
     claimant = eligibility.Claimant(drone, now, at)
-    policy = policy or eligibility.FirstEligible()
+    if policy is None:
+        policy = (CriticalPath(conn, config) if config.delegate.policy == "critical"
+                  else eligibility.FirstEligible())
     with db.write(conn):
         _expire(conn, at)
         if renew and (held := _forgotten_lease(conn, drone)) is not None:
@@ -143,6 +146,12 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     claimed = dict(row)
     del claimed["id"]
     return claimed
+
+
+def in_progress(conn: sqlite3.Connection) -> int:
+    """Packages being built or waiting for publication: work that may make more eligible."""
+    return conn.execute("SELECT count(*) FROM packages WHERE active = 1 AND status IN (?, ?)",
+                        (State.DELEGATED, State.RECEIVED)).fetchone()[0]
 
 
 def _held_lease(conn: sqlite3.Connection, drone: str, cpv: str) -> sqlite3.Row:
@@ -186,23 +195,32 @@ def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
         raise SwarmError(f"staging/{drone}/{file} has {actual_size} bytes, not {size}: upload incomplete")
     if sha256 is not None and sha256 != digest:
         raise SwarmError(f"staging/{drone}/{file} does not match its sha256: upload corrupt")
-    at = clock.iso(now)
     staged_relative = str(path.relative_to(config.staging_dir.resolve()))
+    return record_built(conn, drone, cpv, staged_relative, actual_size, digest, name.build_id, now)
+
+
+def record_built(conn: sqlite3.Connection, drone: str, cpv: str, staged_relative: str,
+                 size: int, digest: str, build_id: int | None, now: datetime) -> dict:
+    """The queue's half of a successful report (the upload already checked): received."""
     with db.write(conn):
         held = _held_lease(conn, drone, cpv)
         packages.move(conn, held["id"], expect=State.DELEGATED, to=State.RECEIVED,
-                      event=Event.BUILT, actor=drone, at=at, event_drone=drone,
-                      detail=f"{staged_relative} ({actual_size} bytes, sha256 {digest})",
-                      lease_until=None, file=staged_relative, size=actual_size, digest=digest,
-                      build_id=name.build_id, binhost_path=None)
-    return {"cpv": cpv, "status": "received", "file": staged_relative, "size": actual_size,
+                      event=Event.BUILT, actor=drone, at=clock.iso(now), event_drone=drone,
+                      detail=f"{staged_relative} ({size} bytes, sha256 {digest})",
+                      lease_until=None, file=staged_relative, size=size, digest=digest,
+                      build_id=build_id, binhost_path=None)
+    return {"cpv": cpv, "status": "received", "file": staged_relative, "size": size,
             "sha256": digest}
 
 
 def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
                   now: datetime, log: str | None = None,
-                  kind: FailureKind = FailureKind.BUILD) -> dict:
-    """Record a failed build: keep its log, count the attempt, set the back-off."""
+                  kind: FailureKind = FailureKind.BUILD, missing: list[str] | None = None) -> dict:
+    """Record a failed build: keep its log, count the attempt, set the back-off.
+
+    A missing binary dependency (MISSING lists them) is not the package's
+    failure: it goes back to needed, gated on those, with no attempt counted.
+    """
     check_drone(config, drone)
     kind = FailureKind(kind)
     with db.write(conn):
@@ -220,12 +238,14 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
             raise SwarmError(f"no uploaded log at staging/{drone}/{log}")
     with db.write(conn):
         held = _held_lease(conn, drone, cpv)
+        if log:
+            kept = staging.keep_log(config, source, cpv, drone, now)
+        if kind == FailureKind.MISSING_DEPENDENCY:
+            return _wait_for_dependencies(conn, config, held, drone, cpv, missing or [], kept, now)
         attempts = held["attempts"] + 1
         backoff = min(config.delegate.retry_seconds * 2 ** (attempts - 1),
                       config.delegate.retry_max_seconds)
         retry_after = clock.later(now, backoff)
-        if log:
-            kept = staging.keep_log(config, source, cpv, drone, now)
         packages.move(conn, held["id"], expect=State.DELEGATED, to=State.FAILED,
                       event=Event.BUILD_FAILED, actor=drone, at=at, event_drone=drone,
                       kind=kind, detail=f"{kind}: attempt {attempts}; retry after {retry_after}"
@@ -233,6 +253,24 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
                       lease_until=None, attempts=attempts, retry_after=retry_after)
     return {"cpv": cpv, "status": "failed", "attempts": attempts, "retry_after": retry_after,
             "log": str(kept) if kept else None, "kind": str(kind)}
+
+
+def _wait_for_dependencies(conn, config: Config, held, drone: str, cpv: str,
+                           missing: list[str], kept, now: datetime) -> dict:
+    """Not the package's failure: it waits (no attempt counted) for what the drone missed."""
+    # Named dependencies gate it until published; a short pause covers one
+    # the queue does not hold (the drone asks again soon, not in a loop).
+    retry_after = clock.later(now, 2 * config.delegate.poll_seconds)
+    packages.move(conn, held["id"], expect=State.DELEGATED, to=State.NEEDED,
+                  event=Event.BUILD_FAILED, actor=drone, at=clock.iso(now), event_drone=drone,
+                  kind=FailureKind.MISSING_DEPENDENCY,
+                  detail=f"no binary on the binhost of: {' '.join(missing) or 'unknown'}; "
+                         "waits for them" + (f"; log {kept}" if kept else ""),
+                  lease_until=None, retry_after=retry_after,
+                  waits_for=json.dumps(missing) if missing else None)
+    return {"cpv": cpv, "status": "needed", "attempts": held["attempts"],
+            "retry_after": retry_after, "log": str(kept) if kept else None,
+            "kind": str(FailureKind.MISSING_DEPENDENCY), "waits_for": missing}
 
 
 def release(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,

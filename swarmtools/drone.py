@@ -1,8 +1,10 @@
 """The drone worker: heartbeat, claim, build with emerge, upload, report.
 
-Dependencies the binhost already has come from it as binaries
-(``--usepkg=y --getbinpkg=y``, ``PORTAGE_BINHOST`` and ``getbinpkg`` in
-FEATURES). Only the claimed package's own binary is uploaded. While emerge
+A claimed package's build-time dependencies are installed from the binhost
+as binaries (``PORTAGE_BINHOST``, ``getbinpkg`` in FEATURES), then the
+package alone is built with ``--buildpkgonly``; the drone never compiles
+anything it did not claim (a missing binary dependency is reported as
+such). Only the claimed package's own binary is uploaded. While emerge
 runs the drone keeps sending heartbeats that name the package, which extend
 its lease, so a build of hours keeps it; a drone that dies stops them and
 its lease expires. A build that shows no progress (no output, no CPU time)
@@ -33,6 +35,7 @@ from pathlib import Path
 from . import __version__, clock, gpkg
 from .config import Config
 from .delegate import check_drone
+from .emerge import parse_merge_list
 from .errors import SwarmError
 from .packages import FailureKind
 from .transport import Transport, TransportError, for_drone
@@ -53,6 +56,7 @@ class Outcome:
     relative: str = ""  # where it goes under staging/DRONE/
     log: Path | None = None  # the log (failure)
     kind: FailureKind = FailureKind.BUILD
+    missing: list[str] | None = None  # dependencies not on the binhost
     workdir: tempfile.TemporaryDirectory | None = None  # holds the log until delivered
 
 
@@ -106,9 +110,11 @@ class Drone:
             try:
                 self.heartbeat()  # names a pending build: its lease stays
                 if pending is None:
-                    job = self.transport.call("claim")
-                    if job is None:
-                        if once or drain:
+                    job = self.transport.call("claim", "--idle-info")
+                    if job is None or job["cpv"] is None:
+                        # --drain: done when nothing is being built or published
+                        # that could make more work eligible.
+                        if once or (drain and not (job or {}).get("in_progress")):
                             return 0
                         log.debug("nothing to build; sleeping %d s", poll)
                         self.stop.wait(poll)
@@ -116,7 +122,7 @@ class Drone:
                     pending = self.build(job)
                     if pending is None:  # stopped: given back
                         continue
-                failed |= pending.package is None
+                failed |= pending.kind in (FailureKind.BUILD, FailureKind.STALLED) and not pending.package
                 self.deliver(pending)
                 pending = None
             except TransportError as exc:
@@ -148,7 +154,14 @@ class Drone:
         return None
 
     def build(self, job: dict) -> Outcome | None:
-        """Build one claimed package: its Outcome, or None when stopped (and given back)."""
+        """Build one claimed package: its Outcome, or None when stopped (and given back).
+
+        First its build-time dependencies (and their runtime ones) are
+        installed from the binhost, as binaries only; then the package alone
+        is built with --buildpkgonly. If anything but the claimed package
+        would have to be compiled, nothing is: the package is reported as
+        waiting for those dependencies (missing-binary-dependency).
+        """
         cpv = job["cpv"]
         self.working_on = cpv
         log.info("building %s", cpv)
@@ -158,12 +171,17 @@ class Drone:
         workdir = tempfile.TemporaryDirectory(prefix="swarm-drone-")
         console = Path(workdir.name) / "console.log"
         logdir = Path(workdir.name) / "logs"
-        code, stalled = self._emerge(cpv, console, logdir)
+        logdir.mkdir()
+        missing, code, stalled = self._build_steps(cpv, console, logdir)
         if self.stop.is_set():
             log.warning("stopping: releasing %s", cpv)
             workdir.cleanup()
             self._release(cpv)
             return None
+        if missing:
+            log.warning("%s: not on the binhost yet, not compiled here: %s", cpv, " ".join(missing))
+            return Outcome(cpv, log=failure_log(cpv, console, logdir, Path(workdir.name)),
+                           kind=FailureKind.MISSING_DEPENDENCY, missing=missing, workdir=workdir)
         package = find_binpkg(pkgdir, cpv, before) if code == 0 and not stalled else None
         if package is None:
             if code == 0 and not stalled:
@@ -180,6 +198,40 @@ class Drone:
         relative = f"{cpv.split('/', 1)[0]}/{package.parent.name}/{package.name}"
         return Outcome(cpv, package=package, relative=relative)
 
+    def _build_steps(self, cpv: str, console: Path, logdir: Path) -> tuple[list[str], int, bool]:
+        """(missing dependencies, emerge's exit code, stalled) of building CPV."""
+        from portage.versions import cpv_getkey
+
+        binaries = ["--usepkg=y", "--getbinpkg=y", f"--usepkg-exclude={cpv_getkey(cpv)}"]
+        deps = ["emerge", "--oneshot", "--color=n", "--nospinner", "--onlydeps",
+                "--onlydeps-with-rdeps=n", *binaries, f"={cpv}"]
+        missing, code = self._would_compile(deps, cpv, console)
+        if missing or code:
+            return missing, code, False
+        code, stalled = self._emerge(deps, console, logdir)
+        if code or stalled or self.stop.is_set():
+            return [], code, stalled
+        build = ["emerge", "--oneshot", "--color=n", "--nospinner", "--buildpkgonly", f"={cpv}"]
+        code, stalled = self._emerge(build, console, logdir)
+        if code and not stalled and "requires all dependencies to be merged" in console.read_text(
+                errors="replace"):
+            missing, _ = self._would_compile(build, cpv, console)
+        return missing, code, stalled
+
+    def _would_compile(self, command: list[str], cpv: str, console: Path) -> tuple[list[str], int]:
+        """What COMMAND would compile besides CPV (emerge --pretend), and emerge's exit code."""
+        pretend = [command[0], "--pretend", *command[1:]]
+        proc = subprocess.run(pretend, env=self.env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        with open(console, "a") as out:
+            out.write(f"$ {shlex.join(pretend)}\n{proc.stdout}{proc.stderr}")
+        rows = [line for line in proc.stdout.splitlines() if line.startswith("[")]
+        if not rows:
+            return [], proc.returncode
+        merges = parse_merge_list(proc.stdout if proc.stdout.endswith("\n") else proc.stdout + "\n")
+        compiled = [row.cpv for row in merges.packages() if row.kind == "ebuild" and row.cpv != cpv]
+        return compiled, 0 if compiled else proc.returncode
+
     def deliver(self, outcome: Outcome) -> None:
         """Upload and report a finished build (safe to repeat)."""
         if outcome.package is not None:
@@ -191,8 +243,9 @@ class Drone:
         else:
             remote_log = f"logs/{outcome.cpv}-{clock.stamp(clock.utcnow())}.log"
             self.transport.upload(outcome.log, remote_log)
+            extra = ["--missing", ",".join(outcome.missing)] if outcome.missing else []
             self.transport.call("report", outcome.cpv, "--failed", "--kind", str(outcome.kind),
-                                "--log", remote_log)
+                                "--log", remote_log, *extra)
             outcome.workdir.cleanup()
         self.working_on = None
 
@@ -203,16 +256,14 @@ class Drone:
             log.warning("could not release %s: %s", cpv, exc)
         self.working_on = None
 
-    def _emerge(self, cpv: str, console: Path, logdir: Path) -> tuple[int, bool]:
-        """Run emerge for CPV; (exit code, stalled)."""
-        command = ["emerge", "--oneshot", "--usepkg=y", "--getbinpkg=y", "--buildpkg=y",
-                   "--color=n", "--nospinner", f"={cpv}"]
+    def _emerge(self, command: list[str], console: Path, logdir: Path) -> tuple[int, bool]:
+        """Run an emerge with heartbeats and the stall watch; (exit code, stalled)."""
         heartbeat_seconds = self.config.delegate.heartbeat_seconds
         silent_limit = self.config.delegate.max_silent_seconds
-        logdir.mkdir()
+        cpv = command[-1].lstrip("=")
         # Portage writes the real build log (PORTAGE_LOG_FILE) under PORT_LOGDIR.
         env = {**self.env, "PORT_LOGDIR": str(logdir)}
-        with open(console, "w") as out:
+        with open(console, "a") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()
             # Own session: on SIGTERM (or a stall) the whole build tree stops at once.

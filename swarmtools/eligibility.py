@@ -96,10 +96,43 @@ class Held(Rule):
         return "; ".join(f"not for {r['drone']} until {r['until']} ({r['reason']})" for r in rows)
 
 
-RULES: tuple[Rule, ...] = (Wanted(), BackOff(), Held())
+class DependenciesPublished(Rule):
+    """A package waits until what its build installs is on the binhost (swarm-resolve).
+
+    Until swarm-resolve has seen a package, it goes in merge order unguarded:
+    its drone checks before building, reports a missing binary dependency
+    instead of compiling it, and the package waits for what it named.
+    """
+
+    name = "dependencies"
+
+    def where(self, claimant):
+        return ("NOT EXISTS (SELECT 1 FROM requires r JOIN packages d ON d.id = r.dep_id"
+                " WHERE r.package_id = packages.id AND d.active = 1 AND d.status != 'synced')"
+                " AND (waits_for IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(waits_for) w"
+                " JOIN packages m ON m.cpv = w.value WHERE m.active = 1"
+                " AND m.status != 'synced'))", ())
+
+    def explain(self, conn, package, claimant):
+        waiting = conn.execute(
+            "SELECT d.cpv, d.status FROM requires r JOIN packages d ON d.id = r.dep_id"
+            " WHERE r.package_id = ? AND d.active = 1 AND d.status != 'synced'"
+            " UNION SELECT m.cpv, m.status FROM packages p, json_each(p.waits_for) w"
+            " JOIN packages m ON m.cpv = w.value WHERE p.id = ? AND m.active = 1"
+            " AND m.status != 'synced' ORDER BY 1", (package["id"], package["id"])).fetchall()
+        if not waiting:
+            return None
+        failed = [cpv for cpv, status in waiting if status == State.FAILED]
+        shown = ", ".join(f"{cpv} ({status})" for cpv, status in waiting[:10])
+        more = f" and {len(waiting) - 10} more" if len(waiting) > 10 else ""
+        return (f"waits for {len(waiting)} dependencies to be published: {shown}{more}"
+                + (f"; waits on a failure: {', '.join(failed)}" if failed else ""))
+
+
+RULES: tuple[Rule, ...] = (Wanted(), BackOff(), Held(), DependenciesPublished())
 
 _CANDIDATE_COLUMNS = ("id, cpv, cp, slot, subslot, repo, use, status, active, drone, attempts,"
-                      " retry_after, priority, scan_order")
+                      " retry_after, priority, scan_order, expected_seconds")
 
 
 def candidates(conn: sqlite3.Connection, claimant: Claimant,

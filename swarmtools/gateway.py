@@ -28,9 +28,10 @@ from .staging import staged_path
 # Options each verb may carry through the gateway; True: takes a value.
 VERB_OPTIONS = {
     "heartbeat": {"--json": False},
-    "claim": {"--json": False},
+    "claim": {"--json": False, "--idle-info": False},
     "report": {"--json": False, "--ok": False, "--failed": False, "--file": True,
-               "--log": True, "--size": True, "--sha256": True, "--kind": True},
+               "--log": True, "--size": True, "--sha256": True, "--kind": True,
+               "--missing": True},
     "release": {"--json": False},
 }
 # Options of `swarm-delegate VERB` a drone never needs (people may use them).

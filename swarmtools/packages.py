@@ -52,19 +52,23 @@ class FailureKind(StrEnum):
 
     BUILD = "build"        # emerge failed building the package
     STALLED = "stalled"    # no output and no CPU time for delegate.max_silent_seconds
+    # Not the package's fault: a dependency is not on the binhost yet. The
+    # package waits for it; no attempt is counted.
+    MISSING_DEPENDENCY = "missing-binary-dependency"
 
 
 # Columns of the current build. Cleared together when a package must be
 # built anew, so no value of an old build survives into the next.
 NO_BUILD = {"drone": None, "lease_until": None, "attempts": 0, "retry_after": None,
             "build_id": None, "file": None, "size": None, "digest": None,
-            "binhost_path": None}
+            "binhost_path": None, "waits_for": None}
 NO_LEASE = {"drone": None, "lease_until": None}
 
 _COLUMNS = frozenset({
     "cp", "slot", "cpv", "subslot", "repo", "use", "status", "active", "scan_order",
     "priority", "drone", "lease_until", "attempts", "retry_after", "build_id", "file",
-    "size", "digest", "first_seen", "updated_at", "binhost_path"})
+    "size", "digest", "first_seen", "updated_at", "binhost_path", "resolved",
+    "expected_seconds", "waits_for"})
 
 
 def _checked(columns) -> None:

@@ -248,7 +248,9 @@ def _identity_columns(row: Row) -> dict:
 def _rebuild(conn, pkg, row: Row, to: State, event: Event, detail: str, result: ScanResult,
              at: str, **columns) -> None:
     # The identity changed (or the binhost has it): whatever build the row
-    # had is not this one.
+    # had is not this one; with another identity its dependencies may differ too.
+    if identity(row) != _stored_identity(pkg):
+        columns["resolved"] = None
     packages.move(conn, pkg["id"], expect=pkg["status"], to=to, event=event, actor=ACTOR,
                   at=at, detail=detail, **{**NO_BUILD, "build_id": row.build_id,
                                            **_identity_columns(row), **columns})

@@ -22,6 +22,7 @@ same PATH. The layout of staging and binhost is drawn in :mod:`staging`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -72,22 +73,64 @@ def lock_path(config: Config) -> Path:
 
 def publish(config: Config, now: datetime, dry_run: bool = False) -> SyncResult:
     """Publish every received package; raise TryLater when another run holds the lock."""
-    from filelock import FileLock, Timeout
+    with db.run_lock(lock_path(config), config.database, "swarm-sync"):
+        return _publish_locked(config, now, dry_run)
 
-    db.check_owner(config.database if config.database.exists() else config.state_dir)
-    lock = FileLock(str(lock_path(config)), timeout=0)
+
+def _publish_locked(config: Config, now: datetime, dry_run: bool = False) -> SyncResult:
+    conn = db.connect(config.database)
     try:
-        lock.acquire()
-    except Timeout:
-        raise TryLater(f"another swarm-sync holds {lock.lock_file}; try again later") from None
-    try:
-        conn = db.connect(config.database)
-        try:
-            return Publisher(config, conn, now, dry_run).run()
-        finally:
-            conn.close()
+        return Publisher(config, conn, now, dry_run).run()
     finally:
-        lock.release()
+        conn.close()
+
+
+def pending_path(config: Config) -> Path:
+    """Touched by every successful report; a coalescing run publishes while it exists."""
+    return config.state_dir / "swarm-sync.pending"
+
+
+def publish_soon(config: Config) -> None:
+    """Start a coalescing swarm-sync in the background (after a drone's report).
+
+    Chains of dependencies wait on publication at every link: waiting for
+    cron's next run would add minutes a link. Bursts coalesce: at most one
+    run publishes and one waits to run after it.
+    """
+    import subprocess
+    import sys
+
+    pending_path(config).touch()
+    program = Path(sys.executable).parent / "swarm-sync"
+    try:
+        subprocess.Popen([str(program) if program.exists() else "swarm-sync", "--quiet",
+                          "--pending", "--config", str(config.path)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError as exc:
+        log.warning("could not start swarm-sync (cron will publish): %s", exc)
+
+
+def publish_pending(config: Config, clock_now=clock.utcnow, wait: float = 3600) -> SyncResult:
+    """Publish while reports are pending; leave at once when another run will do it."""
+    with contextlib.ExitStack() as held:
+        try:
+            with db.run_lock(config.state_dir / "swarm-sync.waiter.lock", config.database,
+                             "waiting swarm-sync"):
+                # Wait for a running swarm-sync; leaving the waiter's lock
+                # then lets the next report's run wait in turn.
+                held.enter_context(db.run_lock(lock_path(config), config.database, "swarm-sync",
+                                               timeout=wait))
+        except TryLater:
+            return SyncResult()  # one waits already: it will see what was reported
+        result = SyncResult()
+        marker = pending_path(config)
+        while marker.exists():
+            marker.unlink(missing_ok=True)
+            done = _publish_locked(config, clock_now())
+            for name in vars(result):
+                getattr(result, name).extend(getattr(done, name))
+        return result
 
 
 def _hook(step: str) -> None:

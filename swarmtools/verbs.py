@@ -58,14 +58,21 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
                 if job is None:
                     break
                 claimed.append(job)
+            if not claimed and options.get("idle_info"):
+                claimed = [{"cpv": None, "in_progress": delegate.in_progress(conn)}]
             if as_json:
                 emit_ndjson(claimed)
             else:
                 for job in claimed:
-                    print(f"{job['cpv']}\tlease until {job['lease_until']}")
+                    print(f"{job['cpv']}\tlease until {job['lease_until']}" if job["cpv"] else
+                          f"nothing eligible; {job['in_progress']} being built or published")
         elif verb == "report":
             result = _report(conn, config, drone, cpv, now, **options)
             _answer(as_json, result, f"{cpv}: {result['status']}")
+            if options.get("ok") and config.binhost.publish_on_report:
+                from .sync import publish_soon
+
+                publish_soon(config)
         elif verb == "release":
             result = delegate.release(conn, config, drone, cpv, now)
             _answer(as_json, result, f"{cpv}: released")
@@ -77,7 +84,8 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
 
 def _report(conn, config: Config, drone: str, cpv: str, now, ok: bool = False,
             failed: bool = False, file: str | None = None, size: int | None = None,
-            sha256: str | None = None, log: str | None = None, kind: str | None = None) -> dict:
+            sha256: str | None = None, log: str | None = None, kind: str | None = None,
+            missing: str | None = None) -> dict:
     if ok == failed:
         raise SwarmError("say --ok or --failed", ExitCode.USAGE)
     if ok:
@@ -86,13 +94,17 @@ def _report(conn, config: Config, drone: str, cpv: str, now, ok: bool = False,
                              ExitCode.USAGE)
         return delegate.report_built(conn, config, drone, cpv, file, now, size, sha256)
     if file or size is not None or sha256:
-        raise SwarmError("--failed takes --log and --kind, not --file, --size or --sha256",
+        raise SwarmError("--failed takes --log, --kind and --missing, not --file, --size or "
+                         "--sha256", ExitCode.USAGE)
+    if missing and kind != FailureKind.MISSING_DEPENDENCY:
+        raise SwarmError(f"--missing goes with --kind {FailureKind.MISSING_DEPENDENCY}",
                          ExitCode.USAGE)
     if kind is not None and kind not in FailureKind.__members__.values():
         raise SwarmError(f"--kind is one of {', '.join(FailureKind)}, not {kind!r}",
                          ExitCode.USAGE)
     return delegate.report_failed(conn, config, drone, cpv, now, log,
-                                  FailureKind(kind or FailureKind.BUILD))
+                                  FailureKind(kind or FailureKind.BUILD),
+                                  [c for c in (missing or "").split(",") if c])
 
 
 def _answer(as_json: bool, result: dict, text: str) -> None:

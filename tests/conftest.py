@@ -49,6 +49,10 @@ class Swarm:
         out = subprocess.run([script("swarm-config"), "init", "--dir", str(root), *env_args],
                              capture_output=True, text=True, check=True)
         self.config = Path(out.stdout.strip())
+        # Tests start swarm-sync themselves, when they mean to.
+        from swarmtools.config import edit
+
+        edit(self.config, {"binhost": {"publish_on_report": False}})
         self.db = root / "state" / "swarm.db"
         self.log = root / "state" / "swarm.log"
         self.env = {**os.environ, "SWARM_CONFIG": str(self.config),
@@ -123,7 +127,9 @@ class DroneSwarm(Swarm):
 
     def __init__(self, root: Path, drones=("d1", "d2"), extra_ebuilds: dict[str, str] | None = None,
                  world: list[str] | None = None, delegate: dict | None = None,
-                 transport: dict[str, dict] | None = None):
+                 transport: dict[str, dict] | None = None, publish: bool = False):
+        """PUBLISH: serve the binhost over HTTP and start swarm-sync after every report,
+        as a real swarm does (drones then install dependencies as binaries); stop()."""
         from swarmtools.prefix import EXAMPLE_WORLD, create_prefix
 
         world = world or EXAMPLE_WORLD.read_text().split()
@@ -138,10 +144,19 @@ class DroneSwarm(Swarm):
         settings = {name: {"transport": "local", **(transport or {}).get(name, {}),
                            "environment": self.prefixes[name].env_overrides()} for name in drones}
         add_drones(self.config, settings)
-        if delegate:
-            from swarmtools.config import edit
+        from swarmtools.config import edit
 
+        if delegate:
             edit(self.config, {"delegate": delegate})
+        self.http = None
+        if publish:
+            self.http = HttpServer(self.root / "binhost")
+            edit(self.config, {"binhost": {"publish_on_report": True, "url": self.http.url}})
+
+    def stop(self) -> None:
+        """Stop the binhost's web server, if any."""
+        if self.http:
+            self.http.stop()
 
     def drone(self, name: str, *args: str, **kw) -> subprocess.Popen:
         """Start swarm-drone for NAME in its own process group."""

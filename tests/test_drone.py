@@ -42,18 +42,23 @@ def events(swarm, cpv):
 
 def test_two_local_drones_build_the_example_world(tmp_path):
     pytest.importorskip("portage")
-    swarm = DroneSwarm(tmp_path)
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
-    procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
-    results = [p.communicate(timeout=300) for p in procs]
+    swarm = DroneSwarm(tmp_path, publish=True)
+    try:
+        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
+        results = [p.communicate(timeout=400) for p in procs]
+    finally:
+        swarm.stop()
     assert [p.returncode for p in procs] == [0, 0], results
-    rows = swarm.query("SELECT cpv, status, drone, file FROM packages")
+    swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE status != 'synced')",
+                   timeout=60)
+    rows = swarm.query("SELECT cpv, status, drone, binhost_path FROM packages")
     assert {r[0] for r in rows} == example_cpvs()
-    assert {r[1] for r in rows} == {"received"}
+    assert {r[1] for r in rows} == {"synced"}
     assert {r[2] for r in rows} == {"d1", "d2"}  # both worked
-    for cpv, _, drone, file in rows:
-        staged = swarm.root / "state" / "staging" / file
-        assert staged.is_file() and staged.name.startswith(cpv.split("/")[1])
+    for cpv, _, drone, path in rows:
+        published = swarm.root / "binhost" / path
+        assert published.is_file() and published.name.startswith(cpv.split("/")[1])
     assert swarm.query("SELECT count(*), count(DISTINCT package_id) FROM events WHERE event = 'claimed'"
                        ) == [(len(rows), len(rows))]
     figures = json.loads(swarm.run("swarm-status", "--json").stdout)

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
 def ssh_swarm_with(tmp_path, settings=()):
     pytest.importorskip("portage")
-    swarm = DroneSwarm(tmp_path, delegate={"heartbeat_seconds": 2, "poll_seconds": 1})
+    swarm = DroneSwarm(tmp_path, delegate={"heartbeat_seconds": 2, "poll_seconds": 1},
+                       publish=True)
     gateway = script("swarm-delegate")
     server = start_sshd(tmp_path / "sshd", {
         name: f"{gateway} gateway --drone {name} --config {swarm.config}" for name in ("d1", "d2")},
@@ -42,20 +43,22 @@ def ssh_swarm(tmp_path):
     swarm = ssh_swarm_with(tmp_path)
     yield swarm
     swarm.server.stop()
+    swarm.stop()
 
 
 def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
-    assert ssh_swarm.run("swarm-fresh", "-q").returncode == 0
+    assert ssh_swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
     procs = [ssh_swarm.drone(name, "--drain", "-v") for name in ("d1", "d2")]
     results = [p.communicate(timeout=400) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
+    ssh_swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE status != 'synced')",
+                       timeout=60)
     rows = ssh_swarm.query("SELECT cpv, status, drone, file FROM packages")
     expected = {f"{p.parent.parent.name}/{p.stem}" for p in EXAMPLE_REPO.glob("*/*/*.ebuild")}
     assert {r[0] for r in rows} == expected
-    assert {r[1] for r in rows} == {"received"}
+    assert {r[1] for r in rows} == {"synced"}
     for cpv, _, drone, file in rows:
-        assert file.startswith(f"{drone}/")
-        assert (ssh_swarm.root / "state" / "staging" / file).is_file()
+        assert file.startswith(f"{drone}/")  # uploaded by its builder, through the gateway
     claims = ssh_swarm.query("SELECT p.cpv, count(*) FROM events e JOIN packages p"
                              " ON p.id = e.package_id WHERE e.event = 'claimed' GROUP BY p.cpv")
     assert {c for _, c in claims} == {1} and len(claims) == len(expected)
@@ -83,7 +86,7 @@ def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
     """sshd's MaxStartups drops connections in a burst; drones retry, nothing is lost."""
     swarm = ssh_swarm_with(tmp_path, ("MaxStartups 1:100:1",))  # a second at once is dropped
     try:
-        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
         stop = threading.Event()
 
         def burst():  # other hosts knocking: each unauthenticated connection takes the slot
@@ -100,7 +103,7 @@ def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
         procs = [swarm.drone(name, "-v") for name in ("d1", "d2")]
         try:
             swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages"
-                           " WHERE status != 'received')", timeout=400)
+                           " WHERE status != 'synced')", timeout=400)
         finally:
             stop.set()
             for proc in procs:
@@ -118,6 +121,7 @@ def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
         assert retried > 0 and dropped > 0, (retried, dropped)  # it really happened
     finally:
         swarm.server.stop()
+        swarm.stop()
 
 
 RSYNC_MIRROR = """#!/bin/sh

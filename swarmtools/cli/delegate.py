@@ -65,13 +65,20 @@ def heartbeat(run_, drone, as_json):
 @json_option
 @click.option("--limit", type=click.IntRange(1, 10000), default=1, show_default=True,
               help="Claim up to this many packages, one transaction each.")
+@click.option("--idle-info", is_flag=True,
+              help='When nothing is eligible, say so: {"cpv": null, "in_progress": N}, N the '
+                   "packages being built or published (work that may make more eligible).")
 @pass_run
-def claim(run_, drone, as_json, limit):
+def claim(run_, drone, as_json, limit, idle_info):
     """Take the best eligible package for a drone, under a lease.
 
-    Eligible: needed, still in the scan, not in a retry back-off. Best:
-    highest priority, then merge order. Expired leases and finished back-offs
-    are returned to 'needed' first. Prints
+    Eligible: needed, still in the scan, not in a retry back-off, not held
+    back from this drone, and (once swarm-resolve has seen it) everything
+    its build installs already published. Best (delegate.policy): the
+    longest chain first, placed on the drone that finishes it soonest; or
+    plain priority, then merge order. Expired leases and finished back-offs
+    are returned to 'needed' first; a lease the drone holds but did not name
+    in its last heartbeat is handed back to it. Prints
     {"cpv", "slot", "subslot", "repo", "use", "lease_until", "attempts"}
     (one line a package with --limit); prints nothing and exits 0 when
     nothing is eligible: the drone sleeps and asks again.
@@ -80,7 +87,7 @@ def claim(run_, drone, as_json, limit):
     Example:
       swarm-delegate claim --drone d1 --json | jq -r .cpv
     """
-    verbs.run("claim", run_.config(), drone, as_json=as_json, limit=limit)
+    verbs.run("claim", run_.config(), drone, as_json=as_json, limit=limit, idle_info=idle_info)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -96,7 +103,10 @@ def claim(run_, drone, as_json, limit):
 @click.option("--sha256", help="With --ok: its sha256 as the drone saw it.")
 @click.option("--log", metavar="PATH", help="With --failed: the build log, relative to staging/DRONE/.")
 @click.option("--kind", type=click.Choice([str(k) for k in FailureKind]),
-              help="With --failed: what failed (default build; stalled: no progress).")
+              help="With --failed: what failed (default build; stalled: no progress; "
+                   "missing-binary-dependency: the package waits, no attempt counted).")
+@click.option("--missing", metavar="CPV,...",
+              help="With --kind missing-binary-dependency: the dependencies not on the binhost.")
 @pass_run
 def report(run_, drone, as_json, cpv, **options):
     """Report the result of a build the drone holds a lease on.
@@ -108,6 +118,9 @@ def report(run_, drone, as_json, cpv, **options):
     --failed [--log PATH]: the package becomes 'failed', the attempt is
     counted, the log is kept under state_dir/logs/CPV/, and it is handed out
     again after delegate.retry_seconds, doubled for each further failure.
+    With --kind missing-binary-dependency --missing CPV,...: the drone found
+    dependencies not on the binhost (it builds nothing but what it claimed):
+    the package is needed again, counts no attempt, and waits for those.
 
     \b
     Examples:

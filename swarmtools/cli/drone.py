@@ -22,7 +22,8 @@ from .common import CONTEXT, SwarmCommand, config_option, pass_run, run, verbosi
 @click.option("--drone", "name", envvar="SWARM_DRONE", metavar="NAME",
               help="This drone's [drones.NAME] [env SWARM_DRONE; default: the short host name].")
 @click.option("--once", is_flag=True, help="Build at most one package, then exit.")
-@click.option("--drain", is_flag=True, help="Build until nothing is left to claim, then exit.")
+@click.option("--drain", is_flag=True,
+              help="Build until nothing is eligible and nothing is being built or published.")
 @click.option("--syslog", is_flag=True, help="Log to syslog (daemon facility) instead of stderr.")
 @verbosity_options
 @pass_run
@@ -30,17 +31,26 @@ def cli(run_, name, once, drain, syslog, verbose, quiet):
     """Build packages for the swarm: heartbeat, claim, emerge, upload, report.
 
     Each round sends a heartbeat (ARCH, CHOST, CFLAGS, ABI_X86, CUDA, jobs,
-    load, free disk, the config's digest), claims the best eligible package
-    from the orchestrator (ssh gateway, or locally), builds it with
+    load, free disk, the config's digest, what it is building), claims the
+    package the orchestrator gives it (ssh gateway, or locally), and builds
+    it in two steps, with PORTAGE_BINHOST set to binhost.url:
 
     \b
-      emerge --oneshot --usepkg=y --getbinpkg=y --buildpkg=y =CPV
+      emerge --oneshot --onlydeps --onlydeps-with-rdeps=n \
+             --usepkg=y --getbinpkg=y --usepkg-exclude=CAT/PN =CPV
+      emerge --oneshot --buildpkgonly =CPV
 
-    with PORTAGE_BINHOST set to binhost.url and getbinpkg in FEATURES, so
-    dependencies the binhost has come from it as binaries, uploads the new binary
-    package to staging/NAME/ with rsync and reports it (or uploads the build
-    log and reports the failure). Heartbeats continue while emerge runs, so a
-    long build keeps its lease. Idle, it sleeps delegate.poll_seconds.
+    Its build-time dependencies come from the binhost as binaries; each step
+    is checked with --pretend first, and if emerge would compile anything
+    but the claimed package, nothing is compiled: the package is reported
+    as waiting for those dependencies (missing-binary-dependency). Then the
+    new binary package is uploaded to staging/NAME/ with rsync and reported
+    (or the build log is uploaded and the failure reported). Heartbeats
+    continue while emerge runs, so a long build keeps its lease; a build
+    with no output and no CPU time for delegate.max_silent_seconds is
+    stopped and reported as stalled. Idle, it sleeps delegate.poll_seconds.
+    Connection failures are retried; a finished build waits until it can
+    be delivered.
 
     SIGTERM or SIGINT stops the build, gives the package back (release) and
     exits 0. Runs as a service: see init/ for OpenRC and systemd.

@@ -9,10 +9,10 @@ import click
 
 from pathlib import Path
 
-from .. import clock
+from .. import clock, resolve
 from ..binhost import read_index
 from ..emerge import BINHOST_UNREADABLE, ParseError, consults_binhost, parse_merge_list, run_emerge
-from ..errors import ExitCode, SwarmError
+from ..errors import ExitCode, SwarmError, TryLater
 from ..output import emit_json, emit_table
 from ..queue import Verdict, apply_scan
 from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run, run, verbosity_options
@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 @click.option("--consulted-binhost", is_flag=True,
               help="With --from: the saved scan asked the swarm's binhost (--getbinpkg), so its "
                    "[ebuild rows for published packages mean Portage would not use them.")
+@click.option("--resolve", "then_resolve", is_flag=True,
+              help="Then run swarm-resolve (skipped, with a warning, while another runs).")
 @verbosity_options
 @pass_run
-def cli(run_, source, dry_run, as_json, force, consulted_binhost, verbose, quiet):
+def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, verbose, quiet):
     """Queue every package the world needs, from a full emerge scan.
 
     Runs the config's scan.command (by default `emerge --pretend --emptytree
@@ -87,6 +89,12 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, verbose, quiet
     result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
                         clock.utcnow(), dry_run=dry_run, force=force,
                         verdict=Verdict(published, consulted or consulted_binhost))
+    if then_resolve and not dry_run:
+        try:
+            resolved = resolve.run(config, clock.utcnow())
+            log.info("resolved: %s", resolved.to_dict())
+        except TryLater as exc:
+            log.warning("%s: the running swarm-resolve started before this scan; run it again", exc)
     if as_json:
         emit_json({**result.counts(), "dry_run": dry_run} if dry_run else result.counts())
         return

@@ -18,10 +18,14 @@ log = logging.getLogger(__name__)
 @click.command(cls=SwarmCommand, context_settings=CONTEXT)
 @config_option
 @click.option("--dry-run", "-n", is_flag=True, help="Say what would be done; do nothing.")
+@click.option("--pending", is_flag=True,
+              help="Publish while drones' reports are pending, waiting for a running swarm-sync "
+                   "first (what a report starts in the background); exit at once if another "
+                   "waits already.")
 @json_option
 @verbosity_options
 @pass_run
-def cli(run_, dry_run, as_json, verbose, quiet):
+def cli(run_, dry_run, pending, as_json, verbose, quiet):
     """Publish received packages from staging to the binhost.
 
     Under an exclusive lock file (a second run exits 75 at once), for every
@@ -57,7 +61,8 @@ def cli(run_, dry_run, as_json, verbose, quiet):
 
     config = run_.config()
     try:
-        result = sync.publish(config, clock.utcnow(), dry_run=dry_run)
+        result = (sync.publish_pending(config) if pending else
+                  sync.publish(config, clock.utcnow(), dry_run=dry_run))
     except TryLater:
         if quiet:  # cron: the run that holds the lock does the work
             sys.exit(int(ExitCode.TEMPFAIL))
