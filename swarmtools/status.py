@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 from . import clock, staging
@@ -34,9 +35,33 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
         "retired": retired,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
+        "waiting": waiting(conn),
         **staging_backlog(config, conn, now),
         "drones": drones,
     }
+
+
+def waiting(conn: sqlite3.Connection) -> dict:
+    """Needed packages that wait for dependencies to be published; of them, those a failure blocks."""
+    needs = defaultdict(set)
+    for pkg, dep in conn.execute(
+            "SELECT r.package_id, r.dep_id FROM requires r JOIN packages d ON d.id = r.dep_id"
+            " WHERE d.active = 1 AND d.status != ?", (State.SYNCED,)):
+        needs[pkg].add(dep)
+    status = dict(conn.execute("SELECT id, status FROM packages WHERE active = 1"))
+    blocked: dict[int, bool] = {}
+
+    def on_failure(pkg: int, seen: frozenset = frozenset()) -> bool:
+        # Waits, directly or through what it waits for, on a failed build.
+        if pkg not in blocked:
+            blocked[pkg] = any(status.get(dep) == State.FAILED or
+                               (dep not in seen and on_failure(dep, seen | {pkg}))
+                               for dep in needs.get(pkg, ()))
+        return blocked[pkg]
+
+    waiting_ids = [p for p in needs if status.get(p) == State.NEEDED]
+    return {"on_dependencies": len(waiting_ids),
+            "on_failure": sum(on_failure(p) for p in waiting_ids)}
 
 
 def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list[dict]:

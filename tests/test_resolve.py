@@ -75,6 +75,15 @@ def test_a_package_whose_dependencies_are_not_published_is_never_claimed(scanned
                             "app-misc/example-suite-1.0"}
     why = scanned.run("swarm-delegate", "claim", "--drone", "d2", "--json", "--idle-info")
     assert json.loads(why.stdout) == {"cpv": None, "in_progress": 5}
+    figures = json.loads(scanned.run("swarm-status", "--json").stdout)
+    assert figures["waiting"] == {"on_dependencies": 7, "on_failure": 0}
+    # A failed build: what waits on it, directly or not, is counted, not retried.
+    r = scanned.run("swarm-delegate", "report", "--drone", "d1", "sys-apps/example-base-1.0",
+                    "--failed")
+    assert r.returncode == 0, r.stderr
+    figures = json.loads(scanned.run("swarm-status", "--json").stdout)
+    assert figures["waiting"] == {"on_dependencies": 7, "on_failure": 7}  # all need it
+    assert "7 of them on a failed build" in scanned.run("swarm-status").stdout
 
 
 def compiled(prefix) -> list[str]:

@@ -83,6 +83,10 @@ def _print_summary(figures: dict) -> None:
     click.echo(f"success rate:  {rate} ({figures['builds_ok']} built, {figures['builds_failed']} failed)")
     states = "  ".join(f"{k} {v}" for k, v in figures["states"].items())
     click.echo(f"packages:      {figures['packages']} ({states}; {figures['retired']} retired)")
+    waits = figures["waiting"]
+    if waits["on_dependencies"]:
+        click.echo(f"waiting:       {waits['on_dependencies']} for dependencies to be published"
+                   f" ({waits['on_failure']} of them on a failed build)")
     age = figures["oldest_received_seconds"]
     flag = "  BACKLOG: is swarm-sync running from cron?" if figures["backlog"] else ""
     click.echo(f"staging:       {figures['staging_bytes']:,} bytes waiting"
