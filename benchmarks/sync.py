@@ -125,6 +125,10 @@ def run(tmp: Path) -> None:
     conn.close()
 
     env = {**os.environ, "SWARM_CONFIG": str(config_path)}
+    # A new index is written at least 6 s after the one clients may hold (Portage
+    # asks with If-Modified-Since = TIMESTAMP + 5 s); cron's last run is minutes
+    # old, emaint's here seconds: let it age first, so the sleep is not timed.
+    time.sleep(max(0.0, (binhost / "Packages").stat().st_mtime + 6 - time.time()))
     swarm = timed([Path(sys.executable).parent / "swarm-sync", "-q"], env)
     published = (binhost / "Packages").read_text().count("\nCPV: ")
     assert published == EXISTING + NEW, published
