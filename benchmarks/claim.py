@@ -2,6 +2,9 @@
 
 On one 2,000-package queue (rebuilt for each measurement) prints:
   - claims per second through swarmtools.delegate.claim (in-process);
+  - the same with 200 exclusion rules (global, per drone, per build class,
+    wildcards, and rules matching nothing) and a [[route]]: target within 2x
+    of the cost with none; and the time to match those rules to the queue;
   - claims per second of a bare `UPDATE ... RETURNING` loop, each in its own
     BEGIN IMMEDIATE, on the same schema (the floor);
   - claims per second through the installed `swarm-delegate claim` process;
@@ -19,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate
+from swarmtools import clock, config as config_mod, db, delegate, exclude
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
@@ -36,16 +39,51 @@ def fresh_queue(config) -> sqlite3.Connection:
     return conn
 
 
-def in_process(config) -> float:
-    conn = fresh_queue(config)
+def claim_all(conn, config) -> tuple[float, int]:
+    """Claims per second for d1 until nothing is eligible, and how many."""
     started = time.perf_counter()
     count = 0
     while delegate.claim(conn, config, "d1", clock.utcnow(), renew=False):
         count += 1
     elapsed = time.perf_counter() - started
     conn.close()
+    return count / elapsed, count
+
+
+def in_process(config) -> float:
+    rate, count = claim_all(fresh_queue(config), config)
     assert count == PACKAGES
-    return count / elapsed
+    return rate
+
+
+RULES = 200
+FACTS = {"chost": "x86_64-pc-linux-gnu", "cflags": "-O2 -pipe", "abi_x86": "64"}
+
+
+def with_rules(config) -> tuple[float, float, int]:
+    """(claims/s, seconds to match the rules, packages claimed) with RULES rules."""
+    conn = fresh_queue(config)
+    now = clock.utcnow()
+    delegate.heartbeat(conn, config, "d1", FACTS, now)
+    quarter = RULES // 4
+    atoms = ([(i, f"=app-test/pkg{i * 7}-1.0") for i in range(quarter)]      # every drone
+             + [(i, f"app-test/pkg{i * 7 + 1}") for i in range(quarter)])   # d2 only
+    exclude.add(conn, config, atoms[:quarter], "benchmark", "bench", now)
+    exclude.add(conn, config, atoms[quarter:], "benchmark", "bench", now, drone="d2")
+    exclude.add(conn, config, [(i, f"other-cat/nothing{i}") for i in range(quarter - 1)]
+                + [(0, "*/*-bin")], "benchmark", "bench", now)           # match nothing
+    with db.write(conn):  # another build class's failure memory
+        conn.executemany("INSERT INTO exclusions (atom, class, reason, source, who, at)"
+                         " VALUES (?, 'x86_64-pc-linux-gnu|-O3', 'benchmark', 'auto', 'bench', ?)",
+                         [(f"=app-test/pkg{i * 7 + 2}-1.0", clock.iso(now)) for i in range(quarter)])
+    started = time.perf_counter()
+    with db.write(conn):
+        exclude.refresh(conn, config, now)
+    matching = time.perf_counter() - started
+    assert conn.execute("SELECT count(*) FROM exclusions").fetchone()[0] == RULES
+    rate, count = claim_all(conn, config)
+    assert count == PACKAGES - quarter  # the global rules' packages stay
+    return rate, matching, count
 
 
 def floor(config) -> float:
@@ -74,10 +112,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
                                    capture_output=True, text=True, check=True).stdout.strip())
-        config = config_mod.edit(path, {"drones": {"d1": {"transport": "local"}}})
+        config = config_mod.edit(path, {
+            "drones": {"d1": {"transport": "local"}, "d2": {"transport": "local"}},
+            "route": [{"match": "sci-libs/*", "requires": ["big-memory"]}]})
         env = {**os.environ, "SWARM_CONFIG": str(path)}
         rate_lib = in_process(config)
         rate_floor = floor(config)
+        rate_rules, matching, claimed = with_rules(config)
         fresh_queue(config).close()
         claim = [str(bindir / "swarm-delegate"), "claim", "--drone", "d1", "--json"]
         cli = median_wall(claim, env, CLI_RUNS)
@@ -86,6 +127,10 @@ def main() -> None:
     print(f"{'bare SQLite UPDATE ... RETURNING (floor)':<44} {rate_floor:>9,.0f} claims/s")
     print(f"{'delegate.claim, in-process':<44} {rate_lib:>9,.0f} claims/s"
           f"   ({rate_floor / rate_lib:.2f}x the floor; target <= 2x)")
+    print(f"{f'delegate.claim, {RULES} rules':<44} {rate_rules:>9,.0f} claims/s"
+          f"   ({rate_lib / rate_rules:.2f}x the cost with none; target <= 2x;"
+          f" {claimed} claimable)")
+    print(f"{f'matching {RULES} rules to the queue':<44} {matching:>9.3f} s")
     print(f"{'swarm-delegate claim, one process each':<44} {1 / cli:>9,.1f} claims/s")
     print(f"{'python3 -c pass':<44} {baseline:>9.3f} s")
     print(f"{'swarm-delegate claim (whole process)':<44} {cli:>9.3f} s   (target < 0.25 s)")

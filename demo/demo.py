@@ -8,7 +8,8 @@ and resolves its dependency graph (swarm-resolve), lets the two drones build
 the queue concurrently (local transport: each drone runs swarm-delegate and
 rsync directly), each package only once what it needs is published: every
 report starts swarm-sync, and a cron-like loop runs it every two seconds
-too. No drone compiles anything it did not claim. Then a fresh client installs the whole world with
+too (d2 is kept from one package by a swarm-exclude rule, and swarm-status
+--why says what each package waits for). No drone compiles anything it did not claim. Then a fresh client installs the whole world with
 `emerge --getbinpkgonly`: nothing is built from source. Last, a version bump
 in the tree is scanned, built and published, superseding the old build.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
@@ -68,7 +69,11 @@ def main() -> None:
         show("swarm-config", "check", env=env)
         show("swarm-fresh", "--resolve", env=env)
         show("swarm-resolve", "--json", env=env)
+        show("swarm-exclude", "add", "app-misc/example-docs", "--drone", "d2",
+             "--reason", "demo: only d1 builds the docs", env=env)
         show("swarm-status", env=env)
+        show("swarm-status", "--why", "app-misc/example-app", env=env)
+        show("swarm-status", "--why", "app-misc/example-docs", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)
         show("swarm-status", env=env)

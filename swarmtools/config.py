@@ -113,6 +113,30 @@ class Delegate:
 
 
 @dataclass(frozen=True)
+class Exclude:
+    """What is not built, or not on which drones: rules and failure memory (swarm-exclude)."""
+
+    file: str = key("", "a package.mask-style file of atoms never built (one a line, # comments)",
+                    kind="path")
+    auto_failures: int = key(3, "build failures of a package on drones of one build class "
+                                "(CHOST, CFLAGS) that exclude it for that class", minimum=1)
+    auto_days: int = key(30, "how long such an automatic exclusion lasts (a new version or USE "
+                             "ends it sooner)", minimum=1)
+    ground_after: int = key(8, "failures in a row that ground a drone (its toolchain, not the "
+                               "packages)", minimum=2)
+    ground_seconds: int = key(3600, "how long a grounded drone gets no work", minimum=1)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One [[route]] table: packages that need drones with some features."""
+
+    match: str = key("", "atom of the packages (wildcards allowed, as in swarm-exclude)",
+                     required=True)
+    requires: list = key([], "features a drone must have to build them", required=True)
+
+
+@dataclass(frozen=True)
 class Resolve:
     """The dependency graph and the expected build times behind priorities."""
 
@@ -128,6 +152,8 @@ class Drone:
     host: str = key("", "the drone's host name, for people")
     speed: float = key(0.0, "how fast it builds, 1 the norm (0: learn it from its builds)",
                        minimum=0)
+    features: list = key([], "what it can build besides what its facts show (e.g. big-memory)")
+    mandatory_features: list = key([], "it only builds packages that require all of these")
     transport: str = key("ssh", "how the drone reaches the orchestrator", kind="choice",
                          choices=("ssh", "local"))
     ssh_command: list = key([], "this drone's ssh program and options "
@@ -142,9 +168,10 @@ SECTIONS: dict[str, type] = {
     "scan": Scan,
     "delegate": Delegate,
     "resolve": Resolve,
+    "exclude": Exclude,
 }
 NAMED_TABLES: dict[str, type] = {"drones": Drone}
-ARRAYS_OF_TABLES: dict[str, type] = {}
+ARRAYS_OF_TABLES: dict[str, type] = {"route": Route}
 
 _DRONE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _RESERVED_NAMES = {"quarantine", "logs"}  # folders of staging_dir
@@ -160,7 +187,9 @@ class Config:
     scan: Scan
     delegate: Delegate
     resolve: Resolve
+    exclude: Exclude
     drones: dict[str, Drone]
+    route: list[Route]
 
     @property
     def database(self) -> Path:
@@ -388,6 +417,19 @@ def problems(config: Config) -> list[str]:
     search = config.scan.environment.get("PATH", os.environ.get("PATH", ""))
     if shutil.which(command[0], path=search) is None:
         found.append(f"scan.command: '{command[0]}' not found on PATH")
+    if config.route or config.exclude.file:
+        from .exclude import file_rules, parse_atom  # Portage, only when there are rules
+        from .errors import SwarmError
+
+        for number, route in enumerate(config.route, 1):
+            try:
+                parse_atom(route.match)
+            except SwarmError as exc:
+                found.append(f"[[route]] {number}: {exc}")
+        try:
+            file_rules(config)
+        except SwarmError as exc:
+            found.append(f"exclude.file: {exc}")
     return found
 
 

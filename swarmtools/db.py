@@ -175,6 +175,46 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         value       TEXT NOT NULL
     );
     """,
+    # 6: package control (swarm-exclude): rules, what they match, what
+    # packages require of a drone, and grounded drones.
+    """
+    CREATE TABLE exclusions (
+        id          INTEGER PRIMARY KEY,
+        atom        TEXT NOT NULL,              -- Portage atom, wildcards allowed
+        drone       TEXT,                       -- only for this drone (NULL: every drone)
+        class       TEXT,                       -- only for this build class (CHOST|CFLAGS)
+        reason      TEXT NOT NULL,
+        source      TEXT NOT NULL CHECK (source IN ('manual', 'auto', 'file')),
+        who         TEXT NOT NULL,
+        at          TEXT NOT NULL,
+        until       TEXT,                       -- it ends then (NULL: never)
+        identity    TEXT,                       -- auto: the build it was made for
+        log         TEXT                        -- auto: the last failure's kept log
+    );
+    CREATE TABLE excluded (
+        package_id  INTEGER NOT NULL REFERENCES packages (id),
+        rule_id     INTEGER NOT NULL REFERENCES exclusions (id),
+        drone       TEXT,
+        class       TEXT,
+        until       TEXT,
+        PRIMARY KEY (package_id, rule_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE requirements (
+        package_id  INTEGER NOT NULL REFERENCES packages (id),
+        feature     TEXT NOT NULL,              -- multilib, cuda, arch:amd64, big-memory ...
+        why         TEXT NOT NULL,
+        PRIMARY KEY (package_id, feature)
+    ) WITHOUT ROWID;
+    CREATE TABLE control_state (
+        key         TEXT PRIMARY KEY,           -- what the matches above were made from
+        value       TEXT NOT NULL
+    );
+    CREATE TABLE forgiven (
+        event_id    INTEGER PRIMARY KEY         -- a build failure that was its drone's
+    );
+    ALTER TABLE drones ADD COLUMN grounded_until TEXT;
+    ALTER TABLE drones ADD COLUMN grounded_reason TEXT;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,7 +16,7 @@ import json
 import sqlite3
 from datetime import datetime
 
-from . import clock, db, eligibility, gpkg, packages, staging
+from . import clock, db, eligibility, exclude, gpkg, packages, routing, staging
 from .config import Config
 from .errors import ConfigError, ExitCode, SwarmError
 from .packages import Event, FailureKind, State
@@ -126,12 +126,16 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     check_drone(config, drone)
     at = clock.iso(now)
     lease_until = clock.later(now, config.delegate.lease_seconds)
-    claimant = eligibility.Claimant(drone, now, at)
     if policy is None:
         policy = (CriticalPath(conn, config) if config.delegate.policy == "critical"
                   else eligibility.FirstEligible())
     with db.write(conn):
         _expire(conn, at)
+        _refuse_grounded(conn, drone, at)
+        # Rules, the exclusion file and routes are matched again only when
+        # one changed (Portage is imported only then).
+        exclude.refresh_if_stale(conn, config, now)
+        claimant = claimant_for(conn, config, drone, now)
         if renew and (held := _forgotten_lease(conn, drone)) is not None:
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
@@ -146,6 +150,28 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     claimed = dict(row)
     del claimed["id"]
     return claimed
+
+
+def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
+                 now: datetime) -> eligibility.Claimant:
+    """DRONE as the eligibility rules see it: its build class and features, from its facts."""
+    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
+    facts = json.loads(row["facts"]) if row else {}
+    settings = config.drones.get(drone)
+    return eligibility.Claimant(
+        drone, now, clock.iso(now), build_class=exclude.build_class(facts),
+        features=frozenset(routing.features(facts, settings.features, settings.mandatory_features)
+                           if settings else routing.features(facts)),
+        mandatory=frozenset(settings.mandatory_features if settings else ()))
+
+
+def _refuse_grounded(conn: sqlite3.Connection, drone: str, at: str) -> None:
+    row = conn.execute("SELECT grounded_until, grounded_reason FROM drones WHERE name = ?"
+                       " AND grounded_until > ?", (drone, at)).fetchone()
+    if row is not None:
+        raise SwarmError(f"drone '{drone}' is grounded until {row['grounded_until']}: "
+                         f"{row['grounded_reason']} (lift it: swarm-delegate unground "
+                         f"--drone {drone})", ExitCode.FAILED)
 
 
 def in_progress(conn: sqlite3.Connection) -> int:
@@ -242,6 +268,8 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
             kept = staging.keep_log(config, source, cpv, drone, now)
         if kind == FailureKind.MISSING_DEPENDENCY:
             return _wait_for_dependencies(conn, config, held, drone, cpv, missing or [], kept, now)
+        if kind in (FailureKind.ENVIRONMENT, FailureKind.FETCH):
+            return _drones_trouble(conn, config, held, drone, cpv, kind, kept, now)
         attempts = held["attempts"] + 1
         backoff = min(config.delegate.retry_seconds * 2 ** (attempts - 1),
                       config.delegate.retry_max_seconds)
@@ -251,8 +279,34 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
                       kind=kind, detail=f"{kind}: attempt {attempts}; retry after {retry_after}"
                                         + (f"; log {kept}" if kept else ""),
                       lease_until=None, attempts=attempts, retry_after=retry_after)
-    return {"cpv": cpv, "status": "failed", "attempts": attempts, "retry_after": retry_after,
-            "log": str(kept) if kept else None, "kind": str(kind)}
+        control = exclude.after_failure(conn, config, drone, held["id"], kind, now,
+                                        str(kept) if kept else None)
+        # (A grounding gives the package its attempt back.)
+        now_row = conn.execute("SELECT status, attempts, retry_after FROM packages WHERE id = ?",
+                               (held["id"],)).fetchone()
+    return {"cpv": cpv, **dict(now_row), "log": str(kept) if kept else None, "kind": str(kind),
+            **control}
+
+
+def _drones_trouble(conn, config: Config, held, drone: str, cpv: str, kind: FailureKind,
+                    kept, now: datetime) -> dict:
+    """A full disk or a failed fetch: not the package's failure.
+
+    The package is needed again at once, for other drones (no attempt
+    counted); this drone is held from it for a back-off, and a drone that
+    fails one build after another is grounded all the same.
+    """
+    until = clock.later(now, config.delegate.retry_seconds)
+    packages.move(conn, held["id"], expect=State.DELEGATED, to=State.NEEDED,
+                  event=Event.BUILD_FAILED, actor=drone, at=clock.iso(now), event_drone=drone,
+                  kind=kind, detail=f"{kind}: {drone}'s trouble, not the package's; not for "
+                                    f"{drone} until {until}" + (f"; log {kept}" if kept else ""),
+                  **packages.NO_LEASE)
+    packages.hold(conn, held["id"], drone, until, f"{kind} failure on {drone}")
+    control = exclude.after_failure(conn, config, drone, held["id"], kind, now,
+                                    str(kept) if kept else None)
+    return {"cpv": cpv, "status": "needed", "attempts": held["attempts"], "retry_after": None,
+            "log": str(kept) if kept else None, "kind": str(kind), **control}
 
 
 def _wait_for_dependencies(conn, config: Config, held, drone: str, cpv: str,

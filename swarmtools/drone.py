@@ -188,11 +188,11 @@ class Drone:
                 with open(console, "a") as f:
                     f.write(f"\nswarm-drone: emerge succeeded but no binary package of {cpv}"
                             f" is in {self.portage['PKGDIR']}\n")
-            kind = FailureKind.STALLED if stalled else FailureKind.BUILD
+            kept = failure_log(cpv, console, logdir, Path(workdir.name))
+            kind = FailureKind.STALLED if stalled else failure_kind(kept)
             log.error("%s failed (%s, emerge exit %s) after %.0f s", cpv, kind, code,
                       time.monotonic() - started)
-            return Outcome(cpv, log=failure_log(cpv, console, logdir, Path(workdir.name)),
-                           kind=kind, workdir=workdir)
+            return Outcome(cpv, log=kept, kind=kind, workdir=workdir)
         workdir.cleanup()
         log.info("built %s in %.0f s", cpv, time.monotonic() - started)
         relative = f"{cpv.split('/', 1)[0]}/{package.parent.name}/{package.name}"
@@ -354,6 +354,30 @@ def failure_log(cpv: str, console: Path, logdir: Path, workdir: Path) -> Path:
         out.write(f"==> emerge output (its last {CONSOLE_TAIL_BYTES >> 10} KiB)\n".encode())
         out.write(_tail(console, CONSOLE_TAIL_BYTES))
     return target
+
+
+# What a log says when the drone, not the package, is at fault. Such a
+# failure never counts against the package (no exclusion, no attempt).
+ENVIRONMENT_SIGNS = (
+    re.compile(rb"No space left on device|Disk quota exceeded"),
+    re.compile(rb"Cannot allocate memory|virtual memory exhausted|out of memory allocating"),
+    re.compile(rb"Read-only file system"),
+)
+FETCH_SIGNS = (
+    re.compile(rb"^!!! Fetch failed for ", re.M),
+    re.compile(rb"^!!! Couldn't download '", re.M),
+    re.compile(rb"Fetch failed for '[^']+'"),
+)
+
+
+def failure_kind(log_file: Path) -> FailureKind:
+    """environment, fetch or build: what a failed build's log shows."""
+    text = log_file.read_bytes()
+    if any(sign.search(text) for sign in ENVIRONMENT_SIGNS):
+        return FailureKind.ENVIRONMENT
+    if any(sign.search(text) for sign in FETCH_SIGNS):
+        return FailureKind.FETCH
+    return FailureKind.BUILD
 
 
 def _tail(path: Path, size: int) -> bytes:

@@ -9,7 +9,7 @@ same rules to explain, so what filters and what is said never disagree.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Iterator
 
@@ -18,12 +18,14 @@ from .packages import State
 
 @dataclass(frozen=True)
 class Claimant:
-    """A drone asking for work (name None: any drone), its heartbeat facts, the moment."""
+    """A drone asking for work (name None: any drone), the moment, what it is and can do."""
 
     name: str | None
     now: datetime
     at: str  # clock.iso(now)
-    facts: dict = field(default_factory=dict)
+    build_class: str | None = None
+    features: frozenset = frozenset()
+    mandatory: frozenset = frozenset()
 
 
 class Rule:
@@ -129,7 +131,69 @@ class DependenciesPublished(Rule):
                 + (f"; waits on a failure: {', '.join(failed)}" if failed else ""))
 
 
-RULES: tuple[Rule, ...] = (Wanted(), BackOff(), Held(), DependenciesPublished())
+class NotExcluded(Rule):
+    """No exclusion rule covers the package for this drone (swarm-exclude)."""
+
+    name = "excluded"
+
+    def where(self, claimant):
+        return ("NOT EXISTS (SELECT 1 FROM excluded x WHERE x.package_id = packages.id"
+                " AND (x.drone IS NULL OR x.drone = ?) AND (x.class IS NULL OR x.class IS ?)"
+                " AND (x.until IS NULL OR x.until > ?))",
+                (claimant.name, claimant.build_class, claimant.at))
+
+    def explain(self, conn, package, claimant):
+        rows = conn.execute(
+            "SELECT e.id, e.atom, e.drone, e.class, e.reason, e.source, e.until FROM excluded x"
+            " JOIN exclusions e ON e.id = x.rule_id WHERE x.package_id = ?"
+            " AND (x.until IS NULL OR x.until > ?) AND (? IS NULL OR ((x.drone IS NULL OR"
+            " x.drone = ?) AND (x.class IS NULL OR x.class IS ?))) ORDER BY e.id",
+            (package["id"], claimant.at, claimant.name, claimant.name,
+             claimant.build_class)).fetchall()
+        if not rows:
+            return None
+        return "; ".join(
+            f"excluded by rule {r['id']} ({r['source']}) {r['atom']} for "
+            f"{'drone ' + r['drone'] if r['drone'] else 'class ' + r['class'] if r['class'] else 'every drone'}"
+            f": {r['reason']}" + (f" (until {r['until']})" if r["until"] else "") for r in rows)
+
+
+class Capable(Rule):
+    """The drone has every feature the package requires; a drone with mandatory
+    features takes only packages that require them all."""
+
+    name = "capability"
+
+    def where(self, claimant):
+        have = sorted(claimant.features)
+        # (x NOT IN (NULL) is NULL in SQL, never true: a drone without features
+        # needs its own clause.)
+        lacking = f" AND q.feature NOT IN ({', '.join('?' * len(have))})" if have else ""
+        clause = ("NOT EXISTS (SELECT 1 FROM requirements q WHERE q.package_id = packages.id"
+                  f"{lacking})")
+        params = list(have)
+        for feature in sorted(claimant.mandatory):
+            clause += (" AND EXISTS (SELECT 1 FROM requirements q WHERE"
+                       " q.package_id = packages.id AND q.feature = ?)")
+            params.append(feature)
+        return clause, tuple(params)
+
+    def explain(self, conn, package, claimant):
+        needs = conn.execute("SELECT feature, why FROM requirements WHERE package_id = ?"
+                             " ORDER BY feature", (package["id"],)).fetchall()
+        if claimant.name is not None:
+            missing = [f"{r['feature']} ({r['why']})" for r in needs
+                       if r["feature"] not in claimant.features]
+            if missing:
+                return f"{claimant.name} lacks {', '.join(missing)}"
+            extra = sorted(claimant.mandatory - {r["feature"] for r in needs})
+            return (f"{claimant.name} takes only packages that require {', '.join(extra)}"
+                    if extra else None)
+        return None
+
+
+RULES: tuple[Rule, ...] = (Wanted(), BackOff(), Held(), DependenciesPublished(), NotExcluded(),
+                           Capable())
 
 _CANDIDATE_COLUMNS = ("id, cpv, cp, slot, subslot, repo, use, status, active, drone, attempts,"
                       " retry_after, priority, scan_order, expected_seconds")

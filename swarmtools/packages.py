@@ -45,6 +45,9 @@ class Event(StrEnum):
     QUARANTINED = "quarantined"    # swarm-sync refused the file
     SYNCED = "synced"              # published
     REINDEXED = "reindexed"        # published file listed in the index again
+    EXCLUDED = "excluded"          # failure memory: not built on some drones any more
+    GROUNDED = "grounded"          # a drone, not a package: failed too often in a row
+    UNGROUNDED = "ungrounded"
 
 
 class FailureKind(StrEnum):
@@ -55,6 +58,9 @@ class FailureKind(StrEnum):
     # Not the package's fault: a dependency is not on the binhost yet. The
     # package waits for it; no attempt is counted.
     MISSING_DEPENDENCY = "missing-binary-dependency"
+    # The drone's trouble, not the package's: they never exclude a package.
+    ENVIRONMENT = "environment"  # a full disk, no memory, a broken toolchain file...
+    FETCH = "fetch"              # the sources could not be downloaded
 
 
 # Columns of the current build. Cleared together when a package must be

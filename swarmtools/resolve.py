@@ -242,7 +242,8 @@ class _Portage:
             self.locations = {name: self._portdb.getRepositoryPath(name)
                               for name in self._portdb.getRepositories()}
             self.state.set(repositories=json.dumps(self.locations, sort_keys=True),
-                           global_use=" ".join(sorted(self._global_use)), profile=self.profile)
+                           global_use=" ".join(sorted(self._global_use)), profile=self.profile,
+                           arch=settings.get("ARCH", ""))
         return self._portdb
 
     def metadata_stamp(self, node: Node) -> str:

@@ -7,9 +7,13 @@ import sqlite3
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from . import clock, staging
+from . import clock, eligibility, staging
 from .config import Config
+from .errors import SwarmError
 from .packages import STATES, Event, State
+
+# Rules that depend on the drone asking; the others hold for every drone.
+DRONE_RULES = ("held", "excluded", "capability")
 
 
 def summary(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
@@ -36,6 +40,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
         "waiting": waiting(conn),
+        "blocked": blocked(conn, config, now),
         **staging_backlog(config, conn, now),
         "drones": drones,
     }
@@ -62,6 +67,100 @@ def waiting(conn: sqlite3.Connection) -> dict:
     waiting_ids = [p for p in needs if status.get(p) == State.NEEDED]
     return {"on_dependencies": len(waiting_ids),
             "on_failure": sum(on_failure(p) for p in waiting_ids)}
+
+
+def blocked(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
+    """How many needed packages each eligibility rule keeps from being built now.
+
+    A drone rule (held, excluded, capability) blocks a package when it keeps
+    it from every online drone that is not grounded; "no drone" counts the
+    needed packages while no drone may claim at all. A package kept by
+    several rules counts under each.
+    """
+    from .delegate import claimant_for
+
+    anyone = eligibility.Claimant(None, now, clock.iso(now))
+    claimants = [claimant_for(conn, config, d["drone"], now)
+                 for d in drone_table(conn, config, now) if d["online"] and not d["grounded_until"]]
+    counts = {}
+    for rule in eligibility.RULES[1:]:  # the first, Wanted, is what "needed" means
+        if rule.name in DRONE_RULES:
+            kept = None
+            for claimant in claimants:
+                ids = _kept_by(conn, rule, claimant)
+                kept = ids if kept is None else kept & ids
+            counts[rule.name] = len(kept or ())
+        else:
+            counts[rule.name] = len(_kept_by(conn, rule, anyone))
+    counts["no drone"] = 0 if claimants else conn.execute(
+        "SELECT count(*) FROM packages WHERE status = 'needed' AND active = 1").fetchone()[0]
+    return counts
+
+
+def _kept_by(conn: sqlite3.Connection, rule: eligibility.Rule, claimant) -> set[int]:
+    clause, params = rule.where(claimant)
+    return {r[0] for r in conn.execute(
+        f"SELECT id FROM packages WHERE status = 'needed' AND active = 1 AND NOT ({clause})",
+        params)}
+
+
+def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
+        drone: str | None = None) -> list[dict]:
+    """Why PACKAGE (CATEGORY/PF, or CATEGORY/PN: each queued slot) is not being built.
+
+    Asks the rules the claims use, so the answer is what a claim would do:
+    the reasons for every drone (back-off, dependencies, an exclusion for
+    every drone), then each drone's own (offline, grounded, held, excluded
+    for it, lacking a feature), and the drones that would take it now.
+    """
+    from .delegate import claimant_for
+
+    rows = conn.execute("SELECT * FROM packages WHERE (cpv = ? OR cp = ?) ORDER BY active DESC,"
+                        " slot, id", (package, package)).fetchall()
+    if not rows:
+        raise SwarmError(f"no package {package} in the queue (swarm-fresh adds what the scan "
+                         "wants)")
+    if drone is not None and drone not in config.drones:
+        raise SwarmError(f"unknown drone '{drone}'")
+    anyone = eligibility.Claimant(None, now, clock.iso(now))
+    table = {d["drone"]: d for d in drone_table(conn, config, now)}
+    answers = []
+    for pkg in rows if not rows[0]["active"] else [r for r in rows if r["active"]]:
+        general = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
+                   if rule.name not in DRONE_RULES
+                   and (why := rule.explain(conn, pkg, anyone)) is not None]
+        drones = []
+        for name in [drone] if drone else sorted(config.drones):
+            facts = table.get(name, {})
+            claimant = claimant_for(conn, config, name, now)
+            # A drone that never sent its facts: what it can build is not known yet.
+            own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
+                   if rule.name in DRONE_RULES
+                   and (facts.get("last_heartbeat") or rule.name != "capability")
+                   and (why := rule.explain(conn, pkg, claimant)) is not None]
+            if facts.get("grounded_until"):
+                own.insert(0, {"rule": "grounded", "why": f"grounded until "
+                               f"{facts['grounded_until']}: {facts['grounded_reason']}"})
+            if not facts.get("online"):
+                own.insert(0, {"rule": "offline", "why": "no heartbeat since "
+                               f"{facts['last_heartbeat']}" if facts.get("last_heartbeat")
+                               else "never sent a heartbeat"})
+            drones.append({"drone": name, "reasons": own})
+        online = [d for d in drones if not any(r["rule"] == "offline" for r in d["reasons"])]
+        if pkg["status"] == State.NEEDED and pkg["active"] and online and all(
+                any(r["rule"] == "capability" for r in d["reasons"]) for d in online):
+            needs = ", ".join(f"{r['feature']} ({r['why']})" for r in conn.execute(
+                "SELECT feature, why FROM requirements WHERE package_id = ? ORDER BY feature",
+                (pkg["id"],)))
+            general.append({"rule": "capability",
+                            "why": f"needs {needs}: no online drone can build it"})
+        if pkg["status"] == State.NEEDED and pkg["active"] and not online:
+            general.append({"rule": "no drone", "why": "no drone is online"})
+        takers = [d["drone"] for d in drones if not d["reasons"]] if not general else []
+        answers.append({"cpv": pkg["cpv"], "status": pkg["status"], "active": bool(pkg["active"]),
+                        "drone": pkg["drone"], "reasons": general, "drones": drones,
+                        "eligible_for": takers})
+    return answers
 
 
 def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list[dict]:
@@ -91,6 +190,9 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             "built": ok,
             "failed": failed,
             "success_rate": _rate(ok, failed),
+            "grounded_until": beat["grounded_until"] if beat and beat["grounded_until"]
+            and beat["grounded_until"] > clock.iso(now) else None,
+            "grounded_reason": beat["grounded_reason"] if beat else None,
             "facts": json.loads(beat["facts"]) if beat else {},
         })
     return drones

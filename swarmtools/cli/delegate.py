@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .. import clock, delegate, gateway, verbs
+from .. import clock, delegate, exclude, gateway, verbs
 from ..output import emit_json
 from ..packages import FailureKind
 from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
@@ -31,6 +31,7 @@ def cli():
       report     a build's result: --ok --file PKG, or --failed [--log LOG]
       release    give a lease back
       expire     return leases past expiry and finished back-offs to 'needed'
+      unground   let a grounded drone claim again (people only)
       gateway    the forced command for a drone's key in authorized_keys
 
     \b
@@ -73,8 +74,11 @@ def claim(run_, drone, as_json, limit, idle_info):
     """Take the best eligible package for a drone, under a lease.
 
     Eligible: needed, still in the scan, not in a retry back-off, not held
-    back from this drone, and (once swarm-resolve has seen it) everything
-    its build installs already published. Best (delegate.policy): the
+    back from this drone, (once swarm-resolve has seen it) everything its
+    build installs already published, no swarm-exclude rule covering this
+    drone, and no feature required that the drone lacks (multilib, cuda,
+    arch:ARCH, [[route]] features). A grounded drone's claim is refused
+    (exit 1) with the reason and until when. Best (delegate.policy): the
     longest chain first, placed on the drone that finishes it soonest; or
     plain priority, then merge order. Expired leases and finished back-offs
     are returned to 'needed' first; a lease the drone holds but did not name
@@ -104,7 +108,8 @@ def claim(run_, drone, as_json, limit, idle_info):
 @click.option("--log", metavar="PATH", help="With --failed: the build log, relative to staging/DRONE/.")
 @click.option("--kind", type=click.Choice([str(k) for k in FailureKind]),
               help="With --failed: what failed (default build; stalled: no progress; "
-                   "missing-binary-dependency: the package waits, no attempt counted).")
+                   "missing-binary-dependency: the package waits, no attempt counted; "
+                   "environment, fetch: the drone's trouble, no attempt counted).")
 @click.option("--missing", metavar="CPV,...",
               help="With --kind missing-binary-dependency: the dependencies not on the binhost.")
 @pass_run
@@ -118,6 +123,11 @@ def report(run_, drone, as_json, cpv, **options):
     --failed [--log PATH]: the package becomes 'failed', the attempt is
     counted, the log is kept under state_dir/logs/CPV/, and it is handed out
     again after delegate.retry_seconds, doubled for each further failure.
+    Failure memory may exclude it for the drone's build class (answer:
+    "excluded"), and a drone failing exclude.ground_after builds in a row is
+    grounded ("grounded": until when). --kind environment (a full disk) or
+    fetch: the drone's trouble, not the package's: needed again at once for
+    other drones, no attempt counted, nothing excluded.
     With --kind missing-binary-dependency --missing CPV,...: the drone found
     dependencies not on the binhost (it builds nothing but what it claimed):
     the package is needed again, counts no attempt, and waits for those.
@@ -166,6 +176,31 @@ def expire(run_, as_json, quiet):
         emit_json(result)
     elif not quiet:
         click.echo(f"{result['expired']} lease(s) expired, {result['retried']} back-off(s) over")
+
+
+@cli.command(context_settings=CONTEXT)
+@config_option
+@drone_option
+@json_option
+@pass_run
+def unground(run_, drone, as_json):
+    """Let a grounded drone claim again, before its grounding ends.
+
+    A drone whose builds fail exclude.ground_after times in a row (a broken
+    toolchain, a full disk) is grounded for exclude.ground_seconds: its
+    claims are refused and those failures count against no package.
+    swarm-status shows grounded drones and until when. Fix the drone, then
+    lift it here (not a drone verb: the gateway refuses it).
+
+    \b
+    Example:
+      swarm-delegate unground --drone d1
+    """
+    result = exclude.unground(run_.database(), run_.config(), drone, clock.utcnow())
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{drone}: may claim again")
 
 
 @cli.command("gateway", context_settings=CONTEXT)

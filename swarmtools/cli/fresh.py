@@ -9,7 +9,7 @@ import click
 
 from pathlib import Path
 
-from .. import clock, resolve
+from .. import clock, db, exclude, resolve
 from ..binhost import read_index
 from ..emerge import BINHOST_UNREADABLE, ParseError, consults_binhost, parse_merge_list, run_emerge
 from ..errors import ExitCode, SwarmError, TryLater
@@ -89,6 +89,9 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
                         clock.utcnow(), dry_run=dry_run, force=force,
                         verdict=Verdict(published, consulted or consulted_binhost))
+    if not dry_run:
+        with db.write(conn):  # what the rules match and packages require, for the new queue
+            exclude.refresh(conn, config, clock.utcnow())
     if then_resolve and not dry_run:
         try:
             resolved = resolve.run(config, clock.utcnow())

@@ -27,9 +27,14 @@ from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run,
                    "at a terminal.")
 @click.option("--last", type=click.IntRange(1, 10**6), default=50, show_default=True,
               help="With --history: how many of the latest events.")
+@click.option("--why", "explain", is_flag=True,
+              help="Why PACKAGE is not being built: the reasons for every drone, then each "
+                   "drone's own.")
+@click.option("--drone", metavar="NAME", help="With --why: only this drone's reasons.")
 @click.argument("package", required=False, metavar="[PACKAGE]")
 @pass_run
-def cli(run_, as_json, list_packages, state, retired, show_history, last, package):
+def cli(run_, as_json, list_packages, state, retired, show_history, last, explain, drone,
+        package):
     """Show the swarm: drones, success rate, packages per state.
 
     Every figure is derived from the database and staging: drones online
@@ -38,6 +43,17 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, packag
     (needed, delegated, received, synced, failed), the bytes waiting in
     staging and the age of the oldest received package (BACKLOG when older
     than three binhost.sync_interval_seconds), and one line a drone.
+
+    Needed packages that cannot be handed out now are counted by what keeps
+    them: back-off (a failed build waits), held (a drone's refused upload),
+    dependencies (not published yet), excluded (swarm-exclude rules covering
+    every online drone), capability (no online drone has a feature it
+    needs), no drone (none online). Drones show when they are grounded.
+
+    --why PACKAGE (CATEGORY/PF, or CATEGORY/PN for each queued slot) asks
+    the rules the claims use: what keeps it from every drone, what keeps it
+    from each drone (offline, grounded, held, excluded for it, lacking a
+    feature), and which drones would take it now.
 
     --history [PACKAGE] prints what happened, oldest first: to every package
     (the last --last events) or to one (CATEGORY/PF or CATEGORY/PN): when,
@@ -48,13 +64,26 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, packag
       swarm-status
       swarm-status --json | jq .states.needed
       swarm-status --packages --state failed | jq -r .cpv
-      swarm-status --history app-misc/foo       # why is foo where it is?
+      swarm-status --why dev-libs/foo-1.0       # why is it not built?
+      swarm-status --why dev-libs/foo --drone d2 --json | jq .drones
+      swarm-status --history app-misc/foo       # what happened to foo?
     """
     if (state or retired) and not list_packages:
         raise SwarmError("--state and --retired go with --packages", ExitCode.USAGE)
-    if package and not show_history:
-        raise SwarmError(f"{package}: a package goes with --history", ExitCode.USAGE)
+    if package and not (show_history or explain):
+        raise SwarmError(f"{package}: a package goes with --why or --history", ExitCode.USAGE)
+    if explain and not package:
+        raise SwarmError("--why needs a PACKAGE", ExitCode.USAGE)
+    if drone and not explain:
+        raise SwarmError("--drone goes with --why", ExitCode.USAGE)
     conn = run_.database(writer=False)
+    if explain:
+        answers = status.why(conn, run_.config(), package, clock.utcnow(), drone)
+        if as_json:
+            emit_ndjson(answers)
+        else:
+            _print_why(answers)
+        return
     if show_history:
         events = status.history(conn, package, last)
         if package and not events:
@@ -77,6 +106,21 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, packag
         _print_summary(figures)
 
 
+def _print_why(answers: list[dict]) -> None:
+    for answer in answers:
+        holder = f" by {answer['drone']}" if answer["drone"] else ""
+        click.echo(f"{answer['cpv']}: {answer['status']}{holder}"
+                   + ("" if answer["active"] else " (retired: not in the latest scan)"))
+        for reason in answer["reasons"]:
+            click.echo(f"  {reason['rule']}: {reason['why']}")
+        for drone in answer["drones"]:
+            for reason in drone["reasons"]:
+                click.echo(f"  {drone['drone']}: {reason['rule']}: {reason['why']}")
+        if answer["eligible_for"]:
+            click.echo(f"  eligible for: {', '.join(answer['eligible_for'])} (their next claim, "
+                       "in priority order)")
+
+
 def _print_summary(figures: dict) -> None:
     rate = "n/a" if figures["success_rate"] is None else f"{figures['success_rate']:.1%}"
     click.echo(f"drones online: {figures['drones_online']}/{figures['drones_known']}")
@@ -87,6 +131,9 @@ def _print_summary(figures: dict) -> None:
     if waits["on_dependencies"]:
         click.echo(f"waiting:       {waits['on_dependencies']} for dependencies to be published"
                    f" ({waits['on_failure']} of them on a failed build)")
+    kept = "  ".join(f"{k} {v}" for k, v in figures["blocked"].items() if v)
+    if kept:
+        click.echo(f"kept back:     {kept}")
     age = figures["oldest_received_seconds"]
     flag = "  BACKLOG: is swarm-sync running from cron?" if figures["backlog"] else ""
     click.echo(f"staging:       {figures['staging_bytes']:,} bytes waiting"
@@ -100,9 +147,11 @@ def _print_summary(figures: dict) -> None:
         emit_table(
             [[d["drone"], "yes" if d["online"] else "no", d["last_heartbeat"] or "never",
               d["building"], d["built"], d["failed"],
-              "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}"]
+              "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}",
+              f"until {d['grounded_until']}" if d["grounded_until"] else "-"]
              for d in figures["drones"]],
-            ["drone", "online", "last heartbeat", "building", "built", "failed", "success"])
+            ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
+             "grounded"])
 
 
 def main():

@@ -1,0 +1,485 @@
+"""What is not built, or not where: exclusion rules, failure memory, grounded drones.
+
+A rule is a Portage atom, wildcards allowed (``media-video/nvidia-drivers``,
+``*/*-bin``, ``>=sys-devel/gcc-15``, ``dev-lang/rust:*``,
+``sys-apps/*::gentoo``), matched with Portage's own ``Atom`` and
+``match_from_list``; it holds for every drone, one drone, or one build class
+(the drones with the same CHOST and CFLAGS), with a reason, a source
+(``manual``, ``auto``, or the ``file`` named by ``exclude.file``, in
+package.mask syntax), who and when, and maybe an end. Which queued packages
+each rule matches is kept in the table ``excluded`` (made again when rules,
+the file or the queue change), so a claim tests it in SQL.
+
+Failure memory: a package that fails ``exclude.auto_failures`` times on
+drones of one build class is excluded for that class (``auto``), and
+everywhere once it failed in every class of the known drones; the rule ends
+when the package's identity changes or after ``exclude.auto_days``. Only
+build failures count: a drone's trouble (a full disk, a failed fetch, a
+lost connection, a missing binary dependency, a refused upload) is not the
+package's. A drone whose builds fail ``exclude.ground_after`` times in a row
+is grounded for ``exclude.ground_seconds``: those failures were its own, so
+they count against no package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from . import clock, db, packages, routing
+from .config import Config
+from .errors import ExitCode, SwarmError
+from .packages import Event, FailureKind, State
+
+log = logging.getLogger(__name__)
+
+# Failures that say something about the package (the rest: about the drone).
+PACKAGE_FAILURES = (FailureKind.BUILD, FailureKind.STALLED)
+
+
+class BadAtom(SwarmError):
+    """Not an atom Portage would accept in package.mask."""
+
+    exit_code = ExitCode.USAGE
+
+
+def parse_atom(text: str):
+    """A Portage atom with wildcards and repository allowed, or BadAtom."""
+    from portage.dep import Atom
+    from portage.exception import InvalidAtom
+
+    try:
+        atom = Atom(text.strip(), allow_wildcard=True, allow_repo=True)
+    except InvalidAtom:
+        raise BadAtom(f"'{text.strip()}' is not a Portage atom (wildcards: */*-bin, "
+                      "sys-apps/*::gentoo; operators: >=sys-devel/gcc-15)") from None
+    if atom.blocker or atom.use:
+        raise BadAtom(f"'{text.strip()}': no blockers or USE dependencies in a rule")
+    return atom
+
+
+def build_class(facts: dict) -> str | None:
+    """A drone's build class: its CHOST and CFLAGS (None until it sent them)."""
+    chost, cflags = facts.get("chost"), facts.get("cflags")
+    if not chost:
+        return None
+    return f"{chost}|{' '.join(str(cflags or '').split())}"
+
+
+@dataclass
+class Rule:
+    """One exclusion rule as stored."""
+
+    id: int
+    atom: str
+    drone: str | None
+    build_class: str | None
+    reason: str
+    source: str
+    who: str
+    at: str
+    until: str | None
+    identity: str | None = None
+    log: str | None = None  # auto: the last failure's kept log
+
+    def label(self) -> str:
+        """rule ID, or FILE line N for a rule of exclude.file."""
+        return f"rule {self.id}" if self.source != "file" else self.reason
+
+    def scope(self) -> str:
+        if self.drone:
+            return f"drone {self.drone}"
+        if self.build_class:
+            return f"class {self.build_class}"
+        return "every drone"
+
+    def to_dict(self) -> dict:
+        return {"id": self.id, "atom": self.atom, "drone": self.drone, "class": self.build_class,
+                "reason": self.reason, "source": self.source, "who": self.who, "at": self.at,
+                "until": self.until, "log": self.log}
+
+
+def rules(conn: sqlite3.Connection, now: datetime, auto_only: bool = False) -> list[Rule]:
+    """The rules in force (an ended one is not), oldest first."""
+    return [Rule(r["id"], r["atom"], r["drone"], r["class"], r["reason"], r["source"], r["who"],
+                 r["at"], r["until"], r["identity"], r["log"])
+            for r in conn.execute(
+                "SELECT * FROM exclusions WHERE (until IS NULL OR until > ?)"
+                " AND (? = 0 OR source = 'auto') ORDER BY id", (clock.iso(now), auto_only))]
+
+
+def add(conn: sqlite3.Connection, config: Config, atoms: list[tuple[int, str]], reason: str,
+        who: str, now: datetime, drone: str | None = None, until: str | None = None) -> list[dict]:
+    """Add manual rules (LINE, ATOM) all or none; returns each with what it matches."""
+    if drone is not None and drone not in config.drones:
+        raise SwarmError(f"unknown drone '{drone}': add a [drones.{drone}] table to {config.path}",
+                         ExitCode.USAGE)
+    parsed = []
+    for line, text in atoms:
+        try:
+            parsed.append((str(parse_atom(text)), text.strip()))
+        except BadAtom as exc:
+            raise BadAtom(f"line {line}: {exc}; nothing was added") from None
+    added = []
+    with db.write(conn):
+        for atom, _ in parsed:
+            rule_id = conn.execute(
+                "INSERT INTO exclusions (atom, drone, reason, source, who, at, until)"
+                " VALUES (?, ?, ?, 'manual', ?, ?, ?)",
+                (atom, drone, reason, who, clock.iso(now), until)).lastrowid
+            added.append({"id": rule_id, "atom": atom, "drone": drone})
+        refresh(conn, config, now)
+        for rule in added:
+            rule["matches"] = conn.execute("SELECT count(*) FROM excluded WHERE rule_id = ?",
+                                           (rule["id"],)).fetchone()[0]
+    return added
+
+
+def remove(conn: sqlite3.Connection, config: Config, selectors: list[str], now: datetime) -> int:
+    """Remove rules by id or atom (file rules live in their file); how many."""
+    removed = 0
+    with db.write(conn):
+        for selector in selectors:
+            column = "id" if selector.isdigit() else "atom"
+            value = int(selector) if column == "id" else selector
+            conn.execute(f"DELETE FROM excluded WHERE rule_id IN (SELECT id FROM exclusions"
+                         f" WHERE {column} = ? AND source != 'file')", (value,))
+            removed += conn.execute(
+                f"DELETE FROM exclusions WHERE {column} = ? AND source != 'file'",
+                (value,)).rowcount
+    return removed
+
+
+def matching(conn: sqlite3.Connection, config: Config, cpv: str, drone: str | None,
+             now: datetime) -> list[Rule]:
+    """The rules that keep CPV (a queued package or any CATEGORY/PF) from DRONE (or anyone)."""
+    from portage.dep import match_from_list
+    from portage.versions import _pkg_str, catpkgsplit
+
+    if "/" not in cpv or catpkgsplit(cpv) is None:
+        raise BadAtom(f"'{cpv}' is not CATEGORY/PF (a package name and version, e.g. "
+                      "app-misc/foo-1.0)")
+    row = conn.execute("SELECT cpv, slot, subslot, repo, use FROM packages WHERE cpv = ?"
+                       " AND active = 1", (cpv,)).fetchone()
+    slot = (f"{row['slot']}/{row['subslot']}" if row and row["subslot"] else
+            row["slot"] if row else "0")
+    package = _pkg_str(cpv, slot=slot, repo=(row["repo"] or None) if row else None)
+    facts = _facts(conn, drone) if drone else {}
+    found = []
+    # The file as it is now, not as last matched.
+    in_force = [r for r in rules(conn, now) if r.source != "file"] + file_rules(config)
+    for rule in in_force:
+        if drone and rule.drone not in (None, drone):
+            continue
+        if drone and rule.build_class not in (None, build_class(facts)):
+            continue
+        if match_from_list(parse_atom(rule.atom), [package]) and (
+                rule.identity is None or row is None or rule.identity == _identity(row)):
+            found.append(rule)
+    return found
+
+
+def listing(conn: sqlite3.Connection, config: Config, now: datetime,
+            auto_only: bool = False) -> list[dict]:
+    """The rules in force with how many queued packages each matches (for swarm-exclude list)."""
+    file_rules(config)  # a bad line is an error here, not a log entry
+    with db.write(conn):
+        refresh_if_stale(conn, config, now)
+    matches = dict(conn.execute("SELECT rule_id, count(*) FROM excluded GROUP BY rule_id"))
+    return [{**rule.to_dict(), "scope": rule.scope(), "matches": matches.get(rule.id, 0)}
+            for rule in rules(conn, now, auto_only)]
+
+
+def file_rules(config: Config) -> list[Rule]:
+    """The rules of exclude.file: one atom a line, # comments (package.mask syntax)."""
+    path = config.exclude.file
+    if not path:
+        return []
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise SwarmError(f"exclude.file {path}: {exc.strerror}") from None
+    found = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            try:
+                atom = str(parse_atom(line))
+            except BadAtom as exc:
+                raise BadAtom(f"{path} line {number}: {exc}") from None
+            found.append(Rule(-number, atom, None, None, f"{Path(path).name} line {number}",
+                              "file", "file", "", None))
+    return found
+
+
+def stamp(conn: sqlite3.Connection, config: Config) -> tuple[str, str | None]:
+    """(What the matches depend on now, what they were made from).
+
+    They depend on the latest scan, the scan's ARCH, the exclusion file and
+    the routes. Asked at every claim: one query and one stat().
+    """
+    scan, arch, made = conn.execute(
+        "SELECT (SELECT max(id) FROM scans), (SELECT value FROM resolve_state WHERE key = 'arch'),"
+        " (SELECT value FROM control_state WHERE key = 'stamp')").fetchone()
+    parts = [f"scan {scan}", f"arch {arch or None}",
+             json.dumps([[r.match, r.requires] for r in config.route])]
+    if config.exclude.file:
+        try:
+            st = Path(config.exclude.file).stat()
+            parts.append(f"{config.exclude.file}:{st.st_mtime_ns}:{st.st_size}")
+        except OSError:
+            parts.append(f"{config.exclude.file}:missing")
+    return hashlib.sha1(" ".join(parts).encode()).hexdigest()[:16], made
+
+
+def refresh_if_stale(conn: sqlite3.Connection, config: Config, now: datetime) -> bool:
+    """Match again if a scan, the exclusion file or the routes changed (in a write transaction)."""
+    current, made = stamp(conn, config)
+    if current == made:
+        return False
+    # A typo in the exclusion file must not stop every drone: the previous
+    # matches stay until it is fixed (swarm-exclude list says what is wrong).
+    conn.execute("SAVEPOINT control")
+    try:
+        refresh(conn, config, now)
+    except SwarmError as exc:
+        conn.execute("ROLLBACK TO control")
+        log.error("exclusions not matched again, the previous ones stay: %s", exc)
+        return False
+    finally:
+        conn.execute("RELEASE control")
+    return True
+
+
+def refresh(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
+    """Which queued packages each rule matches, and what each requires of a drone.
+
+    Runs inside the caller's write transaction (rules added, a scan applied).
+    An automatic rule whose package changed identity (a new version, other
+    USE) ends here: it was made for a build that is not wanted any more.
+    """
+    at = clock.iso(now)
+    queued = [Queued(r) for r in conn.execute(
+        "SELECT id, cpv, cp, slot, subslot, repo, use FROM packages WHERE active = 1")]
+    identities = {q.identity for q in queued}
+    for rule_id, identity in conn.execute(
+            "SELECT id, identity FROM exclusions WHERE source = 'auto' AND identity IS NOT NULL"
+            " AND (until IS NULL OR until > ?)", (at,)).fetchall():
+        if identity not in identities:
+            conn.execute("UPDATE exclusions SET until = ?, reason = reason || ?"
+                         " WHERE id = ?", (at, "; ended: the package changed", rule_id))
+    conn.execute("DELETE FROM excluded")
+    _store_file_rules(conn, config, now)
+    pools = Pools(queued)
+    for rule in rules(conn, now):
+        atom = parse_atom(rule.atom)
+        pool = pools.of(atom)
+        conn.executemany(
+            "INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
+            " VALUES (?, ?, ?, ?, ?)",
+            [(item.id, rule.id, rule.drone, rule.build_class, rule.until)
+             for item in _matches(atom, pool)
+             if rule.identity is None or rule.identity == item.identity])
+    routing.refresh(conn, config, queued)
+    conn.execute("INSERT OR REPLACE INTO control_state (key, value) VALUES ('stamp', ?)",
+                 (stamp(conn, config)[0],))
+
+
+class Pools:
+    """The queued packages an atom can match: by name, by category, or all (wildcards)."""
+
+    def __init__(self, queued: list):
+        self.all = queued
+        self.by_cp: dict[str, list] = {}
+        self.by_category: dict[str, list] = {}
+        for item in queued:
+            self.by_cp.setdefault(item.cp, []).append(item)
+            self.by_category.setdefault(item.category, []).append(item)
+
+    def of(self, atom) -> list:
+        category, _, name = atom.cp.partition("/")
+        if "*" not in atom.cp:
+            return self.by_cp.get(atom.cp, [])
+        return self.all if "*" in category else self.by_category.get(category, [])
+
+
+class Queued:
+    """An active package as rules see it (its Portage form made only when a rule asks)."""
+
+    __slots__ = ("id", "cpv", "cp", "use", "category", "identity", "_row", "_pkg")
+
+    def __init__(self, row):
+        self.id, self.cpv, self.cp, self.use = row["id"], row["cpv"], row["cp"], row["use"]
+        self.category = self.cpv.split("/", 1)[0]
+        self.identity = _identity(row)
+        self._row, self._pkg = row, None
+
+    @property
+    def pkg(self):
+        if self._pkg is None:
+            from portage.versions import _pkg_str
+
+            row = self._row
+            self._pkg = _pkg_str(self.cpv, slot=f"{row['slot']}/{row['subslot']}"
+                                 if row["subslot"] else row["slot"], repo=row["repo"] or None)
+        return self._pkg
+
+
+def _matches(atom, pool: list[Queued]) -> list[Queued]:
+    from portage.dep import match_from_list
+
+    by_pkg = {id(item.pkg): item for item in pool}
+    return [by_pkg[id(pkg)] for pkg in match_from_list(atom, [item.pkg for item in pool])]
+
+
+def _store_file_rules(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
+    # The file's atoms become rows (source 'file') so excluded can point at them.
+    conn.execute("DELETE FROM excluded WHERE rule_id IN (SELECT id FROM exclusions"
+                 " WHERE source = 'file')")
+    conn.execute("DELETE FROM exclusions WHERE source = 'file'")
+    conn.executemany(
+        "INSERT INTO exclusions (atom, reason, source, who, at) VALUES (?, ?, 'file', ?, ?)",
+        [(rule.atom, rule.reason, config.exclude.file, clock.iso(now))
+         for rule in file_rules(config)])
+
+
+def _identity(row) -> str:
+    return f"{row['cpv']}|{row['slot']}/{row['subslot'] or ''}|{row['repo']}|{row['use']}"
+
+
+def _facts(conn: sqlite3.Connection, drone: str) -> dict:
+    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
+    return json.loads(row[0]) if row else {}
+
+
+def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_id: int,
+                  kind: FailureKind, now: datetime, log_path: str | None = None) -> dict:
+    """Failure memory and drone health after a failed build (in the report's transaction).
+
+    Returns what it did: {"excluded": class or "everywhere" or None, "grounded": until or None}.
+    """
+    done = {"excluded": None, "grounded": None}
+    streak = _failures_in_a_row(conn, drone)
+    if len(streak) >= config.exclude.ground_after:
+        done["grounded"] = _ground(conn, config, drone, streak, now)
+        return done
+    if kind not in PACKAGE_FAILURES:
+        return done
+    facts = _facts(conn, drone)
+    my_class = build_class(facts)
+    if my_class is None:
+        return done
+    pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
+    failures = _class_failures(conn, pkg, my_class)
+    if failures < config.exclude.auto_failures:
+        return done
+    until = clock.later(now, config.exclude.auto_days * 86400)
+    classes = known_classes(conn, config)
+    excluded = {r["class"] for r in conn.execute(
+        "SELECT class FROM exclusions WHERE source = 'auto' AND identity = ? AND atom = ?"
+        " AND (until IS NULL OR until > ?)",
+        (_identity(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
+    everywhere = classes <= excluded
+    reason = (f"failed {failures} times on drones of class {my_class}"
+              + ("; it has now failed in every class" if everywhere else ""))
+    rule_id = conn.execute(
+        "INSERT INTO exclusions (atom, drone, class, reason, source, who, at, until, identity, log)"
+        " VALUES (?, NULL, ?, ?, 'auto', ?, ?, ?, ?, ?)",
+        (f"={pkg['cpv']}", None if everywhere else my_class, reason, drone, clock.iso(now),
+         until, _identity(pkg), log_path)).lastrowid
+    conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
+                 " VALUES (?, ?, NULL, ?, ?)",
+                 (package_id, rule_id, None if everywhere else my_class, until))
+    packages.record(conn, package_id, Event.EXCLUDED, "swarm-exclude", clock.iso(now),
+                    pkg["status"], pkg["status"], reason, drone)
+    done["excluded"] = "everywhere" if everywhere else my_class
+    return done
+
+
+def known_classes(conn: sqlite3.Connection, config: Config) -> set[str]:
+    """The build classes of the configured drones that sent their facts."""
+    return {c for name, facts in conn.execute("SELECT name, facts FROM drones")
+            if name in config.drones and (c := build_class(json.loads(facts))) is not None}
+
+
+def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
+    """Build failures of PKG's current identity on drones of MY_CLASS (grounded ones not)."""
+    since = conn.execute(
+        "SELECT max(id) FROM events WHERE package_id = ? AND event IN (?, ?, ?)",
+        (pkg["id"], Event.ADDED, Event.REQUEUED, Event.ON_BINHOST)).fetchone()[0] or 0
+    count = 0
+    for (facts,) in conn.execute(
+            "SELECT d.facts FROM events e JOIN drones d ON d.name = e.drone"
+            " WHERE e.package_id = ? AND e.event = ? AND e.id > ? AND e.kind IN (?, ?)"
+            " AND e.id NOT IN (SELECT event_id FROM forgiven)",
+            (pkg["id"], Event.BUILD_FAILED, since, *PACKAGE_FAILURES)):
+        count += build_class(json.loads(facts)) == my_class
+    return count
+
+
+def _failures_in_a_row(conn: sqlite3.Connection, drone: str) -> list[tuple]:
+    """This drone's latest outcomes that were failures, newest first, until a success."""
+    streak = []
+    for event in conn.execute(
+            "SELECT package_id, event, kind, at, id FROM events WHERE drone = ?"
+            " AND event IN (?, ?, ?, ?, ?) ORDER BY id DESC",
+            (drone, Event.BUILT, Event.BUILD_FAILED, Event.QUARANTINED, Event.GROUNDED,
+             Event.UNGROUNDED)):
+        if event["event"] in (Event.BUILT, Event.GROUNDED, Event.UNGROUNDED):
+            break
+        if event["kind"] == FailureKind.MISSING_DEPENDENCY:
+            continue  # waiting is not failing
+        streak.append(tuple(event))
+    return streak
+
+
+def _ground(conn, config: Config, drone: str, streak: list[tuple], now: datetime) -> str:
+    """Ground DRONE; its failures were its own: their packages get their attempt back."""
+    until = clock.later(now, config.exclude.ground_seconds)
+    reason = f"{len(streak)} failures in a row (the last: {streak[0][3]})"
+    conn.execute("UPDATE drones SET grounded_until = ?, grounded_reason = ? WHERE name = ?",
+                 (until, reason, drone))
+    at = clock.iso(now)
+    conn.executemany("INSERT OR IGNORE INTO forgiven (event_id) VALUES (?)",
+                     [(event_id,) for *_, event_id in streak])
+    # And what those failures excluded automatically on the way is lifted.
+    lifted = "source = 'auto' AND who = ? AND at >= ?"
+    conn.execute(f"DELETE FROM excluded WHERE rule_id IN (SELECT id FROM exclusions"
+                 f" WHERE {lifted})", (drone, streak[-1][3]))
+    conn.execute(f"DELETE FROM exclusions WHERE {lifted}", (drone, streak[-1][3]))
+    counted: dict[int, int] = {}  # attempts those failures counted, a package
+    for package_id, _, kind, _, _ in streak:
+        if kind in PACKAGE_FAILURES:
+            counted[package_id] = counted.get(package_id, 0) + 1
+    for package_id, failures in counted.items():
+        pkg = conn.execute("SELECT status, attempts FROM packages WHERE id = ?",
+                           (package_id,)).fetchone()
+        attempts = max(pkg["attempts"] - failures, 0)
+        detail = f"{failures} failure(s) were {drone}'s (grounded): not counted"
+        if pkg["status"] == State.FAILED:
+            packages.move(conn, package_id, expect=State.FAILED, to=State.NEEDED,
+                          event=Event.RETRY, actor="swarm-exclude", at=at, event_drone=drone,
+                          detail=detail, attempts=attempts, retry_after=None)
+        elif pkg["status"] == State.NEEDED:
+            packages.update(conn, package_id, attempts=attempts, retry_after=None)
+    packages.record(conn, None, Event.GROUNDED, "swarm-exclude", at, None, None,
+                    f"{drone} grounded until {until}: {reason}", drone)
+    log.warning("drone %s grounded until %s: %s", drone, until, reason)
+    return until
+
+
+def unground(conn: sqlite3.Connection, config: Config, drone: str, now: datetime) -> dict:
+    """Lift a drone's grounding by hand."""
+    if drone not in config.drones:
+        raise SwarmError(f"unknown drone '{drone}'", ExitCode.USAGE)
+    with db.write(conn):
+        conn.execute("UPDATE drones SET grounded_until = NULL, grounded_reason = NULL WHERE name = ?",
+                     (drone,))
+        packages.record(conn, None, Event.UNGROUNDED, "swarm-delegate", clock.iso(now), None, None,
+                        f"{drone}: grounding lifted by hand", drone)
+    return {"drone": drone, "grounded_until": None}

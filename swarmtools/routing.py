@@ -1,0 +1,75 @@
+"""Which drones can build a package: features they have, requirements packages have.
+
+A drone's features come from its heartbeat facts (``multilib`` when ABI_X86
+has 32, ``arch:ARCH``, ``cuda`` when it has a CUDA toolkit or device) and
+from its ``[drones.NAME]`` table (``features``, and ``mandatory_features``:
+a drone with those takes only packages that require all of them, as Nix
+builders do). A package's requirements come from its USE (``abi_x86_32``
+needs ``multilib``, ``cuda`` needs ``cuda``), the scan's ARCH, and the
+``[[route]]`` tables of the config (``match`` an atom, ``requires`` a list).
+They are kept in the table ``requirements`` (made again with the exclusion
+matches), so a claim tests them in SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from .config import Config
+
+# USE flags that need a drone feature.
+USE_FEATURES = {"abi_x86_32": "multilib", "cuda": "cuda"}
+
+
+def features(facts: dict, configured: list[str] = (), mandatory: list[str] = ()) -> set[str]:
+    """A drone's features: from its facts, then its config."""
+    found = set(configured) | set(mandatory)
+    if "32" in str(facts.get("abi_x86", "")).split():
+        found.add("multilib")
+    if facts.get("arch"):
+        found.add(f"arch:{facts['arch']}")
+    if facts.get("cuda"):
+        found.add("cuda")
+    return found
+
+
+def drone_features(conn: sqlite3.Connection, config: Config, drone: str) -> set[str]:
+    """DRONE's features from its last heartbeat and its config."""
+    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
+    settings = config.drones.get(drone)
+    return features(json.loads(row[0]) if row else {},
+                    settings.features if settings else (),
+                    settings.mandatory_features if settings else ())
+
+
+def scan_arch(conn: sqlite3.Connection) -> str | None:
+    """The ARCH the scan's Portage has (swarm-resolve learns it)."""
+    row = conn.execute("SELECT value FROM resolve_state WHERE key = 'arch'").fetchone()
+    return row[0] if row and row[0] else None
+
+
+def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
+    """What every queued package requires of a drone (inside the caller's transaction).
+
+    QUEUED: the active packages (exclude.Queued).
+    """
+    from .exclude import Pools, _matches, parse_atom
+
+    conn.execute("DELETE FROM requirements")
+    rows = []
+    arch = scan_arch(conn)
+    for item in queued:
+        flags = set(item.use.split())
+        for flag, feature in USE_FEATURES.items():
+            if flag in flags:
+                rows.append((item.id, feature, f"USE {flag}"))
+        if arch:
+            rows.append((item.id, f"arch:{arch}", "the scan's ARCH"))
+    pools = Pools(queued)
+    for route in config.route:
+        atom = parse_atom(route.match)
+        for item in _matches(atom, pools.of(atom)):
+            rows.extend((item.id, feature, f"[[route]] {route.match}") for feature in route.requires)
+    conn.executemany("INSERT OR IGNORE INTO requirements (package_id, feature, why) VALUES (?, ?, ?)",
+                     rows)

@@ -1,0 +1,384 @@
+"""Package control: exclusion rules, failure memory, capability routing, grounding, why."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from swarmtools import config as config_mod
+from swarmtools import db, delegate, exclude
+from swarmtools.drone import failure_kind
+from swarmtools.emerge import parse_merge_list
+from swarmtools.packages import FailureKind
+from swarmtools.queue import apply_scan
+from conftest import DroneSwarm, Swarm, add_drones, ebuild, one_line_error
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+AMD64 = "x86_64-pc-linux-gnu"
+CLASS_X = {"chost": AMD64, "cflags": "-O2 -pipe"}
+CLASS_Y = {"chost": AMD64, "cflags": "-O3 -march=native"}
+
+
+def scan(rows: list[str]) -> str:
+    """An emerge --pretend --verbose list of ROWS (CATEGORY/PF and what follows)."""
+    lines = "".join(f"[ebuild  N     ] {row}  0 KiB\n" for row in rows)
+    return f"{lines}\nTotal: {len(rows)} packages ({len(rows)} new), Size of downloads: 0 KiB\n"
+
+
+def beat(swarm: Swarm, drone: str, facts: dict) -> None:
+    r = swarm.run("swarm-delegate", "heartbeat", "--drone", drone, input=json.dumps(facts))
+    assert r.returncode == 0, r.stderr
+
+
+def claim(swarm: Swarm, drone: str) -> str | None:
+    r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["cpv"] if r.stdout.strip() else None
+
+
+def claims(swarm: Swarm, drone: str, limit: int) -> list[str]:
+    """Up to LIMIT fresh claims in one run (a second plain claim would renew the first)."""
+    r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json", "--limit", str(limit))
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line)["cpv"] for line in r.stdout.splitlines()]
+
+
+def fail(swarm: Swarm, drone: str, cpv: str, kind: str = "build") -> dict:
+    r = swarm.run("swarm-delegate", "report", "--drone", drone, cpv, "--failed", "--kind", kind,
+                  "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def auto_rules(swarm: Swarm) -> list[dict]:
+    r = swarm.run("swarm-exclude", "list", "--auto", "--json")
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+@pytest.fixture
+def control(tmp_path, monkeypatch) -> Swarm:
+    """Drones x1, x2 (class X), y1 (class Y); no back-off, so a failed package comes back."""
+    pytest.importorskip("portage")
+    s = Swarm(tmp_path / "swarm")
+    add_drones(s.config, {name: {"transport": "local"} for name in ("x1", "x2", "y1")})
+    config_mod.edit(s.config, {"delegate": {"retry_seconds": 0, "policy": "first"}})
+    monkeypatch.setenv("SWARM_CONFIG", str(s.config))
+    db.connect(s.db, create=True).close()
+    for name, facts in (("x1", CLASS_X), ("x2", CLASS_X), ("y1", CLASS_Y)):
+        beat(s, name, facts)
+    return s
+
+
+# --- exclusion rules -------------------------------------------------------
+
+ATOMS = ["app-misc/*", "*/*-bin", ">=dev-libs/lib-2", "dev-libs/lib:*", "sys-apps/*::gentoo",
+         "=app-misc/tool-1.0", "sys-apps/core", "*/*", "dev-libs/lib:1"]
+PACKAGES = ["app-misc/tool-1.0", "app-misc/tool-bin-2.0", "dev-libs/lib-1.5:1", "dev-libs/lib-2.1:2",
+            "sys-apps/core-3", "sys-apps/core-bin-1", "media-libs/x-0.1", "dev-libs/other-bin-4"]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rules=st.lists(st.tuples(st.sampled_from(ATOMS),
+                                st.sampled_from(["every", "d0", "d1", "d2", "class:X", "class:Y"])),
+                      max_size=5),
+       queue=st.lists(st.sampled_from(PACKAGES), min_size=1, max_size=8, unique=True),
+       classes=st.lists(st.sampled_from(["X", "Y"]), min_size=3, max_size=3),
+       order=st.randoms(use_true_random=False))
+def test_claims_never_go_to_a_drone_a_rule_covers_and_always_to_the_others(rules, queue, classes,
+                                                                           order):
+    pytest.importorskip("portage")
+    from portage.dep import Atom, match_from_list
+    from portage.versions import _pkg_str
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = config_mod.edit(_init(Path(tmp)), {
+            "drones": {f"d{i}": {"transport": "local"} for i in range(3)},
+            "delegate": {"policy": "first"}})
+        conn = db.connect(config.database, create=True)
+        apply_scan(conn, parse_merge_list(scan([f"{p}::gentoo" for p in queue])), "test", T0)
+        facts = {"X": CLASS_X, "Y": CLASS_Y}
+        for i, name in enumerate(classes):
+            delegate.heartbeat(conn, config, f"d{i}", facts[name], T0)
+        for atom, scope in rules:
+            drone = scope if scope.startswith("d") else None
+            if scope.startswith("class:"):  # as failure memory makes them
+                conn.execute("INSERT INTO exclusions (atom, class, reason, source, who, at)"
+                             " VALUES (?, ?, 'test', 'auto', 'test', ?)",
+                             (atom, exclude.build_class(facts[scope[6:]]), T0.isoformat()))
+            else:
+                exclude.add(conn, config, [(1, atom)], "test", "test", T0, drone=drone)
+        with db.write(conn):
+            exclude.refresh(conn, config, T0)
+
+        def covered(cpv: str, drone: str) -> bool:
+            slot = next((p.partition(":")[2] or "0" for p in queue if p.split(":")[0] == cpv))
+            pkg = _pkg_str(cpv, slot=slot, repo="gentoo")
+            my_class = classes[int(drone[1:])]
+            return any(match_from_list(Atom(atom, allow_wildcard=True, allow_repo=True), [pkg])
+                       and scope in ("every", drone, f"class:{my_class}") for atom, scope in rules)
+
+        drones = ["d0", "d1", "d2"]
+        claimed, idle = {}, set()
+        while len(idle) < len(drones):
+            drone = order.choice([d for d in drones if d not in idle])
+            job = delegate.claim(conn, config, drone, T0, renew=False)
+            if job is None:
+                idle.add(drone)
+                continue
+            assert not covered(job["cpv"], drone), (job["cpv"], drone, rules)
+            claimed[job["cpv"]] = drone
+        left = [r[0] for r in conn.execute("SELECT cpv FROM packages WHERE status = 'needed'")]
+        # What is left is covered for every drone; everything else was handed out.
+        for cpv in left:
+            assert all(covered(cpv, d) for d in drones), (cpv, rules)
+        assert set(claimed) | set(left) == {p.split(":")[0] for p in queue}
+        conn.close()
+
+
+def _init(root: Path) -> Path:
+    return Path(config_mod.init(root))
+
+
+def test_add_from_stdin_is_all_or_nothing_and_check_exits_like_grep(control):
+    r = control.run("swarm-fresh", "-q", "--from", "-",
+                    input=scan(["app-misc/foo-1.0::gentoo", "dev-util/tool-bin-2::gentoo"]))
+    assert r.returncode == 0, r.stderr
+    r = control.run("swarm-exclude", "add", "-", "--reason", "bad",
+                    input="# keep these\napp-misc/foo\n\n>=dev-util/x-1 extra\n")
+    assert r.returncode == 2
+    one_line_error(r, "swarm-exclude")
+    assert "line 4" in r.stderr and "nothing was added" in r.stderr
+    assert control.run("swarm-exclude", "list", "--json").stdout == ""
+    r = control.run("swarm-exclude", "add", "-", "--reason", "licence", "--json",
+                    input="*/*-bin   # binaries from upstream\nsys-kernel/never-here\n")
+    assert r.returncode == 0, r.stderr
+    added = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(a["atom"], a["matches"]) for a in added] == [("*/*-bin", 1),
+                                                          ("sys-kernel/never-here", 0)]
+    assert "rule 2 (sys-kernel/never-here) matches nothing" in r.stderr
+    r = control.run("swarm-exclude", "check", "dev-util/tool-bin-2")
+    assert r.returncode == 0 and "*/*-bin" in r.stdout and "licence" in r.stdout
+    r = control.run("swarm-exclude", "check", "app-misc/foo-1.0")
+    assert (r.returncode, r.stdout) == (1, "")
+    r = control.run("swarm-exclude", "check", "not-a-cpv")
+    assert r.returncode == 2
+    one_line_error(r, "swarm-exclude")
+    # Every drone is covered: nobody claims the -bin package.
+    assert {claim(control, d) for d in ("x1", "x2", "y1")} == {"app-misc/foo-1.0", None}
+    assert control.run("swarm-exclude", "remove", "*/*-bin").returncode == 0
+    assert claim(control, "y1") == "dev-util/tool-bin-2"
+    r = control.run("swarm-exclude", "remove", "999")
+    assert r.returncode == 1
+
+
+def test_a_drone_rule_keeps_it_from_that_drone_only(control):
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    r = control.run("swarm-exclude", "add", "app-misc/foo", "--drone", "x1", "--reason", "old kernel")
+    assert r.returncode == 0, r.stderr
+    assert control.run("swarm-exclude", "check", "app-misc/foo-1.0", "--drone", "x2").returncode == 1
+    assert control.run("swarm-exclude", "check", "app-misc/foo-1.0", "--drone", "x1").returncode == 0
+    assert claim(control, "x1") is None
+    why = json.loads(control.run("swarm-status", "--why", "app-misc/foo-1.0", "--json").stdout)
+    x1 = next(d for d in why["drones"] if d["drone"] == "x1")
+    assert x1["reasons"][0]["rule"] == "excluded" and "old kernel" in x1["reasons"][0]["why"]
+    assert why["eligible_for"] == ["x2", "y1"]
+    assert claim(control, "x2") == "app-misc/foo-1.0"
+
+
+def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
+    mask = tmp_path / "swarm.mask"
+    mask.write_text("# kept in git\n>=app-misc/foo-2  # too new\n")
+    config_mod.edit(control.config, {"exclude": {"file": str(mask)}})
+    control.run("swarm-fresh", "-q", "--from", "-",
+                input=scan(["app-misc/foo-2.1::gentoo", "app-misc/bar-1::gentoo"]))
+    r = control.run("swarm-exclude", "check", "app-misc/foo-2.1")
+    assert r.returncode == 0 and "swarm.mask line 2" in r.stdout
+    assert claims(control, "x1", 2) == ["app-misc/bar-1"]
+    mask.write_text("")  # the file changed: the next claim matches again
+    assert claim(control, "x2") == "app-misc/foo-2.1"
+    mask.write_text("this is not an atom\n")
+    r = control.run("swarm-exclude", "list")
+    assert r.returncode == 2 and "swarm.mask line 1" in r.stderr
+
+
+# --- failure memory ----------------------------------------------------------
+
+def test_three_failures_in_one_class_exclude_for_that_class_only(control):
+    r = control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    assert r.returncode == 0, r.stderr
+    answers = []
+    for drone in ("x1", "x2", "x1"):
+        assert claim(control, drone) == "app-misc/foo-1.0"
+        answers.append(fail(control, drone, "app-misc/foo-1.0"))
+    assert [a["excluded"] for a in answers] == [None, None, f"{AMD64}|-O2 -pipe"]
+    (rule,) = auto_rules(control)
+    assert rule["class"] == f"{AMD64}|-O2 -pipe" and "failed 3 times" in rule["reason"]
+    assert claim(control, "x2") is None and claim(control, "x1") is None
+    assert control.run("swarm-exclude", "check", "app-misc/foo-1.0", "--drone", "x1").returncode == 0
+    assert control.run("swarm-exclude", "check", "app-misc/foo-1.0", "--drone", "y1").returncode == 1
+    # A drone of another class still gets it.
+    assert claim(control, "y1") == "app-misc/foo-1.0"
+    # A new version lifts the automatic exclusion.
+    control.run("swarm-delegate", "release", "--drone", "y1", "app-misc/foo-1.0")
+    r = control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.1::gentoo"]))
+    assert r.returncode == 0, r.stderr
+    assert auto_rules(control) == []
+    assert claim(control, "x1") == "app-misc/foo-1.1"
+
+
+def test_failing_in_every_class_excludes_everywhere(control):
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
+    assert claim(control, "x1") == "app-misc/foo-1.0"
+    assert fail(control, "x1", "app-misc/foo-1.0")["excluded"] == f"{AMD64}|-O2 -pipe"
+    assert claim(control, "y1") == "app-misc/foo-1.0"
+    assert fail(control, "y1", "app-misc/foo-1.0")["excluded"] == "everywhere"
+    assert [r["scope"] for r in auto_rules(control)] == [f"class {AMD64}|-O2 -pipe", "every drone"]
+    assert all(claim(control, d) is None for d in ("x1", "x2", "y1"))
+
+
+def test_a_full_disk_excludes_nothing(control):
+    # One failure would be enough to exclude a package, were it the package's.
+    config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
+    control.run("swarm-fresh", "-q", "--from", "-",
+                input=scan([f"app-misc/p{i}-1::gentoo" for i in range(4)]))
+    for _ in range(8):  # every package twice on one drone: a full disk each time
+        cpv = claim(control, "x1")
+        answer = fail(control, "x1", cpv, kind="environment")
+        assert (answer["status"], answer["attempts"], answer["excluded"]) == ("needed", 0, None)
+    assert auto_rules(control) == []
+    assert control.query("SELECT count(*) FROM packages WHERE status = 'needed'") == [(4,)]
+    # Eight in a row grounded it (the drone's trouble), and another drone builds them.
+    r = control.run("swarm-delegate", "claim", "--drone", "x1")
+    assert r.returncode == 1 and "grounded until" in r.stderr
+    assert claim(control, "x2") == "app-misc/p0-1"
+
+
+def test_the_drone_tells_a_full_disk_and_a_fetch_failure_from_a_build_failure(tmp_path):
+    log = tmp_path / "failure.log"
+    log.write_text(">>> Compiling source\ncp: error writing '/dev/full': No space left on device\n"
+                   " * ERROR: app-misc/foo-1::gentoo failed (compile phase):\n")
+    assert failure_kind(log) == FailureKind.ENVIRONMENT
+    log.write_text(">>> Downloading 'https://example.invalid/foo-1.tar.gz'\n"
+                   "!!! Couldn't download 'foo-1.tar.gz'. Aborting.\n"
+                   " * Fetch failed for 'app-misc/foo-1', Log file:\n")
+    assert failure_kind(log) == FailureKind.FETCH
+    log.write_text("foo.c:3:1: error: expected ';' before '}' token\n"
+                   " * ERROR: app-misc/foo-1::gentoo failed (compile phase):\n")
+    assert failure_kind(log) == FailureKind.BUILD
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_is_the_drones_trouble(tmp_path):
+    """The kernel's own ENOSPC (writing to /dev/full), in a real emerge on a real drone."""
+    pytest.importorskip("portage")
+    body = 'src_compile() { cp "${T}/environment" /dev/full || die "cannot write"; }\n'
+    swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/full"],
+                       delegate={"lease_seconds": 60, "heartbeat_seconds": 1, "poll_seconds": 1},
+                       extra_ebuilds={"app-misc/full/full-1.ebuild": ebuild(body)})
+    config_mod.edit(swarm.config, {"exclude": {"auto_failures": 1}})
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    d1 = swarm.drone("d1", "--once")
+    d1.communicate(timeout=180)
+    assert swarm.query("SELECT kind FROM events WHERE event = 'build-failed'") == [("environment",)]
+    assert swarm.query("SELECT status, attempts FROM packages") == [("needed", 0)]
+    assert auto_rules(swarm) == []
+
+
+# --- grounding -----------------------------------------------------------------
+
+def test_a_broken_drone_is_grounded_and_its_failures_count_against_no_package(control):
+    config_mod.edit(control.config, {"exclude": {"auto_failures": 2, "ground_after": 10}})
+    cpvs = [f"app-misc/p{i}-1" for i in range(5)]
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan([f"{c}::gentoo" for c in cpvs]))
+    failed = []
+    for _ in range(10):  # each package twice: failure memory would exclude all five
+        cpv = claim(control, "x1")
+        assert cpv is not None
+        failed.append(fail(control, "x1", cpv))
+    assert sorted(a["cpv"] for a in failed) == sorted(cpvs * 2)
+    assert failed[-1]["grounded"] and failed[4]["excluded"] is None
+    assert any(a["excluded"] for a in failed[5:9])  # it did exclude on the way...
+    assert auto_rules(control) == []                # ...and the grounding lifted it
+    for cpv in cpvs:
+        assert control.run("swarm-exclude", "check", cpv, "--drone", "x2").returncode == 1
+    assert control.query("SELECT DISTINCT status, attempts FROM packages") == [("needed", 0)]
+    r = control.run("swarm-delegate", "claim", "--drone", "x1")
+    assert r.returncode == 1
+    one_line_error(r, "swarm-delegate")
+    assert "x1' is grounded until" in r.stderr and "10 failures in a row" in r.stderr
+    figures = json.loads(control.run("swarm-status", "--json").stdout)
+    x1 = next(d for d in figures["drones"] if d["drone"] == "x1")
+    assert x1["grounded_until"] and "10 failures in a row" in x1["grounded_reason"]
+    assert "until " in control.run("swarm-status").stdout
+    why = json.loads(control.run("swarm-status", "--why", cpvs[0], "--json").stdout)
+    assert next(d for d in why["drones"] if d["drone"] == "x1")["reasons"][0]["rule"] == "grounded"
+    # A drone of the same class builds them; a person lifts the grounding.
+    assert claim(control, "x2") in cpvs
+    assert control.run("swarm-delegate", "unground", "--drone", "x1").returncode == 0
+    assert claim(control, "x1") in cpvs
+    # The gateway does not let a drone lift its own grounding.
+    r = control.run("swarm-delegate", "gateway", "--drone", "x1", "--config", str(control.config),
+                    env={**control.env, "SSH_ORIGINAL_COMMAND": "swarm-delegate unground --drone x1"})
+    assert r.returncode == 2
+
+
+# --- capability routing ----------------------------------------------------------
+
+def test_multilib_and_cuda_go_only_to_drones_that_have_them(control):
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan([
+        'app-emulation/wine-9::gentoo  ABI_X86="32 64"',
+        'sci-libs/torch-2::gentoo  USE="cuda"',
+        'app-misc/plain-1::gentoo  USE="-cuda" ABI_X86="64 -32"']))
+    beat(control, "x1", {**CLASS_X, "abi_x86": "64"})
+    beat(control, "x2", {**CLASS_X, "abi_x86": "32 64"})
+    # x1 has no multilib: never wine; nobody has CUDA: never torch.
+    assert claims(control, "x1", 3) == ["app-misc/plain-1"]
+    why = json.loads(control.run("swarm-status", "--why", "sci-libs/torch-2", "--json").stdout)
+    assert why["eligible_for"] == []
+    (general,) = why["reasons"]
+    assert general["rule"] == "capability" and "cuda (USE cuda)" in general["why"]
+    assert "no online drone" in general["why"]
+    text = control.run("swarm-status", "--why", "app-emulation/wine-9").stdout
+    assert "x1: capability: x1 lacks multilib (USE abi_x86_32)" in text
+    figures = json.loads(control.run("swarm-status", "--json").stdout)
+    assert figures["blocked"]["capability"] == 1  # torch; wine has x2
+    assert claim(control, "x2") == "app-emulation/wine-9"
+    assert claim(control, "y1") is None
+    beat(control, "y1", {**CLASS_Y, "cuda": True})  # a CUDA drone comes online
+    assert claim(control, "y1") == "sci-libs/torch-2"
+
+
+def test_routes_and_mandatory_features(control):
+    config_mod.edit(control.config, {
+        "route": [{"match": "sci-libs/*", "requires": ["big-memory"]}],
+        "drones": {"y1": {"transport": "local", "features": ["big-memory"],
+                          "mandatory_features": ["big-memory"]}}})
+    control.run("swarm-fresh", "-q", "--from", "-",
+                input=scan(["sci-libs/big-1::gentoo", "app-misc/small-1::gentoo"]))
+    assert claims(control, "x1", 2) == ["app-misc/small-1"]  # sci-libs/big needs big-memory
+    control.run("swarm-delegate", "release", "--drone", "x1", "app-misc/small-1")
+    # y1 takes only what requires big-memory.
+    assert claims(control, "y1", 3) == ["sci-libs/big-1"]
+    why = json.loads(control.run("swarm-status", "--why", "app-misc/small-1", "--json").stdout)
+    y1 = next(d for d in why["drones"] if d["drone"] == "y1")
+    assert "takes only packages that require big-memory" in y1["reasons"][0]["why"]
+
+
+def test_status_counts_what_keeps_packages_back(control):
+    control.run("swarm-fresh", "-q", "--from", "-",
+                input=scan(["app-misc/a-1::gentoo", "app-misc/b-1::gentoo", "app-misc/c-1::gentoo"]))
+    control.run("swarm-exclude", "add", "app-misc/a", "--reason", "no")
+    config_mod.edit(control.config, {"delegate": {"retry_seconds": 3600}})
+    assert claim(control, "x1") == "app-misc/b-1"
+    fail(control, "x1", "app-misc/b-1")
+    figures = json.loads(control.run("swarm-status", "--json").stdout)
+    assert figures["blocked"]["excluded"] == 1
+    text = control.run("swarm-status").stdout
+    assert "kept back:     excluded 1" in text
