@@ -109,6 +109,12 @@ def test_rsync_upload_lands_in_the_drones_staging(gate, tmp_path):
     assert landed.read_bytes() == b"binary package"
 
 
+def test_a_verbose_or_compressed_upload_is_an_upload_too(gate, tmp_path):
+    r = rsync_upload(gate, tmp_path, "app-test/pkg0/pkg0-1.0-1.gpkg.tar", extra="-v -z")
+    assert r.returncode == 0, r.stderr
+    assert "pkg0-1.0-1.gpkg.tar" in r.stdout  # rsync -v names what it sent
+
+
 @pytest.mark.parametrize("dest", ["../d2/pkg.gpkg.tar", "/tmp/evil.gpkg.tar", "a/../../x", "../../../etc/x"])
 def test_rsync_outside_the_staging_area_is_refused(gate, tmp_path, dest):
     r = rsync_upload(gate, tmp_path, dest)
