@@ -63,6 +63,16 @@ def parse_atom(text: str):
     return atom
 
 
+def _versioned(text: str) -> str:
+    """A bare CATEGORY/PF (as swarm-status --packages prints) means that version: =CPV."""
+    from portage.versions import catpkgsplit
+
+    text = text.strip()
+    if text[:1].isalnum() and "/" in text and ":" not in text and catpkgsplit(text) is not None:
+        return f"={text}"
+    return text
+
+
 def build_class(facts: dict) -> str | None:
     """A drone's build class: its CHOST and CFLAGS (None until it sent them)."""
     chost, cflags = facts.get("chost"), facts.get("cflags")
@@ -122,7 +132,7 @@ def add(conn: sqlite3.Connection, config: Config, atoms: list[tuple[int, str]], 
     parsed = []
     for line, text in atoms:
         try:
-            parsed.append((str(parse_atom(text)), text.strip()))
+            parsed.append((str(parse_atom(_versioned(text))), text.strip()))
         except BadAtom as exc:
             raise BadAtom(f"line {line}: {exc}; nothing was added") from None
     added = []

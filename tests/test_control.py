@@ -177,6 +177,22 @@ def test_add_from_stdin_is_all_or_nothing_and_check_exits_like_grep(control):
     assert r.returncode == 1
 
 
+def test_failed_packages_piped_from_status_are_excluded_by_version(control):
+    control.run("swarm-fresh", "-q", "--from", "-",
+                input=scan(["app-misc/foo-1.0::gentoo", "app-misc/bar-2::gentoo"]))
+    assert claim(control, "x1") == "app-misc/foo-1.0"
+    fail(control, "x1", "app-misc/foo-1.0")
+    listed = control.run("swarm-status", "--packages", "--state", "failed").stdout
+    cpvs = "".join(json.loads(line)["cpv"] + "\n" for line in listed.splitlines())  # jq -r .cpv
+    assert cpvs == "app-misc/foo-1.0\n"
+    r = control.run("swarm-exclude", "add", "-", "--reason", "bug 123", input=cpvs)
+    assert r.returncode == 0, r.stderr
+    (rule,) = [json.loads(line) for line in
+               control.run("swarm-exclude", "list", "--json").stdout.splitlines()]
+    assert (rule["atom"], rule["matches"]) == ("=app-misc/foo-1.0", 1)
+    assert control.run("swarm-exclude", "check", "app-misc/foo-1.1").returncode == 1
+
+
 def test_a_drone_rule_keeps_it_from_that_drone_only(control):
     control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
     r = control.run("swarm-exclude", "add", "app-misc/foo", "--drone", "x1", "--reason", "old kernel")

@@ -62,6 +62,9 @@ def cli():
 def add(run_, as_json, atoms, reason, drone, days):
     """Add rules: each ATOM, or with - one atom a line from stdin (# comments).
 
+    A bare CATEGORY/PF (app-misc/foo-1.0, as swarm-status --packages prints
+    it) means that version: =app-misc/foo-1.0.
+
     All or nothing: an invalid atom is refused with its line number and no
     rule is added. A rule that matches nothing in the queue is added with a
     warning (it may match what a later scan brings).
@@ -70,7 +73,7 @@ def add(run_, as_json, atoms, reason, drone, days):
     Examples:
       swarm-exclude add 'media-video/nvidia-drivers' --reason "licence: not ours to ship"
       swarm-exclude add '>=sys-devel/gcc-15' --drone d3 --reason "d3's kernel too old"
-      swarm-status --packages --state failed | jq -r .cpv | sed 's/^/=/' \\
+      swarm-status --packages --state failed | jq -r .cpv \\
           | swarm-exclude add - --reason "broken upstream, see bug 123"
     """
     config = run_.config()
