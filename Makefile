@@ -19,6 +19,7 @@ demo: setup
 	$(RUN) $(BIN)/python demo/demo.py
 
 test: setup
+	./scripts/system-deps --browser
 	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
@@ -28,6 +29,7 @@ bench: setup
 	$(RUN) $(BIN)/python benchmarks/fresh.py
 	$(RUN) $(BIN)/python benchmarks/claim.py
 	$(RUN) $(BIN)/python benchmarks/sync.py
+	$(RUN) $(BIN)/python benchmarks/page.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -11,7 +11,8 @@ report starts swarm-sync, and a cron-like loop runs it every two seconds
 too (d2 is kept from one package by a swarm-exclude rule, and swarm-status
 --why says what each package waits for). No drone compiles anything it did not claim. Then a fresh client installs the whole world with
 `emerge --getbinpkgonly`: nothing is built from source. Last, a version bump
-in the tree is scanned, built and published, superseding the old build.
+in the tree is scanned, built and published, superseding the old build, and
+swarm-status writes the status page (www/index.html) and prints the metrics.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 """
 
@@ -89,6 +90,12 @@ def main() -> None:
         build(env)
         show("swarm-sync", "-v", env=env)
         show("swarm-status", env=env)
+        page = DEMO / "www" / "index.html"
+        page.parent.mkdir(exist_ok=True)
+        show("swarm-status", "--html", str(page), env=env)
+        print(f"demo: the status page is {page} (open it in a browser; cron writes it every "
+              f"minute on a real orchestrator), its figures in {page.with_suffix('.json')}")
+        show("swarm-status", "--prometheus", env=env)
     finally:
         server.terminate()
         server.wait()

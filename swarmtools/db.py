@@ -215,6 +215,15 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     ALTER TABLE drones ADD COLUMN grounded_until TEXT;
     ALTER TABLE drones ADD COLUMN grounded_reason TEXT;
     """,
+    # 7: the last run of a command that leaves no other trace when it has
+    # nothing to do (swarm-sync from cron), for the status page.
+    """
+    CREATE TABLE runs (
+        command     TEXT PRIMARY KEY,
+        at          TEXT NOT NULL,
+        summary     TEXT NOT NULL               -- JSON counts of what it did
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,9 +16,13 @@ from .packages import STATES, Event, State
 DRONE_RULES = ("held", "excluded", "capability")
 
 
-def summary(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
-    """Drones online, success rate, counts per state, one entry a drone."""
-    drones = drone_table(conn, config, now)
+def summary(conn: sqlite3.Connection, config: Config, now: datetime,
+            drones: list[dict] | None = None, kept: dict[str, set[int]] | None = None) -> dict:
+    """Drones online, success rate, counts per state, one entry a drone.
+
+    DRONES and KEPT: drone_table's and kept_back's answers, when the caller has them.
+    """
+    drones = drone_table(conn, config, now) if drones is None else drones
     states = dict.fromkeys(STATES, 0)
     for status, count in conn.execute(
             "SELECT status, count(*) FROM packages WHERE active = 1 GROUP BY status"):
@@ -39,8 +43,10 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
         "retired": retired,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
+        "last_sync": last_run(conn, "swarm-sync"),
         "waiting": waiting(conn),
-        "blocked": blocked(conn, config, now),
+        "blocked": {rule: len(ids) for rule, ids in
+                    (kept or kept_back(conn, config, now, drones)).items()},
         **staging_backlog(config, conn, now),
         "drones": drones,
     }
@@ -69,32 +75,40 @@ def waiting(conn: sqlite3.Connection) -> dict:
             "on_failure": sum(on_failure(p) for p in waiting_ids)}
 
 
-def blocked(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
-    """How many needed packages each eligibility rule keeps from being built now.
+def blocked(conn: sqlite3.Connection, config: Config, now: datetime,
+            drones: list[dict] | None = None) -> dict:
+    """How many needed packages each eligibility rule keeps from being built now."""
+    return {rule: len(ids) for rule, ids in kept_back(conn, config, now, drones).items()}
 
-    A drone rule (held, excluded, capability) blocks a package when it keeps
-    it from every online drone that is not grounded; "no drone" counts the
+
+def kept_back(conn: sqlite3.Connection, config: Config, now: datetime,
+              drones: list[dict] | None = None) -> dict[str, set[int]]:
+    """The needed packages each eligibility rule keeps from being built now, by rule name.
+
+    A drone rule (held, excluded, capability) keeps a package when it keeps
+    it from every online drone that is not grounded; "no drone" holds the
     needed packages while no drone may claim at all. A package kept by
-    several rules counts under each.
+    several rules is under each. DRONES: drone_table's answer, if at hand.
     """
     from .delegate import claimant_for
 
     anyone = eligibility.Claimant(None, now, clock.iso(now))
     claimants = [claimant_for(conn, config, d["drone"], now)
-                 for d in drone_table(conn, config, now) if d["online"] and not d["grounded_until"]]
-    counts = {}
+                 for d in drones or drone_table(conn, config, now)
+                 if d["online"] and not d["grounded_until"]]
+    kept = {}
     for rule in eligibility.RULES[1:]:  # the first, Wanted, is what "needed" means
         if rule.name in DRONE_RULES:
-            kept = None
+            common = None
             for claimant in claimants:
                 ids = _kept_by(conn, rule, claimant)
-                kept = ids if kept is None else kept & ids
-            counts[rule.name] = len(kept or ())
+                common = ids if common is None else common & ids
+            kept[rule.name] = common or set()
         else:
-            counts[rule.name] = len(_kept_by(conn, rule, anyone))
-    counts["no drone"] = 0 if claimants else conn.execute(
-        "SELECT count(*) FROM packages WHERE status = 'needed' AND active = 1").fetchone()[0]
-    return counts
+            kept[rule.name] = _kept_by(conn, rule, anyone)
+    kept["no drone"] = set() if claimants else {r[0] for r in conn.execute(
+        "SELECT id FROM packages WHERE status = 'needed' AND active = 1")}
+    return kept
 
 
 def _kept_by(conn: sqlite3.Connection, rule: eligibility.Rule, claimant) -> set[int]:
@@ -171,9 +185,12 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             "SELECT actor, event, count(*) FROM events WHERE event IN (?, ?) GROUP BY actor, event",
             (Event.BUILT, Event.BUILD_FAILED))
     }
-    holding = dict(conn.execute(
-        "SELECT drone, count(*) FROM packages WHERE status = ? AND active = 1 GROUP BY drone",
-        (State.DELEGATED,)).fetchall())
+    building = defaultdict(list)
+    for drone, cpv, since in conn.execute(
+            "SELECT p.drone, p.cpv, (SELECT max(e.at) FROM events e WHERE e.package_id = p.id"
+            " AND e.event = ?) FROM packages p WHERE p.status = ? AND p.active = 1 ORDER BY p.id",
+            (Event.CLAIMED, State.DELEGATED)):
+        building[drone].append({"cpv": cpv, "since": since})
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
     names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
     drones = []
@@ -186,7 +203,9 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             "configured": name in config.drones,
             "online": bool(last and now - last <= window),
             "last_heartbeat": last.isoformat() if last else None,
-            "building": holding.get(name, 0),
+            "building": len(building.get(name, ())),
+            "building_packages": building.get(name, []),
+            "speed": beat["speed"] if beat else None,
             "built": ok,
             "failed": failed,
             "success_rate": _rate(ok, failed),
@@ -196,6 +215,12 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             "facts": json.loads(beat["facts"]) if beat else {},
         })
     return drones
+
+
+def last_run(conn: sqlite3.Connection, command: str) -> dict | None:
+    """When COMMAND last ran to its end, and what it counted then."""
+    row = conn.execute("SELECT at, summary FROM runs WHERE command = ?", (command,)).fetchone()
+    return {"at": row["at"], **json.loads(row["summary"])} if row else None
 
 
 def _rate(ok: int, failed: int) -> float | None:

@@ -23,6 +23,7 @@ same PATH. The layout of staging and binhost is drawn in :mod:`staging`.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -71,16 +72,17 @@ def lock_path(config: Config) -> Path:
     return config.state_dir / "swarm-sync.lock"
 
 
-def publish(config: Config, now: datetime, dry_run: bool = False) -> SyncResult:
+def publish(config: Config, now: datetime, dry_run: bool = False, progress=None) -> SyncResult:
     """Publish every received package; raise TryLater when another run holds the lock."""
     with db.run_lock(lock_path(config), config.database, "swarm-sync"):
-        return _publish_locked(config, now, dry_run)
+        return _publish_locked(config, now, dry_run, progress)
 
 
-def _publish_locked(config: Config, now: datetime, dry_run: bool = False) -> SyncResult:
+def _publish_locked(config: Config, now: datetime, dry_run: bool = False,
+                    progress=None) -> SyncResult:
     conn = db.connect(config.database)
     try:
-        return Publisher(config, conn, now, dry_run).run()
+        return Publisher(config, conn, now, dry_run, progress).run()
     finally:
         conn.close()
 
@@ -156,8 +158,11 @@ class _Reject(Exception):
 class Publisher:
     """One run of swarm-sync."""
 
-    def __init__(self, config: Config, conn: sqlite3.Connection, now: datetime, dry_run: bool):
+    def __init__(self, config: Config, conn: sqlite3.Connection, now: datetime, dry_run: bool,
+                 progress=None):
+        """PROGRESS(done, total, cpv), when given, is called as each received package is checked."""
         self.config = config
+        self.progress = progress
         self.conn = conn
         self.now = now
         self.at = clock.iso(now)
@@ -196,7 +201,12 @@ class Publisher:
         log.info("%d received package(s) to publish", len(received))
         if received and not self.dry_run:
             self.binhost.clear_incoming()
-        ready = [(pkg, path) for pkg in received if (path := self._place_or_quarantine(pkg))]
+        ready = []
+        for done, pkg in enumerate(received, 1):
+            if self.progress:
+                self.progress(done, len(received), pkg["cpv"])
+            if path := self._place_or_quarantine(pkg):
+                ready.append((pkg, path))
         _hook("copied")
         if (ready or reindex or stale) and not self.dry_run:
             superseded = self.index.publish(
@@ -211,7 +221,16 @@ class Publisher:
         if not self.dry_run and self.config.binhost.rsync_target:
             mirror(self.binhost.path, self.config.binhost.rsync_target,
                    self.config.binhost.rsync_ssh_command)
+        if not self.dry_run:
+            self._record_run()
         return self.result
+
+    def _record_run(self) -> None:
+        # The status page's "last sync": a run with nothing to do leaves no event.
+        counts = {name: len(value) for name, value in vars(self.result).items()}
+        with db.write(self.conn):
+            self.conn.execute("INSERT OR REPLACE INTO runs (command, at, summary) VALUES (?, ?, ?)",
+                              (ACTOR, self.at, json.dumps(counts, sort_keys=True)))
 
     def _check_synced(self, published: Index | None):
         """What the index and disk say of every synced package.

@@ -185,6 +185,26 @@ def ebuild(body: str = "", description: str = "test package") -> str:
 
 
 @pytest.fixture(scope="session")
+def example_swarm(tmp_path_factory) -> DroneSwarm:
+    """Two local drones that built and published the example world with the real emerge
+    (about a minute): shared by the tests that look at such a swarm without changing it.
+    Its drones' (returncode, stdout, stderr) are in .drone_results."""
+    pytest.importorskip("portage")
+    swarm = DroneSwarm(tmp_path_factory.mktemp("example"), publish=True)
+    try:
+        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
+        outputs = [p.communicate(timeout=400) for p in procs]
+        swarm.drone_results = [(p.returncode, *out) for p, out in zip(procs, outputs)]
+        if all(p.returncode == 0 for p in procs):  # (else the tests say what the drones said)
+            swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE"
+                           " status != 'synced')", timeout=60)
+    finally:
+        swarm.stop()
+    return swarm
+
+
+@pytest.fixture(scope="session")
 def built_packages(tmp_path_factory) -> Path:
     """A PKGDIR holding a real gpkg of every example package (one emerge, ~30 s)."""
     pytest.importorskip("portage")

@@ -40,18 +40,9 @@ def events(swarm, cpv):
         " WHERE p.cpv = ? ORDER BY e.id", (cpv,))]
 
 
-def test_two_local_drones_build_the_example_world(tmp_path):
-    pytest.importorskip("portage")
-    swarm = DroneSwarm(tmp_path, publish=True)
-    try:
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
-        procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
-        results = [p.communicate(timeout=400) for p in procs]
-    finally:
-        swarm.stop()
-    assert [p.returncode for p in procs] == [0, 0], results
-    swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE status != 'synced')",
-                   timeout=60)
+def test_two_local_drones_build_the_example_world(example_swarm):
+    swarm = example_swarm  # fresh --resolve, then two drones --drain, publishing as they go
+    assert [r[0] for r in swarm.drone_results] == [0, 0], swarm.drone_results
     rows = swarm.query("SELECT cpv, status, drone, binhost_path FROM packages")
     assert {r[0] for r in rows} == example_cpvs()
     assert {r[1] for r in rows} == {"synced"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -31,10 +32,16 @@ from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run,
               help="Why PACKAGE is not being built: the reasons for every drone, then each "
                    "drone's own.")
 @click.option("--drone", metavar="NAME", help="With --why: only this drone's reasons.")
+@click.option("--html", "html_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Write the status page to FILE, its JSON twin beside it (FILE with .json) "
+                   "and the failure logs under logs/ there; print nothing.")
+@click.option("--prometheus", is_flag=True,
+              help="Print the figures in Prometheus's text format (node_exporter's textfile "
+                   "collector).")
 @click.argument("package", required=False, metavar="[PACKAGE]")
 @pass_run
 def cli(run_, as_json, list_packages, state, retired, show_history, last, explain, drone,
-        package):
+        html_path, prometheus, package):
     """Show the swarm: drones, success rate, packages per state.
 
     Every figure is derived from the database and staging: drones online
@@ -59,6 +66,29 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     (the last --last events) or to one (CATEGORY/PF or CATEGORY/PN): when,
     what, the state before and after, who, and why.
 
+    --html FILE writes the status page for a web server: one self-contained
+    HTML file (inline CSS and SVG, no JavaScript, nothing fetched from
+    elsewhere) with the headline, the drones (building what since when,
+    success, speed), packages per state, charts of the queue per state
+    over time, builds per hour per drone, the longest builds and the
+    critical path still to go, the failed packages with their reason and a
+    link to the end of the kept build log, and what keeps needed packages
+    waiting. FILE with .json holds the same figures for scripts; failure
+    logs (their last 256 KiB, of the failures shown) go to logs/ beside
+    FILE, and logs there that no failure shows any more are removed. Every
+    file is written under a temporary name and renamed: a browser sees the
+    old page or the new one, whole.
+
+    --prometheus prints the figures in Prometheus's text format: packages
+    per state, waiting and kept back, drones online, builds per drone and
+    result (counters), staging bytes, the oldest received package's age,
+    and the last scan and sync time. Write it with a rename, as
+    node_exporter's textfile collector asks.
+
+    \b
+    Crontab (cron/crontab):
+      * * * * *  swarm-status --html /var/www/swarm/index.html
+      * * * * *  swarm-status --prometheus > /var/lib/node_exporter/swarm.prom.$$ && mv /var/lib/node_exporter/swarm.prom.$$ /var/lib/node_exporter/swarm.prom
     \b
     Examples:
       swarm-status
@@ -68,6 +98,13 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
       swarm-status --why dev-libs/foo --drone d2 --json | jq .drones
       swarm-status --history app-misc/foo       # what happened to foo?
     """
+    views = [name for name, on in (("--packages", list_packages), ("--history", show_history),
+                                   ("--why", explain), ("--html", html_path),
+                                   ("--prometheus", prometheus)) if on]
+    if len(views) > 1:
+        raise SwarmError(f"{' and '.join(views)} do not go together", ExitCode.USAGE)
+    if as_json and (html_path or prometheus):
+        raise SwarmError(f"--json does not go with {views[0]}", ExitCode.USAGE)
     if (state or retired) and not list_packages:
         raise SwarmError("--state and --retired go with --packages", ExitCode.USAGE)
     if package and not (show_history or explain):
@@ -98,6 +135,16 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
         return
     if list_packages:
         emit_ndjson(status.packages(conn, state, retired))
+        return
+    if html_path:
+        from .. import page
+
+        page.write(conn, run_.config(), clock.utcnow(), Path(html_path))
+        return
+    if prometheus:
+        from .. import metrics
+
+        sys.stdout.write(metrics.render(status.summary(conn, run_.config(), clock.utcnow())))
         return
     figures = status.summary(conn, run_.config(), clock.utcnow())
     if as_json:
@@ -142,6 +189,9 @@ def _print_summary(figures: dict) -> None:
     if scan:
         click.echo(f"last scan:     {scan['at']}: {scan['rows']} rows, {scan['added']} added, "
                    f"{scan['requeued']} requeued, {scan['retired']} retired")
+    sync = figures["last_sync"]
+    if sync:
+        click.echo(f"last sync:     {sync['at']}: {sync['published']} published")
     if figures["drones"]:
         click.echo()
         emit_table(

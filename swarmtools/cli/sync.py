@@ -60,13 +60,18 @@ def cli(run_, dry_run, pending, as_json, verbose, quiet):
     from .. import sync
 
     config = run_.config()
+    # A progress line only for a person watching: never from cron or a pipe.
+    progress = _progress_line if sys.stderr.isatty() and not quiet else None
     try:
         result = (sync.publish_pending(config) if pending else
-                  sync.publish(config, clock.utcnow(), dry_run=dry_run))
+                  sync.publish(config, clock.utcnow(), dry_run=dry_run, progress=progress))
     except TryLater:
         if quiet:  # cron: the run that holds the lock does the work
             sys.exit(int(ExitCode.TEMPFAIL))
         raise
+    finally:
+        if progress:
+            sys.stderr.write("\r\033[K")  # the progress line gives way to what follows
     if as_json:
         emit_json({**result.to_dict(), "dry_run": dry_run})
     elif not quiet:
@@ -83,6 +88,11 @@ def cli(run_, dry_run, pending, as_json, verbose, quiet):
             raise SwarmError(f"would quarantine {len(result.quarantined)} package(s): {names}")
         raise SwarmError(f"quarantined {len(result.quarantined)} package(s): {names} "
                          "(see staging/quarantine/ and the history)")
+
+
+def _progress_line(done: int, total: int, cpv: str) -> None:
+    sys.stderr.write(f"\r\033[Kswarm-sync: checking {done}/{total} {cpv}")
+    sys.stderr.flush()
 
 
 def main():

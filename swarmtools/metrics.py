@@ -1,0 +1,73 @@
+"""swarm-status --prometheus: the figures in Prometheus's text format.
+
+For node_exporter's textfile collector (the way Gentoo admins already
+watch their hosts): cron writes the file, node_exporter serves it. Every
+value is status.summary()'s, under the same names as its JSON where it can.
+"""
+
+from __future__ import annotations
+
+from . import clock
+from .packages import STATES
+
+# The queue has one profile until [profiles] tables exist; the label is
+# there so that dashboards need not change when they do.
+PROFILE = "default"
+
+
+def render(figures: dict) -> str:
+    """The text exposition format (version 0.0.4) of status.summary()'s FIGURES."""
+    out: list[str] = []
+
+    def family(name: str, kind: str, help: str, samples: list[tuple[dict, float]]) -> None:
+        out.append(f"# HELP {name} {help}")
+        out.append(f"# TYPE {name} {kind}")
+        sample_name = f"{name}_total" if kind == "counter" else name
+        for labels, value in samples:
+            text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
+            out.append(f"{sample_name}{{{text}}} {_number(value)}" if text
+                       else f"{sample_name} {_number(value)}")
+
+    family("swarm_packages", "gauge", "Packages of the queue by state (retired ones apart).",
+           [({"profile": PROFILE, "state": s}, figures["states"][s]) for s in STATES])
+    family("swarm_packages_retired", "gauge", "Packages gone from the latest scan, kept with "
+           "their history.", [({"profile": PROFILE}, figures["retired"])])
+    family("swarm_packages_waiting", "gauge", "Needed packages waiting for dependencies to be "
+           "published (on=failure: through a failed build).",
+           [({"profile": PROFILE, "on": "dependencies"}, figures["waiting"]["on_dependencies"]),
+            ({"profile": PROFILE, "on": "failure"}, figures["waiting"]["on_failure"])])
+    family("swarm_packages_kept_back", "gauge", "Needed packages an eligibility rule keeps from "
+           "every drone now.",
+           [({"profile": PROFILE, "rule": rule}, n) for rule, n in figures["blocked"].items()])
+    family("swarm_drones_online", "gauge", "Drones whose last heartbeat is recent.",
+           [({}, figures["drones_online"])])
+    family("swarm_drones_known", "gauge", "Drones configured or seen.",
+           [({}, figures["drones_known"])])
+    family("swarm_drone_online", "gauge", "1 while the drone's last heartbeat is recent.",
+           [({"drone": d["drone"]}, int(d["online"])) for d in figures["drones"]])
+    family("swarm_drone_building", "gauge", "Packages the drone holds a lease on.",
+           [({"drone": d["drone"]}, d["building"]) for d in figures["drones"]])
+    family("swarm_builds", "counter", "Builds reported, by drone and result.",
+           [({"drone": d["drone"], "result": result}, d[key]) for d in figures["drones"]
+            for result, key in (("ok", "built"), ("failed", "failed"))])
+    family("swarm_staging_bytes", "gauge", "Bytes waiting in staging.",
+           [({}, figures["staging_bytes"])])
+    family("swarm_oldest_received_seconds", "gauge", "Age of the oldest package waiting in "
+           "staging for swarm-sync (0: none waits).",
+           [({}, figures["oldest_received_seconds"] or 0)])
+    for name, what, entry in (("swarm_last_scan_timestamp_seconds", "swarm-fresh scan",
+                               figures["last_scan"]),
+                              ("swarm_last_sync_timestamp_seconds", "swarm-sync run",
+                               figures["last_sync"])):
+        if entry:  # never ran: no sample, rather than a date in 1970
+            family(name, "gauge", f"When the last {what} ended (Unix time).",
+                   [({}, clock.parse(entry["at"]).timestamp())])
+    return "\n".join(out) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
