@@ -30,6 +30,7 @@ bench: setup
 	$(RUN) $(BIN)/python benchmarks/claim.py
 	$(RUN) $(BIN)/python benchmarks/sync.py
 	$(RUN) $(BIN)/python benchmarks/page.py
+	$(RUN) $(BIN)/python benchmarks/release.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -11,8 +11,10 @@ report starts swarm-sync, and a cron-like loop runs it every two seconds
 too (d2 is kept from one package by a swarm-exclude rule, and swarm-status
 --why says what each package waits for). No drone compiles anything it did not claim. Then a fresh client installs the whole world with
 `emerge --getbinpkgonly`: nothing is built from source. Last, a version bump
-in the tree is scanned, built and published, superseding the old build, and
-swarm-status writes the status page (www/index.html) and prints the metrics.
+in the tree is scanned, built and published, superseding the old build; the
+binhost is frozen as a release before and after it (swarm-release: the first
+promoted to the channel stable, then a diff); and swarm-status writes the
+status page (www/index.html) and prints the metrics.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 """
 
@@ -80,6 +82,9 @@ def main() -> None:
         show("swarm-status", env=env)
         compiled_only_what_was_claimed(drones, config)
         install_client(url)
+        first = release_name()
+        show("swarm-release", "create", first, env=env)
+        show("swarm-release", "promote", first, env=env)
 
         print("\ndemo: a new version of app-misc/example-docs lands in the tree", flush=True)
         for p in (prefix, *drones.values()):
@@ -89,6 +94,12 @@ def main() -> None:
         show("swarm-status", "--packages", "--state", "needed", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)
+        second = f"{first}.1"
+        show("swarm-release", "create", second, env=env)
+        show("swarm-release", "diff", first, second, env=env)
+        print(f"demo: clients pinned to {url.rsplit('/', 1)[0]}/releases/stable still get "
+              f"{first}; 'swarm-release promote {second}' would move them", flush=True)
+        show("swarm-release", "list", env=env)
         show("swarm-status", env=env)
         page = DEMO / "www" / "index.html"
         page.parent.mkdir(exist_ok=True)
@@ -153,6 +164,13 @@ def compiled_only_what_was_claimed(drones: dict, config: Path) -> None:
         if not set(compiled) <= claimed:
             sys.exit(f"demo: {name} compiled what it did not claim: {set(compiled) - claimed}")
     conn.close()
+
+
+def release_name() -> str:
+    """Today's date, as swarm-release names a release (a rerun of the demo starts afresh)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).strftime("%Y.%m.%d")
 
 
 def install_client(url: str) -> None:

@@ -74,6 +74,12 @@ class Binhost:
                                         "soon as a drone reports a build")
     gpg_key: str = key("", "sign published packages with this GnuPG key (empty: unsigned)")
     gpg_home: str = key("", "the GnuPG home holding that key (empty: ~/.gnupg)", kind="path")
+    releases_path: str = key("{path}/../releases", "dated releases and the channels clients pin "
+                             "(swarm-release; on the binhost's filesystem: hardlinks)", kind="path")
+    releases_url: str = key("", "URL clients reach releases_path at (empty: 'releases' beside "
+                                "url)")
+    releases_keep: int = key(10, "releases swarm-release prune keeps, besides any a channel "
+                                 "ever pointed at", minimum=1)
 
 
 @dataclass(frozen=True)
@@ -548,12 +554,16 @@ def parse_assignment(text: str) -> dict:
     return changes
 
 
-def binrepos_conf(config: Config, name: str = "swarm") -> str:
-    """The /etc/portage/binrepos.conf entry a client needs for this binhost."""
+def binrepos_conf(config: Config, name: str = "swarm", channel: str | None = None) -> str:
+    """The /etc/portage/binrepos.conf entry a client needs for this binhost (or a channel)."""
+    from .release import url as releases_url
+
+    where = f"{releases_url(config)}/{channel}" if channel else config.binhost.url
     lines = [
-        f"# /etc/portage/binrepos.conf/{name}.conf: packages built by the swarm",
+        f"# /etc/portage/binrepos.conf/{name}.conf: packages built by the swarm"
+        + (f", channel {channel} (swarm-release)" if channel else ""),
         f"[{name}]",
-        f"sync-uri = {config.binhost.url}",
+        f"sync-uri = {where}",
         "priority = 10",
     ]
     if config.binhost.gpg_key:

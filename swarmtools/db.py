@@ -224,6 +224,18 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         summary     TEXT NOT NULL               -- JSON counts of what it did
     );
     """,
+    # 8: releases (swarm-release): where each channel pointed, so that a
+    # rollback knows the release before the current one.
+    """
+    CREATE TABLE channel_moves (
+        id          INTEGER PRIMARY KEY,
+        channel     TEXT NOT NULL,              -- stable, testing, ...
+        release     TEXT NOT NULL,              -- a directory under binhost.releases_path
+        action      TEXT NOT NULL CHECK (action IN ('promote', 'rollback', 'found')),
+        at          TEXT NOT NULL,
+        actor       TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -158,3 +158,20 @@ def sign(path: Path, settings) -> None:
         package.update_signature()
     except (portage.exception.PortageException, OSError) as exc:
         raise SwarmError(f"cannot sign {path.name} with binhost.gpg_key: {exc}") from None
+
+
+def verify_signature(path: Path, settings) -> None:
+    """Raise SwarmError unless PATH's Manifest and members carry valid signatures.
+
+    Portage's own check, as a verifying client makes it (SETTINGS: the
+    binhost's portage.config, whose GnuPG home trusts the signing key). The
+    image is not hashed again here: the caller checks the whole file's digest.
+    """
+    import portage.exception
+    import portage.gpkg
+
+    package = portage.gpkg.gpkg(settings, gpkg_file=str(path), verify_signature=True)
+    try:
+        package._verify_binpkg(metadata_only=True)
+    except (portage.exception.PortageException, OSError) as exc:
+        raise SwarmError(f"{path.name}: signature not valid ({type(exc).__name__}: {exc})") from None

@@ -300,6 +300,9 @@ def _overview(data: dict) -> str:
          if scan else "never"),
         ("last sync", f"{escape(sync['at'])}: {sync.get('published', 0):,} published"
          if sync else "never"),
+        ("channels", ", ".join(f"{escape(c['channel'])} → {escape(c['release'])} (since "
+                               f"{escape(c['since'])})" for c in data["channels"] if c["release"])
+         or "none pinned (swarm-release)"),
         ("waiting", f"{waits['on_dependencies']:,} for dependencies to be published "
                     f"({waits['on_failure']:,} of them on a failed build)"),
     ]

@@ -7,7 +7,7 @@ import sqlite3
 from collections import defaultdict
 from datetime import datetime, timedelta
 
-from . import clock, eligibility, staging
+from . import clock, eligibility, release, staging
 from .config import Config
 from .errors import SwarmError
 from .packages import STATES, Event, State
@@ -44,6 +44,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
         "last_sync": last_run(conn, "swarm-sync"),
+        "channels": release.channels(config, now),
         "waiting": waiting(conn),
         "blocked": {rule: len(ids) for rule, ids in
                     (kept or kept_back(conn, config, now, drones)).items()},

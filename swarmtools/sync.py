@@ -27,14 +27,13 @@ import json
 import logging
 import os
 import re
-import signal
 import sqlite3
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import clock, db, gpkg, identity, packages, staging
+from .crashpoints import crashpoint
 from .binhost import Binhost, Index, PortageIndex, mirror, portage_config, read_index
 from .config import Config
 from .errors import SwarmError, TryLater
@@ -136,15 +135,7 @@ def publish_pending(config: Config, clock_now=clock.utcnow, wait: float = 3600) 
 
 
 def _hook(step: str) -> None:
-    # Lets the tests stop or kill a run at each step, to prove crash safety.
-    wanted = os.environ.get(HOOK_VARIABLE, "")
-    name, _, action = wanted.partition(":")
-    if name != step:
-        return
-    if action == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if action.startswith("pause="):
-        time.sleep(float(action.split("=", 1)[1]))
+    crashpoint(HOOK_VARIABLE, step)
 
 
 def _int(text: str | None) -> int | None:

@@ -48,6 +48,16 @@ class Run:
 pass_run = click.make_pass_decorator(Run, ensure=True)
 
 
+def who() -> str:
+    """The user running this command, for the history."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 def _fail(ctx: click.Context, exc: BaseException) -> None:
     run = ctx.find_object(Run)
     sys.exit(console.fail(exc, run.log_file if run else None))

@@ -128,18 +128,28 @@ def check(run_):
 @cli.command(context_settings=CONTEXT)
 @config_option
 @click.option("--name", default="swarm", show_default=True, help="The repository name clients use.")
+@click.option("--channel", metavar="CHANNEL",
+              help="Pin a swarm-release channel (stable, latest, ...) instead of the live binhost.")
 @pass_run
-def binrepos(run_, name):
+def binrepos(run_, name, channel):
     """Print the binrepos.conf entry a client needs for this binhost.
 
     With binhost.gpg_key set the entry asks Portage to verify signatures;
-    without, it says verify-signature = false.
+    without, it says verify-signature = false. With --channel the client
+    follows a channel of swarm-release (binhost.releases_url/CHANNEL): the
+    release it points at, not every publication.
 
     \b
-    Example (on a client):
+    Examples (on a client):
       ssh orchestrator swarm-config binrepos > /etc/portage/binrepos.conf/swarm.conf
+      ssh orchestrator swarm-config binrepos --channel stable > /etc/portage/binrepos.conf/swarm.conf
     """
-    click.echo(config_mod.binrepos_conf(run_.config(), name), nl=False)
+    if channel is not None:
+        from ..release import CHANNEL_NAME
+
+        if not CHANNEL_NAME.fullmatch(channel):
+            raise ConfigError(f"--channel {channel!r}: lower-case letters, digits, - and _")
+    click.echo(config_mod.binrepos_conf(run_.config(), name, channel), nl=False)
 
 
 def main():

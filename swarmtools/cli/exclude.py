@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import getpass
 import logging
 import sys
 
@@ -11,7 +10,7 @@ import click
 from .. import clock, db, exclude
 from ..errors import ExitCode, SwarmError
 from ..output import emit_json, emit_ndjson, emit_table
-from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
+from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run, who
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def add(run_, as_json, atoms, reason, drone, days):
     if not lines:
         raise SwarmError("no atom given (stdin had none)", ExitCode.USAGE)
     until = clock.later(now, days * 86400) if days else None
-    added = exclude.add(run_.database(create=True), config, lines, reason, _who(), now, drone,
+    added = exclude.add(run_.database(create=True), config, lines, reason, who(), now, drone,
                         until)
     for rule in added:
         if not rule["matches"]:
@@ -107,13 +106,6 @@ def _atoms(arguments):
             line = line.split("#", 1)[0].strip()
             if line:
                 yield number, line
-
-
-def _who() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 @cli.command(context_settings=CONTEXT)

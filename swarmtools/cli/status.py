@@ -192,6 +192,10 @@ def _print_summary(figures: dict) -> None:
     sync = figures["last_sync"]
     if sync:
         click.echo(f"last sync:     {sync['at']}: {sync['published']} published")
+    pinned = [c for c in figures["channels"] if c["release"]]
+    if pinned:
+        click.echo("channels:      " + ", ".join(
+            f"{c['channel']} -> {c['release']} ({c['age_seconds'] // 60} min ago)" for c in pinned))
     if figures["drones"]:
         click.echo()
         emit_table(

@@ -1,0 +1,260 @@
+"""swarm-release: releases are hardlinked snapshots; channels are pinned, promoted, rolled back.
+
+The client tests run the real emerge against the binhost over real HTTP.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from conftest import DroneSwarm, HandDrone, HttpServer
+from swarmtools import clock, config as config_mod, release
+
+pytestmark = pytest.mark.slow  # real emerge: seconds a test
+
+pytest.importorskip("portage")
+
+
+@pytest.fixture
+def published(tmp_path, built_packages):
+    """A swarm whose binhost holds the whole example world, superseded files deleted at once."""
+    swarm = DroneSwarm(tmp_path, drones=("d1",))
+    # The web server serves the binhost and, beside it, the releases (rescans ask it too).
+    swarm.http = HttpServer(swarm.root)
+    config_mod.edit(swarm.config, {"binhost": {"grace_seconds": 0,
+                                               "url": f"{swarm.http.url}/binhost"}})
+    try:
+        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        swarm.cpvs = HandDrone(swarm, built_packages).build_all()
+        assert swarm.run("swarm-sync", "-q").returncode == 0
+        swarm.binhost = swarm.root / "binhost"
+        swarm.releases = swarm.root / "releases"
+        yield swarm
+    finally:
+        swarm.http.stop()
+
+
+def make(swarm, *args) -> dict:
+    r = swarm.run("swarm-release", "create", "--json", *args)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def current(swarm, channel="stable"):
+    return release.current(config_mod.load(swarm.config), channel)
+
+
+def bump_docs(swarm, tmp_path):
+    """example-docs 1.1 lands in the tree: built (real emerge), scanned, claimed, published."""
+    from swarmtools.prefix import create_prefix
+
+    builder = create_prefix(tmp_path / "builder")
+    for prefix in (builder, swarm.prefixes["orchestrator"]):
+        docs = prefix.repo / "app-misc" / "example-docs"
+        shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
+    r = builder.run(["emerge", "--buildpkg=y", "--oneshot", "--color=n", "=app-misc/example-docs-1.1"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    hand = HandDrone(swarm, builder.pkgdir)
+    assert hand.build_all() == ["app-misc/example-docs-1.1"]
+    assert swarm.run("swarm-sync", "-q").returncode == 0
+
+
+def client_sees(client, atom="app-misc/example-docs") -> str:
+    """The CPV and build id of ATOM the client would install from its binrepo, as emerge says."""
+    r = client.run(["emerge", "--pretend", "--getbinpkgonly", "--color=n", "--oneshot", atom])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (row,) = [line for line in r.stdout.splitlines() if line.startswith("[binary")]
+    return row.split("]", 1)[1].split()[0]
+
+
+def test_a_client_pinned_to_stable_follows_promotions_and_rollbacks(published, tmp_path):
+    from swarmtools.prefix import create_prefix
+
+    first = make(published)
+    assert first["name"] == clock.utcnow().strftime("%Y.%m.%d") and first["packages"] == len(published.cpvs)
+    # Hardlinks, not copies: every package file is the binhost's own inode.
+    linked = list((published.releases / first["name"]).rglob("*.gpkg.tar"))
+    assert len(linked) == len(published.cpvs)
+    for path in linked:  # CATEGORY/FILE in the release, CATEGORY/PN/FILE on the binhost
+        (twin,) = published.binhost.glob(f"{path.parent.name}/*/{path.name}")
+        assert path.stat().st_ino == twin.stat().st_ino
+    r = published.run("swarm-release", "promote", first["name"])
+    assert r.returncode == 0 and f"stable: nothing -> {first['name']}" in r.stdout, r.stderr
+    entry = published.run("swarm-config", "binrepos", "--channel", "stable").stdout
+    assert "/releases/stable" in entry
+
+    # The fixture's web server serves /binhost and /releases.
+    http = published.http
+    stable = create_prefix(tmp_path / "stable-client", binhost_url=f"{http.url}/releases/stable")
+    latest = create_prefix(tmp_path / "latest-client", binhost_url=f"{http.url}/releases/latest")
+    r = stable.run(["emerge", "--getbinpkgonly", "--color=n", "app-misc/example-docs"])
+    assert r.returncode == 0 and ">>> Emerging binary" in r.stdout, r.stdout[-2000:]
+    assert client_sees(latest) == "app-misc/example-docs-1.0-1"
+
+    bump_docs(published, tmp_path)  # 1.0 superseded: deleted from the binhost (grace 0)
+    assert not list(published.binhost.glob("app-misc/example-docs/example-docs-1.0-*"))
+    assert client_sees(latest) == "app-misc/example-docs-1.1-1"
+    assert client_sees(stable) == "app-misc/example-docs-1.0-1"  # still the release
+
+    second = make(published)
+    assert second["name"] == first["name"] + ".1"
+    changes = [json.loads(line) for line in
+               published.run("swarm-release", "diff", first["name"], second["name"]).stdout.splitlines()]
+    assert changes == [{"change": "upgraded", "cp": "app-misc/example-docs", "slot": "0",
+                        "from": "app-misc/example-docs-1.0", "to": "app-misc/example-docs-1.1",
+                        "from_build": "1", "to_build": "1", "why": ""}]
+    assert published.run("swarm-release", "promote", second["name"]).returncode == 0
+    assert client_sees(stable) == "app-misc/example-docs-1.1-1"
+    r = stable.run(["emerge", "--getbinpkgonly", "--color=n", "app-misc/example-docs"])
+    assert r.returncode == 0 and ">>> Emerging binary (1 of 1) app-misc/example-docs-1.1" in r.stdout
+
+    r = published.run("swarm-release", "rollback", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["release"] == first["name"], r.stderr
+    # The release still has the file the binhost deleted: the client can go back.
+    # (Without the binaries it fetched before: what the channel serves, nothing else.)
+    shutil.rmtree(stable.pkgdir)
+    stable.pkgdir.mkdir()
+    assert client_sees(stable) == "app-misc/example-docs-1.0-1"
+    r = stable.run(["emerge", "--getbinpkgonly", "--color=n", "=app-misc/example-docs-1.0"])
+    assert r.returncode == 0 and ">>> Emerging binary" in r.stdout, r.stdout[-2000:]
+
+    r = published.run("swarm-release", "rollback")
+    assert r.returncode == 1 and "no earlier release" in r.stderr
+    listing = json.loads(published.run("swarm-release", "list", "--json").stdout)
+    assert [x["name"] for x in listing["releases"]] == [first["name"], second["name"]]
+    assert {c["channel"]: c["release"] for c in listing["channels"]} == {
+        "latest": None, "stable": first["name"]}
+    figures = json.loads(published.run("swarm-status", "--json").stdout)
+    assert {c["channel"]: c["release"] for c in figures["channels"]}["stable"] == first["name"]
+
+
+def test_promote_refuses_a_missing_file_a_wrong_digest_and_another_identity(published):
+    missing, tampered, good = (make(published)["name"] for _ in range(3))
+    victim = sorted((published.releases / missing).rglob("*.gpkg.tar"))[0]
+    victim.unlink()  # one hardlink less: the binhost's file is still there
+    r = published.run("swarm-release", "promote", missing)
+    assert r.returncode == 1 and f"{victim.relative_to(published.releases / missing)}: missing" in r.stderr
+    assert current(published) is None  # nothing promoted
+
+    victim = sorted((published.releases / tampered).rglob("*.gpkg.tar"))[0]
+    data = bytearray(victim.read_bytes())
+    data[-1000] ^= 0xFF  # same size, another byte
+    victim.unlink()
+    victim.write_bytes(bytes(data))
+    r = published.run("swarm-release", "promote", tampered)
+    assert r.returncode == 1 and "SHA1, MD5 differ from the index" in r.stderr, r.stderr
+
+    assert published.run("swarm-release", "promote", good, "--channel", "testing").returncode == 0
+    # The profile's USE changes: the queue now wants example-app without compress.
+    etc = published.prefixes["orchestrator"].root / "etc" / "portage"
+    (etc / "package.use").write_text("app-misc/example-app -compress\n")
+    assert published.run("swarm-fresh", "-q").returncode == 0
+    r = published.run("swarm-release", "promote", good)
+    assert r.returncode == 1, r.stdout
+    assert "app-misc/example-app-1.0: not the queue's build: USE +compress" in r.stderr
+    assert current(published) is None and current(published, "testing") == good
+
+
+def test_a_killed_promote_leaves_the_old_release_or_the_new(published):
+    for step in ("verified", "viewed", "linked", "swapped"):
+        channel = f"at-{step}"
+        old, new = make(published)["name"], make(published)["name"]
+        assert published.run("swarm-release", "promote", old, "--channel", channel).returncode == 0
+        env = {**published.env, release.HOOK_VARIABLE: f"{step}:kill"}
+        r = published.run("swarm-release", "promote", new, "--channel", channel, env=env)
+        assert r.returncode == -9
+        assert current(published, channel) == (new if step == "swapped" else old), step
+        index = (published.releases / channel / "Packages").read_text()  # the channel serves
+        assert f"PACKAGES: {len(published.cpvs)}" in index
+        # The next runs finish the job; the history knows where the channel was.
+        assert published.run("swarm-release", "promote", new, "--channel", channel).returncode == 0
+        r = published.run("swarm-release", "rollback", "--channel", channel, "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["release"] == old, (step, r.stderr)
+
+
+def test_a_killed_create_leaves_no_release(published):
+    env = {**published.env, release.HOOK_VARIABLE: "written:kill"}
+    assert published.run("swarm-release", "create", "9.0", env=env).returncode == -9
+    assert json.loads(published.run("swarm-release", "list", "--json").stdout)["releases"] == []
+    assert make(published, "9.0")["name"] == "9.0"  # the next run starts over
+
+
+def test_create_if_changed_and_prune(published):
+    names = [make(published)["name"]]
+    r = published.run("swarm-release", "create", "--if-changed", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"created": None}
+    names += [make(published)["name"] for _ in range(3)]
+    assert published.run("swarm-release", "promote", names[1]).returncode == 0
+    r = published.run("swarm-release", "prune", "--keep", "1", "--json")
+    assert json.loads(r.stdout)["removed"] == [names[0], names[2]]
+    left = [x["name"] for x in json.loads(published.run("swarm-release", "list", "--json").stdout)["releases"]]
+    assert left == [names[1], names[3]]  # the pinned one, and the newest
+    for path in published.binhost.rglob("*.gpkg.tar"):
+        assert path.stat().st_nlink == 3  # the binhost's, and the two releases left
+
+
+def test_a_rebuild_of_the_same_version_is_told_apart_in_diff(published, built_packages):
+    first = make(published)["name"]
+    docs = next(published.binhost.glob("app-misc/example-docs/*.gpkg.tar"))
+    docs.unlink()  # gone from the binhost: swarm-sync sends it to be built again
+    assert published.run("swarm-sync", "-q").returncode == 0
+    assert HandDrone(published, built_packages).build_all() == ["app-misc/example-docs-1.0"]
+    assert published.run("swarm-sync", "-q").returncode == 0
+    second = make(published)["name"]
+    (change,) = [json.loads(line) for line in
+                 published.run("swarm-release", "diff", first, second).stdout.splitlines()]
+    assert change["change"] == "rebuilt" and change["why"] == "a new build of the same version and USE"
+    assert (change["from_build"], change["to_build"]) == ("1", "2")
+
+
+def test_releases_on_another_filesystem_are_refused(published):
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or os.stat(shm).st_dev == os.stat(published.binhost).st_dev:
+        pytest.skip("no second filesystem here")
+    target = f"{shm}/swarm-releases-{os.getpid()}"
+    env = {**published.env, "SWARM_BINHOST_RELEASES_PATH": target}
+    try:
+        r = published.run("swarm-release", "create", env=env)
+        assert r.returncode == 1 and "on another filesystem" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
+
+
+def test_release_names_and_channels_are_checked(published):
+    r = published.run("swarm-release", "create", "stable")
+    assert r.returncode == 2 and "must start with a digit" in r.stderr
+    r = published.run("swarm-release", "promote", "1.0", "--channel", "latest")
+    assert r.returncode == 2 and "the live binhost" in r.stderr
+    r = published.run("swarm-release", "promote", "2001.01.01")
+    assert r.returncode == 1 and "no release 2001.01.01" in r.stderr
+
+
+def test_promote_checks_signatures_when_signing_is_on(tmp_path, built_packages):
+    from test_sync_signing import gpg
+
+    if not shutil.which("gpg"):
+        pytest.skip("needs GnuPG (Debian package gnupg)")
+    home = tmp_path / "signer-gnupg"
+    home.mkdir(mode=0o700)
+    gpg(home, "--passphrase", "", "--quick-gen-key", "swarm test <swarm@example.invalid>",
+        "ed25519", "sign", "never")
+    fingerprint = gpg(home, "--with-colons", "--list-secret-keys").stdout.decode().split(
+        "fpr:::::::::")[1].split(":")[0]
+    swarm = DroneSwarm(tmp_path, drones=("d1",))
+    signed = {**swarm.env, "SWARM_BINHOST_GPG_KEY": fingerprint, "SWARM_BINHOST_GPG_HOME": str(home)}
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    HandDrone(swarm, built_packages).build_all()
+    assert swarm.run("swarm-sync", "-q", env=signed).returncode == 0
+    r = swarm.run("swarm-release", "create", "1.0", env=signed)
+    assert r.returncode == 0, r.stderr
+    r = swarm.run("swarm-release", "promote", "1.0", env=signed)
+    assert r.returncode == 0, r.stderr
+    # A GnuPG home that does not know the key: no signature verifies.
+    stranger = tmp_path / "stranger-gnupg"
+    stranger.mkdir(mode=0o700)
+    r = swarm.run("swarm-release", "promote", "1.0", "--channel", "testing",
+                  env={**signed, "SWARM_BINHOST_GPG_HOME": str(stranger)})
+    assert r.returncode == 1 and "signature not valid" in r.stderr, r.stderr
