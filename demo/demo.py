@@ -57,7 +57,10 @@ def main() -> None:
         text=True, capture_output=True, check=True)
     config = Path(out.stdout.strip())
     env = {**os.environ, "SWARM_CONFIG": str(config)}
-    server, url = serve(DEMO / "swarm" / "binhost")
+    # The web server serves the binhost and, beside it, the releases.
+    (DEMO / "swarm" / "binhost").mkdir(parents=True, exist_ok=True)
+    server, base = serve(DEMO / "swarm")
+    url = f"{base}/binhost"
     try:
         drones = {name: create_prefix(DEMO / f"drone-{name}") for name in ("d1", "d2")}
         edit(config, {
@@ -97,8 +100,12 @@ def main() -> None:
         second = f"{first}.1"
         show("swarm-release", "create", second, env=env)
         show("swarm-release", "diff", first, second, env=env)
-        print(f"demo: clients pinned to {url.rsplit('/', 1)[0]}/releases/stable still get "
-              f"{first}; 'swarm-release promote {second}' would move them", flush=True)
+        show("swarm-config", "binrepos", "--channel", "stable", env=env)
+        pinned = create_prefix(DEMO / "stable-client", binhost_url=f"{base}/releases/stable")
+        live = create_prefix(DEMO / "latest-client", binhost_url=url)
+        print(f"demo: a client pinned to {base}/releases/stable would install "
+              f"{offered(pinned)}; one on the live binhost {offered(live)} "
+              f"('swarm-release promote {second}' moves stable there)", flush=True)
         show("swarm-release", "list", env=env)
         show("swarm-status", env=env)
         page = DEMO / "www" / "index.html"
@@ -171,6 +178,13 @@ def release_name() -> str:
     from datetime import datetime, timezone
 
     return datetime.now(timezone.utc).strftime("%Y.%m.%d")
+
+
+def offered(client, atom: str = "app-misc/example-docs") -> str:
+    """The build of ATOM a client would install from its binhost (CPV and build id)."""
+    proc = client.run(["emerge", "--pretend", "--getbinpkgonly", "--oneshot", "--color=n", atom])
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("[binary")]
+    return rows[0].split("]", 1)[1].split()[0] if rows else "nothing"
 
 
 def install_client(url: str) -> None:

@@ -53,8 +53,14 @@ def root(config: Config) -> Path:
 
 
 def url(config: Config) -> str:
-    """Where clients reach the releases and channels."""
-    return config.binhost.releases_url or config.binhost.url.rstrip("/").rsplit("/", 1)[0] + "/releases"
+    """Where clients reach the releases and channels (default: 'releases' beside the binhost)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if config.binhost.releases_url:
+        return config.binhost.releases_url.rstrip("/")
+    parts = urlsplit(config.binhost.url)
+    parent = parts.path.rstrip("/").rsplit("/", 1)[0]
+    return urlunsplit((parts.scheme, parts.netloc, f"{parent}/releases", "", ""))
 
 
 def releases(config: Config) -> list[dict]:
