@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from swarmtools import clock, config as config_mod, db, delegate, exclude
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
-from timing import fresh_database, median_wall
+from timing import init_config, fresh_database, median_wall
 
 PACKAGES = 2000
 CLI_RUNS = 40
@@ -110,8 +109,7 @@ def floor(config) -> float:
 def main() -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
-                                   capture_output=True, text=True, check=True).stdout.strip())
+        path = init_config(tmp)
         config = config_mod.edit(path, {
             "drones": {"d1": {"transport": "local"}, "d2": {"transport": "local"}},
             "route": [{"match": "sci-libs/*", "requires": ["big-memory"]}]})

@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import Event, State
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
-from timing import timed
+from timing import init_config, timed
 
 PACKAGES = 2000
 DAYS = 30
@@ -107,8 +106,7 @@ def browser_load(html: Path) -> float:
 def main() -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
-                                   capture_output=True, text=True, check=True).stdout.strip())
+        path = init_config(tmp)
         config = config_mod.edit(path, {
             "drones": {d: {"transport": "local"} for d in DRONES},
             "delegate": {"retry_seconds": 3600, "policy": "first"}})

@@ -18,7 +18,6 @@ import hashlib
 import io
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from swarmtools import clock, config as config_mod, db, release
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
-from timing import timed
+from timing import init_config, timed
 
 PACKAGES = 2000
 FILE_BYTES = 256 << 10
@@ -93,8 +92,7 @@ def added_bytes(directory: Path) -> tuple[int, int]:
 def main() -> None:
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
-        path = Path(subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
-                                   capture_output=True, text=True, check=True).stdout.strip())
+        path = init_config(tmp)
         config = config_mod.load(path)
         conn = db.connect(config.database, create=True)
         binhost = Path(config.binhost.path)

@@ -32,3 +32,12 @@ def fresh_database(path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
+
+
+def init_config(directory) -> Path:
+    """A single-host config under DIRECTORY, written by the installed swarm-config init."""
+    import sys
+
+    program = Path(sys.executable).parent / "swarm-config"
+    return Path(subprocess.run([program, "init", "--dir", str(directory)], capture_output=True,
+                               text=True, check=True).stdout.strip())

@@ -243,7 +243,7 @@ td.n,th.n{text-align:right}.scroll{overflow-x:auto}
 svg{width:100%;height:auto;display:block;max-width:720px}
 svg text{font:11px sans-serif;fill:#444}
 figure{margin:0 0 1em}figcaption{font-size:.9em;color:#444}
-.key span{display:inline-block;margin-right:1em}.key i{display:inline-block;width:.8em;height:.8em;margin-right:.3em}
+.key span{display:inline-block;margin-right:1em}.key i{font-style:normal}
 code{font-size:.95em}
 """
 
@@ -329,8 +329,8 @@ def _drones(data: dict) -> str:
 
 
 def _key(names_colors: list[tuple[str, str]]) -> str:
-    return '<p class="key">' + "".join(
-        f'<span><i style="background:{c}"></i>{escape(n)}</span>' for n, c in names_colors) + "</p>"
+    return '<p class="key">' + " ".join(
+        f'<span><i style="color:{c}">■</i> {escape(n)}</span>' for n, c in names_colors) + "</p>"
 
 
 W, H, LEFT, BOTTOM, TOP = 720, 220, 44, 22, 8  # chart frame, in SVG units
@@ -340,10 +340,10 @@ def _axis(top_value: int, first: str, last: str) -> str:
     bottom = H - BOTTOM
     return (f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{bottom}" stroke="#999"/>'
             f'<line x1="{LEFT}" y1="{bottom}" x2="{W}" y2="{bottom}" stroke="#999"/>'
-            f'<text x="{LEFT - 4}" y="{TOP + 10}" text-anchor="end">{top_value:,}</text>'
-            f'<text x="{LEFT - 4}" y="{bottom}" text-anchor="end">0</text>'
-            f'<text x="{LEFT}" y="{H - 6}">{escape(first)}</text>'
-            f'<text x="{W}" y="{H - 6}" text-anchor="end">{escape(last)}</text>')
+            f'<text x="{LEFT - 4}" y="{TOP + 10}" text-anchor="end"> {top_value:,} </text>'
+            f'<text x="{LEFT - 4}" y="{bottom}" text-anchor="end"> 0 </text>'
+            f'<text x="{LEFT}" y="{H - 6}"> {escape(first)} </text>'
+            f'<text x="{W}" y="{H - 6}" text-anchor="end"> {escape(last)} </text>')
 
 
 def _queue_chart(data: dict) -> str:
@@ -417,12 +417,12 @@ def _hbars(ident: str, label: str, items: list[tuple[str, int, str, dict]]) -> s
         width = (W - name_width - 70) * value / top
         extra = "".join(f' data-{k}="{escape(str(v))}"' for k, v in attrs.items())
         parts.append(f'<text x="{name_width - 6}" y="{i * row + 14}" text-anchor="end">'
-                     f"{escape(name[-40:])}</text>"
+                     f" {escape(name[-40:])} </text>"
                      f'<rect class="bar" x="{name_width}" y="{i * row + 3}" width="{width:.1f}"'
                      f' height="{row - 5}" fill="#2f6fdb" data-value="{value}"{extra}>'
                      f"<title>{escape(title)}</title></rect>"
                      f'<text x="{name_width + width + 4:.1f}" y="{i * row + 14}">'
-                     f"{escape(_duration(value))}</text>")
+                     f" {escape(_duration(value))} </text>")
     return (f'<svg id="{ident}" viewBox="0 0 {W} {height}" role="img" aria-label="{escape(label)}">'
             + "".join(parts) + "</svg>")
 

@@ -13,7 +13,6 @@ matches), so a claim tests them in SQL.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 
 from .config import Config
@@ -32,15 +31,6 @@ def features(facts: dict, configured: list[str] = (), mandatory: list[str] = ())
     if facts.get("cuda"):
         found.add("cuda")
     return found
-
-
-def drone_features(conn: sqlite3.Connection, config: Config, drone: str) -> set[str]:
-    """DRONE's features from its last heartbeat and its config."""
-    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
-    settings = config.drones.get(drone)
-    return features(json.loads(row[0]) if row else {},
-                    settings.features if settings else (),
-                    settings.mandatory_features if settings else ())
 
 
 def scan_arch(conn: sqlite3.Connection) -> str | None:

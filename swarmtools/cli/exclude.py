@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from .. import clock, db, exclude
+from .. import clock, exclude
 from ..errors import ExitCode, SwarmError
 from ..output import emit_json, emit_ndjson, emit_table
 from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run, who
