@@ -194,6 +194,8 @@ class Capable(Rule):
 
 RULES: tuple[Rule, ...] = (Wanted(), BackOff(), Held(), DependenciesPublished(), NotExcluded(),
                            Capable())
+# The rules that depend on which drone asks; the others hold for every drone.
+DRONE_RULES = ("held", "excluded", "capability")
 
 _CANDIDATE_COLUMNS = ("id, cpv, cp, slot, subslot, repo, use, status, active, drone, attempts,"
                       " retry_after, priority, scan_order, expected_seconds")
@@ -215,6 +217,21 @@ def candidates(conn: sqlite3.Connection, claimant: Claimant,
             " ORDER BY priority DESC, scan_order, id", params):
         if all(rule.allows(row, claimant) for rule in testers):
             yield row
+
+
+def admits(conn: sqlite3.Connection, package_id: int, claimant: Claimant,
+           rules: Iterable[Rule] = RULES) -> bool:
+    """Whether RULES let CLAIMANT have package PACKAGE_ID (candidates()' test, for one package)."""
+    rules = tuple(rules)
+    conditions, params = ["id = ?"], [package_id]
+    for rule in rules:
+        if (clause := rule.where(claimant)) is not None:
+            conditions.append(clause[0])
+            params.extend(clause[1])
+    row = conn.execute(f"SELECT {_CANDIDATE_COLUMNS} FROM packages WHERE "
+                       + " AND ".join(conditions), params).fetchone()
+    return row is not None and all(rule.allows(row, claimant) for rule in rules
+                                   if type(rule).allows is not Rule.allows)
 
 
 def reasons(conn: sqlite3.Connection, package: sqlite3.Row, claimant: Claimant,

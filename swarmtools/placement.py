@@ -21,7 +21,7 @@ import sqlite3
 from datetime import timedelta
 from typing import Iterable
 
-from . import clock
+from . import clock, eligibility
 from .config import Config
 from .eligibility import Claimant
 
@@ -38,6 +38,7 @@ class CriticalPath:
         self.conn = conn
         self.config = config
         self.default = config.resolve.default_seconds
+        self.drone_rules = [r for r in eligibility.RULES if r.name in eligibility.DRONE_RULES]
 
     def pick(self, candidates: Iterable[sqlite3.Row], claimant: Claimant) -> sqlite3.Row | None:
         """The package to hand to CLAIMANT, or None (faster drones should take what is left)."""
@@ -47,6 +48,7 @@ class CriticalPath:
             return next(iter(candidates), None)
         busy = self.busy(claimant, speed)
         upcoming = self.upcoming(claimant, speed)
+        claimants = {me: claimant}
         kept_until = None  # the claimant is kept for a package ready then
         for package in _merged(candidates, upcoming):
             upcoming_one = isinstance(package, dict)  # not eligible yet: never handed out
@@ -54,8 +56,14 @@ class CriticalPath:
             work = package["expected_seconds"] or self.default
             # Ties: a ready package goes to the asking drone; for one not ready
             # yet, the asking drone is kept only when it is strictly the best.
-            best = min(speed, key=lambda d: (max(busy[d], ready) + work / speed[d],
-                                             (d == me) if upcoming_one else (d != me), d))
+            order = sorted(speed, key=lambda d: (max(busy[d], ready) + work / speed[d],
+                                                 (d == me) if upcoming_one else (d != me), d))
+            # Only a drone its own rules let build the package may be kept for
+            # it: one it is held from, excluded from or cannot build never claims it.
+            best = next((d for d in order if (d == me and not upcoming_one)
+                         or self._may_take(d, package["id"], claimants)), None)
+            if best is None:
+                continue
             if best != me:
                 busy[best] = max(busy[best], ready) + work / speed[best]
                 continue
@@ -66,12 +74,22 @@ class CriticalPath:
             busy[me] = max(busy[me], ready) + work / speed[me]
         return None
 
+    def _may_take(self, drone: str, package_id: int, claimants: dict) -> bool:
+        """Whether DRONE's own rules (held, excluded, capability) let it build the package."""
+        from .delegate import claimant_for  # (delegate uses this module)
+
+        if drone not in claimants:
+            now = next(iter(claimants.values())).now
+            claimants[drone] = claimant_for(self.conn, self.config, drone, now)
+        return eligibility.admits(self.conn, package_id, claimants[drone], self.drone_rules)
+
     def speeds(self, claimant: Claimant) -> dict[str, float]:
-        """Speed of each online drone (the asking one included)."""
+        """Speed of each online drone that is not grounded (the asking one included)."""
         since = clock.iso(claimant.now - timedelta(seconds=self.config.delegate.online_seconds))
         speed = {row["name"]: self._speed(row["name"], row["speed"]) for row in self.conn.execute(
-            "SELECT name, speed FROM drones WHERE last_heartbeat >= ? OR name = ?",
-            (since, claimant.name))}
+            "SELECT name, speed FROM drones WHERE (last_heartbeat >= ? AND"
+            " (grounded_until IS NULL OR grounded_until <= ?)) OR name = ?",
+            (since, claimant.at, claimant.name))}
         speed.setdefault(claimant.name, self._speed(claimant.name, None))
         return speed
 

@@ -12,8 +12,7 @@ from .config import Config
 from .errors import SwarmError
 from .packages import STATES, Event, State
 
-# Rules that depend on the drone asking; the others hold for every drone.
-DRONE_RULES = ("held", "excluded", "capability")
+DRONE_RULES = eligibility.DRONE_RULES  # (held, excluded, capability): the asking drone's
 
 
 def summary(conn: sqlite3.Connection, config: Config, now: datetime,

@@ -207,6 +207,19 @@ def test_a_drone_rule_keeps_it_from_that_drone_only(control):
     assert claim(control, "x2") == "app-misc/foo-1.0"
 
 
+def test_a_package_is_not_left_to_a_faster_drone_a_rule_keeps_from_it(control):
+    """The critical-path policy leaves a package to the drone that would finish it first,
+    but only to one whose own rules let it build it: else nobody would ever claim it."""
+    add_drones(control.config, {"x1": {"transport": "local"},
+                                "x2": {"transport": "local", "speed": 4.0},
+                                "y1": {"transport": "local"}})
+    config_mod.edit(control.config, {"delegate": {"policy": "critical"}})
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    r = control.run("swarm-exclude", "add", "app-misc/foo", "--drone", "x2", "--reason", "no room")
+    assert r.returncode == 0, r.stderr
+    assert claim(control, "x1") == "app-misc/foo-1.0"
+
+
 def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
     mask = tmp_path / "swarm.mask"
     mask.write_text("# kept in git\n>=app-misc/foo-2  # too new\n")
