@@ -72,8 +72,11 @@ class Transport:
     def upload(self, local: Path, relative: str) -> None:
         """Copy a file to staging/DRONE/RELATIVE on the orchestrator."""
         command = ["rsync", "-t", "--partial", *self._rsync_target(local, relative)]
-        proc = self._retrying(f"upload of {local.name}", lambda: _run(command),
-                              self._upload_retry)
+
+        def attempt():
+            self._prepare_upload(relative)  # again on a retry: the folder may have gone
+            return _run(command)
+        proc = self._retrying(f"upload of {local.name}", attempt, self._upload_retry)
         if proc.returncode != 0:
             raise SwarmError(f"upload of {local.name} failed (rsync exit {proc.returncode}): "
                              f"{proc.stderr.strip()}")
@@ -98,7 +101,13 @@ class Transport:
     def _upload_retry(self, proc: subprocess.CompletedProcess) -> bool:
         if "swarm-delegate: error" in proc.stderr:  # the gateway said no: final
             return False
-        return proc.returncode in _RSYNC_CONNECTION_CODES or proc.returncode == -1
+        # The folder made for the upload was removed before rsync entered it:
+        # swarm-sync drops empty folders in staging. The next attempt makes it again.
+        vanished = proc.returncode == 3 and "change_dir" in proc.stderr and "Receiver" in proc.stderr
+        return proc.returncode in _RSYNC_CONNECTION_CODES or proc.returncode == -1 or vanished
+
+    def _prepare_upload(self, relative: str) -> None:
+        """Make what the upload needs on this side (the gateway does it over ssh)."""
 
     def _verb_command(self, words: list[str]) -> list[str]:
         raise NotImplementedError
@@ -114,9 +123,10 @@ class LocalTransport(Transport):
         return [_delegate_program(), *words[1:], "--config", str(self.config.path)]
 
     def _rsync_target(self, local, relative):
-        target = staged_path(self.config, self.drone, relative)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return [str(local), str(target)]
+        return [str(local), str(staged_path(self.config, self.drone, relative))]
+
+    def _prepare_upload(self, relative):
+        staged_path(self.config, self.drone, relative).parent.mkdir(parents=True, exist_ok=True)
 
 
 class SshTransport(Transport):

@@ -280,3 +280,29 @@ def test_staging_leftovers_are_swept_and_empty_folders_removed(swarm):
     assert not (swarm.root / "state" / "staging" / "d1" / "app-test").exists()
     kept = list((swarm.root / "state" / "staging" / "quarantine" / "orphans").rglob("*Xy12Ab"))
     assert len(kept) == 1
+
+
+def test_an_upload_whose_folder_swarm_sync_removed_meanwhile_is_made_again(swarm, tmp_path):
+    """swarm-sync drops empty folders in staging; one made for an upload may go before
+    rsync enters it. The drone's upload makes it again and retries (real rsync)."""
+    from swarmtools import config as config_mod, staging
+    from swarmtools.transport import LocalTransport
+
+    config = config_mod.load(swarm.config)
+
+    class RacedTransport(LocalTransport):
+        prepared = 0
+
+        def _prepare_upload(self, relative):
+            super()._prepare_upload(relative)
+            self.prepared += 1
+            if self.prepared == 1:  # swarm-sync's cleanup runs right now
+                staging.remove_empty_dirs(config)
+
+    package = tmp_path / "pkg0-1.0-1.gpkg.tar"
+    package.write_bytes(b"a build")
+    transport = RacedTransport(config, "local", sleep=lambda seconds: None)
+    transport.upload(package, "app-test/pkg0/pkg0-1.0-1.gpkg.tar")
+    assert transport.prepared == 2  # the first attempt found no folder
+    arrived = swarm.root / "state" / "staging" / "local" / "app-test" / "pkg0" / "pkg0-1.0-1.gpkg.tar"
+    assert arrived.read_bytes() == b"a build"
