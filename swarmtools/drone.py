@@ -206,7 +206,7 @@ class Drone:
         deps = ["emerge", "--oneshot", "--color=n", "--nospinner", "--onlydeps",
                 "--onlydeps-with-rdeps=n", *binaries, f"={cpv}"]
         missing, code = self._would_compile(deps, cpv, console)
-        if missing or code:
+        if missing or code or self.stop.is_set():
             return missing, code, False
         code, stalled = self._emerge(deps, console, logdir)
         if code or stalled or self.stop.is_set():
@@ -269,6 +269,8 @@ class Drone:
             # Own session: on SIGTERM (or a stall) the whole build tree stops at once.
             self.child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL, start_new_session=True)
+            if self.stop.is_set():  # SIGTERM came before there was a child to stop
+                _stop_session(self.child)
             progress, quiet_since = None, time.monotonic()
             try:
                 while True:
