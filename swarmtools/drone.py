@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "MAKEOPTS", "PKGDIR", "PORTAGE_TMPDIR")
 LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
 CONSOLE_TAIL_BYTES = 256 << 10
+STOP_GRACE_SECONDS = 20  # a build's whole session is killed this long after SIGTERM
+WAIT_SLICE_SECONDS = 0.5  # how soon a running build notices a stop
 
 
 @dataclass
@@ -272,12 +274,28 @@ class Drone:
             if self.stop.is_set():  # SIGTERM came before there was a child to stop
                 _stop_session(self.child)
             progress, quiet_since = None, time.monotonic()
+            next_beat, killed_at = quiet_since + heartbeat_seconds, None
             try:
                 while True:
                     try:
-                        return self.child.wait(timeout=heartbeat_seconds), False
+                        return self.child.wait(timeout=WAIT_SLICE_SECONDS), False
                     except subprocess.TimeoutExpired:
-                        self._beat_while_building()
+                        pass
+                    now = time.monotonic()
+                    if self.stop.is_set():
+                        # emerge usually ends on SIGTERM; one that swallowed it
+                        # (or waits for a child that ignores it) is killed.
+                        killed_at = killed_at or now + STOP_GRACE_SECONDS
+                        if now >= killed_at:
+                            log.warning("%s: still running %d s after SIGTERM: killing it",
+                                        cpv, STOP_GRACE_SECONDS)
+                            _kill_session(self.child)
+                            return self.child.wait(), False
+                        continue
+                    if now < next_beat:
+                        continue
+                    next_beat = now + heartbeat_seconds
+                    self._beat_while_building()
                     now_progress = (_tree_size(console, logdir), session_cpu(self.child.pid))
                     if now_progress != progress:
                         progress, quiet_since = now_progress, time.monotonic()
@@ -304,14 +322,24 @@ class Drone:
         self.stop.set()
         child = self.child
         if child is not None and child.poll() is None:
-            os.killpg(child.pid, signal.SIGTERM)
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:  # ended meanwhile
+                pass
 
 
 def _stop_session(child: subprocess.Popen) -> None:
     try:
         os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=30)
+        child.wait(timeout=STOP_GRACE_SECONDS)
     except subprocess.TimeoutExpired:
+        _kill_session(child)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_session(child: subprocess.Popen) -> None:
+    try:
         os.killpg(child.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass

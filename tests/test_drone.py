@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -19,19 +20,30 @@ def example_cpvs():
     return {f"{p.parent.parent.name}/{p.stem}" for p in EXAMPLE_REPO.glob("*/*/*.ebuild")}
 
 
-@pytest.fixture
-def held_swarm(tmp_path):
+def held(tmp_path, compile_first=""):
     """One package, app-misc/held-1, whose build waits while a hold file exists."""
     pytest.importorskip("portage")
-    hold = tmp_path / "hold"
+    hold, compiling = tmp_path / "hold", tmp_path / "compiling"
     hold.touch()
-    body = f'src_compile() {{ while [ -e "{hold}" ]; do sleep 0.2; done; }}\n'
+    body = (f'src_compile() {{ {compile_first} touch "{compiling}";'
+            f' while [ -e "{hold}" ]; do sleep 0.2; done; }}\n')
     swarm = DroneSwarm(tmp_path, extra_ebuilds={"app-misc/held/held-1.ebuild": ebuild(body)},
                        world=["app-misc/held"], delegate=FAST)
     assert swarm.run("swarm-fresh", "-q").returncode == 0
-    swarm.hold = hold
+    swarm.hold, swarm.compiling = hold, compiling
     yield swarm
     hold.unlink(missing_ok=True)  # lets any orphaned emerge end
+
+
+@pytest.fixture
+def held_swarm(tmp_path):
+    yield from held(tmp_path)
+
+
+@pytest.fixture
+def stubborn_swarm(tmp_path):
+    """held-1 whose build ignores SIGTERM, like a hung tool or one that traps it."""
+    yield from held(tmp_path, "trap '' TERM;")
 
 
 def events(swarm, cpv):
@@ -81,12 +93,35 @@ def test_sigterm_stops_the_build_and_releases(held_swarm):
     d1 = held_swarm.drone("d1")
     held_swarm.wait_for("SELECT 1 FROM packages WHERE status = 'delegated'")
     time.sleep(1)
+    # A service ignores SIGPIPE: an ssh that sshd dropped before it read the
+    # request must be a retried error, not the drone's death (seen in CI).
+    ignored = int(_proc_status(d1.pid)["SigIgn"], 16)
+    assert ignored & (1 << (signal.SIGPIPE - 1))
     d1.send_signal(signal.SIGTERM)
     out, err = d1.communicate(timeout=60)
     assert d1.returncode == 0, err
     assert "releasing app-misc/held-1" in err
     assert held_swarm.query("SELECT status, drone FROM packages") == [("needed", None)]
     assert events(held_swarm, "app-misc/held-1")[-1] == ("d1", "released")
+
+
+def test_a_build_that_ignores_sigterm_is_killed_and_released(stubborn_swarm):
+    d1 = stubborn_swarm.drone("d1")
+    deadline = time.monotonic() + 60
+    while not stubborn_swarm.compiling.exists():
+        assert time.monotonic() < deadline and d1.poll() is None, d1.communicate()
+        time.sleep(0.1)
+    d1.send_signal(signal.SIGTERM)
+    out, err = d1.communicate(timeout=90)
+    assert d1.returncode == 0, err
+    assert "still running 20 s after SIGTERM: killing it" in err
+    assert "releasing app-misc/held-1" in err
+    assert stubborn_swarm.query("SELECT status, drone FROM packages") == [("needed", None)]
+
+
+def _proc_status(pid):
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return dict(line.split(":\t", 1) for line in lines if ":\t" in line)
 
 
 def test_a_long_build_keeps_its_lease_through_heartbeats(held_swarm):

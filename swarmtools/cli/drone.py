@@ -52,8 +52,8 @@ def cli(run_, name, once, drain, syslog, verbose, quiet):
     Connection failures are retried; a finished build waits until it can
     be delivered.
 
-    SIGTERM or SIGINT stops the build, gives the package back (release) and
-    exits 0. Runs as a service: see init/ for OpenRC and systemd.
+    SIGTERM or SIGINT stops the build (its processes are killed if they
+    still run 20 s later), gives the package back (release) and exits 0. Runs as a service: see init/ for OpenRC and systemd.
 
     Exit codes: 0 stopped or done; 1 with --once, the build failed; 1 with
     --once/--drain, the orchestrator could not be reached; 2 config error.
@@ -75,6 +75,9 @@ def cli(run_, name, once, drain, syslog, verbose, quiet):
             raise ConfigError(f"no --drone given and this host's name '{name}' is not a "
                               f"[drones.NAME] of {config.path}")
     drone = Drone(config, name)
+    # A service, not a filter: an ssh that died before reading its request
+    # (a connection sshd dropped) must be an error to retry, not our death.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, drone.terminate)
     signal.signal(signal.SIGINT, drone.terminate)
     logging.getLogger(__name__).info("drone %s started", name)
