@@ -6,25 +6,32 @@ the real drone loop (swarmtools.drone.Drone: heartbeats, claims, uploads with
 rsync, reports, retries) in a thread; only emerge is simulated: a "build"
 waits its (compressed) time, heartbeating as the real one does, and leaves a
 small file to upload. Time is compressed by SPEED: every interval of the
-config (poll, heartbeat) and the build time are divided by it, so the
-session pattern is the real one, SPEED times faster.
+config (poll, idle ceiling, lease), ssh's ControlPersist and the build
+time are divided by it, so the session pattern is the real one, SPEED
+times faster.
 
 Two mixes:
-  idle  every drone polls an empty queue, for DURATION seconds;
+  idle  every drone asks an empty queue; measured once their back-off has
+        reached its ceiling (the steady state of a complete binhost), for
+        DURATION seconds or four ceilings;
   busy  every drone builds packages of BUILD_MINUTES each, for four builds.
 Per mix it prints: ssh sessions per drone per (uncompressed) minute, the
 orchestrator's CPU per session (sshd and everything it runs: the gateway,
 rsync, SQLite) and per drone, errors the drones logged, and the derived
-number of drones 2 cores at 50 % CPU serve (1 CPU-second per second). The
-orchestrator's CPU is read from /proc: sshd's own time and that of every
-session it reaped. It then starts BURST drones at once (a reconnect after an
-outage) and counts verbs that failed even after retries, with sshd's
-default MaxStartups unless --max-startups says otherwise.
+number of drones 2 cores at 50 % CPU serve (1 CPU-second per second), and
+the memory of sshd's process tree with the drones connected (multiplexed
+connections stay open). The orchestrator's CPU is read from /proc: sshd
+and every process under it, alive or reaped. Sessions are counted from
+sshd's log ("Starting session", LogLevel VERBOSE), logins apart
+("Accepted publickey"). It then starts BURST drones at once (a reconnect
+after an outage) and counts verbs that failed even after retries, with
+sshd's default MaxStartups unless --max-startups says otherwise.
+--no-multiplex gives every session its own connection, as before.
 
 The last line is one JSON object: idle_drones, busy_drones,
 cpu_ms_per_session, burst_failed_verbs.
 
-    python benchmarks/fleet.py [--drones 24] [--duration 60] [--speed 5] [--burst 64]
+    python benchmarks/fleet.py [--drones 24] [--duration 60] [--speed 10] [--burst 64]
 """
 
 from __future__ import annotations
@@ -44,12 +51,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # ssh
 from sshd import start_sshd  # noqa: E402
 
 from swarmtools import config as config_mod, db  # noqa: E402
-from swarmtools.drone import Drone, Outcome  # noqa: E402
-from swarmtools.transport import for_drone  # noqa: E402
+from swarmtools.drone import WAIT_SLICE_SECONDS, Drone, Outcome  # noqa: E402
+from swarmtools.transport import CONTROL_PERSIST, for_drone  # noqa: E402
 from timing import init_config  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
-DEFAULTS = {"poll_seconds": 30, "heartbeat_seconds": 60}  # the config's defaults, uncompressed
+# The config's defaults, uncompressed (a building drone beats every third of the lease).
+DEFAULTS = {"poll_seconds": 30, "idle_max_seconds": 300, "lease_seconds": 3600,
+            "online_seconds": 900}
 
 
 class SimulatedDrone(Drone):
@@ -64,6 +73,7 @@ class SimulatedDrone(Drone):
         self.stop = threading.Event()
         self.child = None
         self.working_on = None
+        self.beat_due = 0.0
         self.portage = {"PKGDIR": str(pkgdir), "ARCH": "amd64", "CHOST": "x86_64-pc-linux-gnu",
                         "CFLAGS": "-O2 -pipe", "ABI_X86": "64", "MAKEOPTS": "-j2"}
         self.build_seconds = build_seconds
@@ -72,12 +82,12 @@ class SimulatedDrone(Drone):
         cpv = job["cpv"]
         self.working_on = cpv
         deadline = time.monotonic() + self.build_seconds
-        # As Drone._emerge: a heartbeat every heartbeat_seconds while the build runs.
-        while not self.stop.wait(min(self.config.delegate.heartbeat_seconds,
-                                     max(0.0, deadline - time.monotonic()))):
+        # As Drone._emerge: a heartbeat whenever one is due while the build runs.
+        while not self.stop.wait(min(WAIT_SLICE_SECONDS, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 break
-            self._beat_while_building()
+            if time.monotonic() >= self.beat_due:
+                self._beat_while_building()
         if self.stop.is_set():
             return None
         category, pf = cpv.split("/")
@@ -87,9 +97,58 @@ class SimulatedDrone(Drone):
 
 
 def orchestrator_cpu(pid: int) -> float:
-    """CPU seconds of sshd and of every session it has reaped."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(int(v) for v in fields[11:15]) / TICKS  # utime stime cutime cstime
+    """CPU seconds of sshd and everything under it, alive or reaped.
+
+    A multiplexed connection's sshd lives as long as the drone's master: the
+    sessions it ran are reaped by it, not by the listener, so the live tree
+    is read too (each process's own time and its reaped children's).
+    """
+    total = 0.0
+    for child in _tree(pid):
+        fields = _stat(child)
+        if fields:
+            total += sum(int(v) for v in fields[11:15]) / TICKS  # utime stime cutime cstime
+    return total
+
+
+def orchestrator_memory(pid: int) -> tuple[int, int]:
+    """(bytes, processes) of the sshd tree: what open connections cost in memory.
+
+    Proportional set size: a page shared by N processes counts 1/N to each,
+    so the sum is what the tree really holds (resident sizes would count
+    sshd's shared libraries once a process).
+    """
+    pss = processes = 0
+    for child in _tree(pid):
+        try:
+            rollup = Path(f"/proc/{child}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        processes += 1
+        for line in rollup.splitlines():
+            if line.startswith("Pss:"):
+                pss += int(line.split()[1]) * 1024
+    return pss, processes
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))  # ppid
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, ()))
+    return tree
 
 
 class ErrorCount(logging.Handler):
@@ -101,24 +160,26 @@ class ErrorCount(logging.Handler):
         self.records.append(record.getMessage())
 
 
-def setup(root: Path, drones: int, speed: float, max_startups: str):
+def setup(root: Path, drones: int, speed: float, max_startups: str, multiplex: bool):
     path = init_config(root / "swarm")
     names = [f"d{n:04d}" for n in range(drones)]
     gateway = Path(sys.executable).parent / "swarm-delegate"
     server = start_sshd(root / "sshd", {name: f"{gateway} gateway --drone {name} --config {path}"
                                          for name in names},
-                        ("LogLevel INFO", f"MaxStartups {max_startups}"))
+                        ("LogLevel VERBOSE", f"MaxStartups {max_startups}"))  # a line a session
     config_mod.edit(path, {
         "orchestrator": {"ssh": server.destination},
         "binhost": {"publish_on_report": False},
         "delegate": {k: max(1, round(v / speed)) for k, v in DEFAULTS.items()},
-        "drones": {name: {"transport": "ssh", "ssh_command": server.ssh_command(name)}
-                   for name in names}})
+        "drones": {name: {"transport": "ssh", "ssh_command": server.ssh_command(name) + (
+            ["-o", f"ControlPersist={max(1, round(CONTROL_PERSIST / speed))}"] if multiplex
+            else ["-o", "ControlMaster=no"])} for name in names}})
     return path, server, names
 
 
 def run_mix(path: Path, server, names: list[str], root: Path, duration: float,
-            build_seconds: float, queue: int) -> dict:
+            build_seconds: float, queue: int, warmup: float = 0) -> dict:
+    """Run the drones for WARMUP + DURATION seconds; count sessions and CPU in DURATION."""
     config = config_mod.load(path)
     conn = db.connect(config.database, create=True)
     conn.close()
@@ -133,28 +194,38 @@ def run_mix(path: Path, server, names: list[str], root: Path, duration: float,
                        env=env, check=True)
     errors = ErrorCount()
     logging.getLogger("swarmtools").addHandler(errors)
-    sessions_before = server.log_text().count("Accepted publickey")
-    cpu_before = orchestrator_cpu(server.process.pid)
     drones = []
     for name in names:
         pkgdir = root / "pkgdirs" / name
         pkgdir.mkdir(parents=True, exist_ok=True)
         drones.append(SimulatedDrone(config, name, build_seconds, pkgdir))
     threads = [threading.Thread(target=d.run, daemon=True) for d in drones]
-    started = time.monotonic()
     for thread in threads:
         thread.start()
+    time.sleep(warmup)
+    sessions_before, logins_before = _counts(server)
+    cpu_before = orchestrator_cpu(server.process.pid)
+    started = time.monotonic()
     time.sleep(duration)
+    memory, processes = orchestrator_memory(server.process.pid)  # the drones' connections open
     for d in drones:
         d.stop.set()
     for thread in threads:
         thread.join(timeout=120)
     elapsed = time.monotonic() - started
-    time.sleep(1)  # the last sessions end and are reaped
+    time.sleep(1)  # the last sessions end and are reaped (the stop's own few are counted)
     logging.getLogger("swarmtools").removeHandler(errors)
-    sessions = server.log_text().count("Accepted publickey") - sessions_before
+    sessions, logins = (now - before for now, before in
+                        zip(_counts(server), (sessions_before, logins_before)))
     cpu = orchestrator_cpu(server.process.pid) - cpu_before
-    return {"sessions": sessions, "cpu": cpu, "elapsed": elapsed, "errors": errors.records}
+    return {"sessions": sessions, "logins": logins, "cpu": cpu, "elapsed": elapsed,
+            "errors": errors.records, "memory": memory, "processes": processes}
+
+
+def _counts(server) -> tuple[int, int]:
+    """(sessions, logins) in sshd's log: a multiplexed connection has many sessions."""
+    text = server.log_text()
+    return text.count("Starting session:"), text.count("Accepted publickey")
 
 
 def derive(result: dict, drones: int, speed: float) -> dict:
@@ -200,35 +271,45 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60, help="seconds a mix runs")
     # Below the box's saturation (~15 sessions/s here): a saturated orchestrator
     # slows the drones down and hides sessions they would make.
-    parser.add_argument("--speed", type=float, default=5, help="time compression")
+    parser.add_argument("--speed", type=float, default=10, help="time compression")
     parser.add_argument("--max-startups", default="10:30:100",
                         help="sshd's MaxStartups (its default: 10:30:100)")
     parser.add_argument("--build-minutes", type=float, default=3.5)
     parser.add_argument("--burst", type=int, default=64)
+    parser.add_argument("--no-multiplex", action="store_true",
+                        help="a connection a session (ControlMaster=no), as before multiplexing")
     args = parser.parse_args()
     figures = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         root = Path(tmp)
         path, server, names = setup(root, max(args.drones, args.burst), args.speed,
-                                    args.max_startups)
+                                    args.max_startups, not args.no_multiplex)
         try:
             fleet = names[:args.drones]
-            print(f"{args.drones} drones, {args.duration:.0f} s a mix, time compressed "
-                  f"{args.speed:g}x (poll {DEFAULTS['poll_seconds']} s, heartbeat "
-                  f"{DEFAULTS['heartbeat_seconds']} s, builds {args.build_minutes:g} min)")
-            for mix, build, queue in (("idle", 0, 0),
-                                      ("busy", args.build_minutes * 60 / args.speed, 100_000)):
-                # Busy: long enough for four builds a drone, to see the steady state.
-                result = run_mix(path, server, fleet, root, max(args.duration, 4 * build),
-                                 build, queue)
+            print(f"{args.drones} drones, time compressed {args.speed:g}x (poll "
+                  f"{DEFAULTS['poll_seconds']} s up to {DEFAULTS['idle_max_seconds']} s idle, "
+                  f"lease {DEFAULTS['lease_seconds']} s, builds {args.build_minutes:g} min)")
+            ceiling = DEFAULTS["idle_max_seconds"] / args.speed
+            # Idle: measured once the drones' back-off has reached its ceiling
+            # (the ramp from poll_seconds, with jitter), for four ceilings.
+            ramp = 1.25 * (ceiling - DEFAULTS["poll_seconds"] / args.speed) * 2
+            build = args.build_minutes * 60 / args.speed
+            for mix, build, queue, warmup, duration in (
+                    ("idle", 0, 0, ramp, max(args.duration, 4 * ceiling)),
+                    # Busy: long enough for four builds a drone, to see the steady state.
+                    ("busy", build, 100_000, 0, max(args.duration, 4 * build))):
+                result = run_mix(path, server, fleet, root, duration, build, queue, warmup)
                 d = derive(result, len(fleet), args.speed)
                 figures[mix] = d
-                print(f"{mix}: {result['sessions']} sessions, {result['cpu']:.1f} CPU s in "
+                print(f"{mix}: {result['sessions']} sessions over {result['logins']} logins, "
+                      f"{result['cpu']:.1f} CPU s in "
                       f"{result['elapsed']:.0f} s; {d['sessions_per_drone_minute']:.2f} sessions per "
                       f"drone per minute, {d['cpu_ms_per_session']:.0f} ms CPU per session, "
                       f"{d['cpu_ms_per_drone_minute']:.0f} ms per drone per minute; "
                       f"{len(result['errors'])} errors logged; drones per 2 cores at 50 %: "
-                      f"{d['drones_per_2_cores_at_50']:.0f}")
+                      f"{d['drones_per_2_cores_at_50']:.0f}; sshd tree {result['processes']} "
+                      f"processes, {result['memory'] / 2**20:.0f} MiB (PSS; "
+                      f"{result['memory'] / len(fleet) / 2**20:.1f} MiB a drone)")
                 for message in result["errors"][:5]:
                     print(f"  {message}")
             shot = burst(path, server, names[:args.burst], root)

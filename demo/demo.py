@@ -67,7 +67,7 @@ def main() -> None:
             "binhost": {"url": url},
             "drones": {name: {"host": "localhost", "transport": "local",
                               "environment": p.env_overrides()} for name, p in drones.items()},
-            "delegate": {"heartbeat_seconds": 5, "poll_seconds": 2},
+            "delegate": {"heartbeat_seconds": 5, "poll_seconds": 2, "idle_max_seconds": 10},
         })
         print(f"demo: config written to {config}, with drones d1 and d2 (one prefix each)")
         print(f"demo: the binhost {DEMO / 'swarm' / 'binhost'} is served at {url}")

@@ -101,14 +101,19 @@ class Delegate:
     """Leases, heartbeats and back-offs."""
 
     lease_seconds: int = key(3600, "how long a claim holds without a heartbeat", minimum=1)
-    online_seconds: int = key(300, "a drone is online while its last heartbeat is this young",
-                              minimum=1)
+    online_seconds: int = key(900, "a drone is online while it was heard from this recently "
+                                   "or holds a live lease", minimum=1)
     retry_seconds: int = key(1800, "back-off after a failed build; doubles with each failure",
                              minimum=0)
     retry_max_seconds: int = key(86400, "the longest back-off", minimum=0)
-    heartbeat_seconds: int = key(60, "how often a drone sends a heartbeat, also while building",
-                                 minimum=1)
-    poll_seconds: int = key(30, "how long an idle drone sleeps before asking again", minimum=1)
+    heartbeat_seconds: int = key(0, "how often a building drone sends a heartbeat (0: a third "
+                                    "of lease_seconds); an idle drone's rides on its claim",
+                                 minimum=0)
+    poll_seconds: int = key(30, "the shortest wait of an idle drone before asking again",
+                            minimum=1)
+    idle_max_seconds: int = key(300, "the longest wait of an idle drone: its wait doubles from "
+                                     "poll_seconds up to this, unless the orchestrator says "
+                                     "sooner", minimum=1)
     policy: str = key("critical", "which eligible package a drone gets: critical (the longest "
                                   "chain first, placed by drone speed) or first (queue order)",
                       kind="choice", choices=("critical", "first"))
@@ -116,6 +121,10 @@ class Delegate:
                                         "stopped and reported stalled (0: never)", minimum=0)
     staging_quota_mib: int = key(20480, "the most a drone may keep in its staging area",
                                  minimum=1)
+
+    def beat_seconds(self) -> float:
+        """The spacing of a building drone's heartbeats: each leaves 2/3 of the lease."""
+        return self.heartbeat_seconds or self.lease_seconds / 3
 
 
 @dataclass(frozen=True)
@@ -300,6 +309,16 @@ def _check_together(config: Config) -> None:
             f"{config.path}: 'delegate.heartbeat_seconds' ({d.heartbeat_seconds}) must be "
             f"shorter than 'delegate.lease_seconds' ({d.lease_seconds}), or leases of "
             "building drones expire")
+    # An idle drone is heard from at least every idle_max_seconds (+25 % jitter).
+    if d.online_seconds < 1.5 * d.idle_max_seconds:
+        raise ConfigError(
+            f"{config.path}: 'delegate.online_seconds' ({d.online_seconds}) must be at least "
+            f"1.5 x 'delegate.idle_max_seconds' ({d.idle_max_seconds}), or idle drones that "
+            "wait their longest show as offline")
+    if d.poll_seconds > d.idle_max_seconds:
+        raise ConfigError(
+            f"{config.path}: 'delegate.poll_seconds' ({d.poll_seconds}) must not be longer "
+            f"than 'delegate.idle_max_seconds' ({d.idle_max_seconds})")
 
 
 def schema(cls: type) -> list[dataclasses.Field]:

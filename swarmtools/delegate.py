@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from . import clock, db, eligibility, exclude, gpkg, packages, routing, staging
 from .config import Config
@@ -172,6 +172,43 @@ def _refuse_grounded(conn: sqlite3.Connection, drone: str, at: str) -> None:
         raise SwarmError(f"drone '{drone}' is grounded until {row['grounded_until']}: "
                          f"{row['grounded_reason']} (lift it: swarm-delegate unground "
                          f"--drone {drone})", ExitCode.FAILED)
+
+
+# Idle claims the orchestrator invites per second, fleet-wide, when it says
+# "ask again sooner": new work is picked up within about a second, and a
+# thousand idle drones cost it one ssh session a second.
+IDLE_CLAIMS_PER_SECOND = 1.0
+
+
+def idle_answer(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
+    """What a drone that got nothing hears: work in progress, and when to ask again.
+
+    ask_again_seconds is set when work may become eligible before the
+    drone's own back-off would end: a build or a publication in progress, or
+    a back-off that ends. It is never shorter than the fleet's idle drones
+    can afford (IDLE_CLAIMS_PER_SECOND), nor than poll_seconds. None: the
+    drone waits its own back-off (nothing changes until a scan).
+    """
+    d = config.delegate
+    busy = in_progress(conn)
+    at = clock.iso(now)
+    due = conn.execute(
+        "SELECT min(retry_after) FROM packages WHERE active = 1 AND status IN (?, ?)"
+        " AND retry_after > ?", (State.NEEDED, State.FAILED, at)).fetchone()[0]
+    soon = [(clock.parse(due) - now).total_seconds()] if due else []
+    if busy:
+        soon.append(idle_drones(conn, config, now) / IDLE_CLAIMS_PER_SECOND)
+    ask_again = round(min(max(min(soon), d.poll_seconds), d.idle_max_seconds)) if soon else None
+    return {"cpv": None, "in_progress": busy, "ask_again_seconds": ask_again}
+
+
+def idle_drones(conn: sqlite3.Connection, config: Config, now: datetime) -> int:
+    """Drones heard from within the online window that hold no lease."""
+    since = clock.iso(now - timedelta(seconds=config.delegate.online_seconds))
+    return conn.execute(
+        "SELECT count(*) FROM drones WHERE last_heartbeat >= ? AND name NOT IN"
+        " (SELECT drone FROM packages INDEXED BY packages_delegated"
+        "  WHERE status = 'delegated' AND drone IS NOT NULL)", (since,)).fetchone()[0]
 
 
 def in_progress(conn: sqlite3.Connection) -> int:

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import random
 import re
 import shlex
 import shutil
@@ -74,6 +75,7 @@ class Drone:
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
         self.working_on: str | None = None  # named in every heartbeat
+        self.beat_due = 0.0  # time.monotonic() when the next heartbeat is due while building
         self.portage = portage_settings(self.env)
         if not self.portage.get("PKGDIR"):
             raise SwarmError("portageq did not tell PKGDIR: is Portage set up on this drone?")
@@ -99,41 +101,66 @@ class Drone:
 
     def heartbeat(self) -> None:
         """Send the facts; the orchestrator extends the lease of what this drone builds."""
-        answer = self.transport.call("heartbeat", input=json.dumps(self.facts()))
+        self._heard(self.transport.call("heartbeat", input=json.dumps(self.facts())))
+
+    def claim(self) -> dict | None:
+        """Ask for work, the heartbeat riding along (one ssh session): a job or the idle answer."""
+        job = self.transport.call("claim", "--idle-info", "--heartbeat",
+                                  input=json.dumps(self.facts()))
+        self._heard(job)
+        return job
+
+    def _heard(self, answer: dict | None) -> None:
+        """The orchestrator has our facts (and any lease its full length): next beat due."""
+        self.beat_due = time.monotonic() + self.config.delegate.beat_seconds()
         if answer and not answer.get("config_matches", True):
             log.warning("this drone's config differs from the orchestrator's (digests differ)")
 
     def run(self, once: bool = False, drain: bool = False) -> int:
-        """The loop; returns the exit code. once: one package; drain: until none is left."""
-        poll = self.config.delegate.poll_seconds
+        """The loop; returns the exit code. once: one package; drain: until none is left.
+
+        Sessions: a claim (with the heartbeat) while idle, backing off from
+        poll_seconds to idle_max_seconds unless the orchestrator says
+        sooner; while building, a heartbeat every third of the lease; then
+        an upload and a report. So a lease is held only by a drone that
+        names it at least every third of the lease, and a drone that asks
+        for work is told of any lease it holds and forgot (the claim gives
+        it back).
+        """
+        wait = Backoff(self.config.delegate.poll_seconds, self.config.delegate.idle_max_seconds)
         failed = False
         pending: Outcome | None = None
         while not self.stop.is_set():
             try:
-                self.heartbeat()  # names a pending build: its lease stays
                 if pending is None:
-                    job = self.transport.call("claim", "--idle-info")
+                    job = self.claim()
                     if job is None or job["cpv"] is None:
                         # --drain: done when nothing is being built or published
                         # that could make more work eligible.
                         if once or (drain and not (job or {}).get("in_progress")):
                             return 0
-                        log.debug("nothing to build; sleeping %d s", poll)
-                        self.stop.wait(poll)
+                        pause = wait.next((job or {}).get("ask_again_seconds"))
+                        log.debug("nothing to build; asking again in %.0f s", pause)
+                        self.stop.wait(pause)
                         continue
+                    wait.reset()
                     pending = self.build(job)
                     if pending is None:  # stopped: given back
                         continue
+                else:
+                    self.heartbeat()  # names the pending build: its lease stays
                 failed |= pending.kind in (FailureKind.BUILD, FailureKind.STALLED) and not pending.package
                 self.deliver(pending)
                 pending = None
+                wait.reset()  # delivered: the orchestrator is back, and work may follow
             except TransportError as exc:
                 # The orchestrator is away; a built package waits, named in
                 # every heartbeat, until it can be delivered.
                 if once or drain:
                     raise
-                log.error("%s; trying again in %d s", exc, poll)
-                self.stop.wait(poll)
+                pause = wait.next()
+                log.error("%s; trying again in %.0f s", exc, pause)
+                self.stop.wait(pause)
                 continue
             except SwarmError as exc:
                 if once or drain:
@@ -141,7 +168,7 @@ class Drone:
                 # The orchestrator refused it (the lease ended, say): nothing to keep.
                 log.error("%s", exc)
                 pending = self._drop(pending)
-                self.stop.wait(poll)
+                self.stop.wait(wait.next())
                 continue
             if once:
                 break
@@ -260,8 +287,9 @@ class Drone:
 
     def _emerge(self, command: list[str], console: Path, logdir: Path) -> tuple[int, bool]:
         """Run an emerge with heartbeats and the stall watch; (exit code, stalled)."""
-        heartbeat_seconds = self.config.delegate.heartbeat_seconds
         silent_limit = self.config.delegate.max_silent_seconds
+        # Progress is looked at locally (no session) a few times within the limit.
+        check_every = min(60.0, max(silent_limit / 4, WAIT_SLICE_SECONDS))
         cpv = command[-1].lstrip("=")
         # Portage writes the real build log (PORTAGE_LOG_FILE) under PORT_LOGDIR.
         env = {**self.env, "PORT_LOGDIR": str(logdir)}
@@ -274,7 +302,7 @@ class Drone:
             if self.stop.is_set():  # SIGTERM came before there was a child to stop
                 _stop_session(self.child)
             progress, quiet_since = None, time.monotonic()
-            next_beat, killed_at = quiet_since + heartbeat_seconds, None
+            next_check, killed_at = quiet_since, None
             try:
                 while True:
                     try:
@@ -292,14 +320,15 @@ class Drone:
                             _kill_session(self.child)
                             return self.child.wait(), False
                         continue
-                    if now < next_beat:
+                    if now >= self.beat_due:
+                        self._beat_while_building()
+                    if not silent_limit or now < next_check:
                         continue
-                    next_beat = now + heartbeat_seconds
-                    self._beat_while_building()
+                    next_check = now + check_every
                     now_progress = (_tree_size(console, logdir), session_cpu(self.child.pid))
                     if now_progress != progress:
-                        progress, quiet_since = now_progress, time.monotonic()
-                    elif silent_limit and time.monotonic() - quiet_since >= silent_limit:
+                        progress, quiet_since = now_progress, now
+                    elif now - quiet_since >= silent_limit:
                         log.error("%s: no output and no CPU time for %d s: stopping it",
                                   cpv, silent_limit)
                         out.write(f"\nswarm-drone: no output and no CPU time for {silent_limit} s"
@@ -314,7 +343,9 @@ class Drone:
         try:
             self.heartbeat()
         except SwarmError as exc:
-            # The orchestrator may be back before the lease runs out.
+            # The orchestrator may be back before the lease runs out: try again soon.
+            self.beat_due = time.monotonic() + min(self.config.delegate.poll_seconds,
+                                                   self.config.delegate.beat_seconds())
             log.warning("heartbeat failed while building: %s", exc)
 
     def terminate(self, *_signal) -> None:
@@ -326,6 +357,27 @@ class Drone:
                 os.killpg(child.pid, signal.SIGTERM)
             except ProcessLookupError:  # ended meanwhile
                 pass
+
+
+class Backoff:
+    """An idle drone's wait: doubling from SHORTEST to LONGEST, jittered, reset by work.
+
+    The orchestrator's ask_again_seconds cuts a wait short (work may soon
+    be eligible); it never lengthens one beyond LONGEST.
+    """
+
+    def __init__(self, shortest: float, longest: float):
+        self.shortest, self.longest = shortest, longest
+        self.current = shortest
+
+    def next(self, ask_again: float | None = None) -> float:
+        pause = self.current if ask_again is None else min(self.current, max(ask_again, 0))
+        self.current = min(self.current * 2, self.longest)
+        # Jitter: drones started together (after an outage) do not ask together.
+        return max(pause, self.shortest) * random.uniform(0.75, 1.25)
+
+    def reset(self) -> None:
+        self.current = self.shortest
 
 
 def _stop_session(child: subprocess.Popen) -> None:

@@ -28,7 +28,7 @@ from .staging import staged_path
 # Options each verb may carry through the gateway; True: takes a value.
 VERB_OPTIONS = {
     "heartbeat": {"--json": False},
-    "claim": {"--json": False, "--idle-info": False},
+    "claim": {"--json": False, "--idle-info": False, "--heartbeat": False},
     "report": {"--json": False, "--ok": False, "--failed": False, "--file": True,
                "--log": True, "--size": True, "--sha256": True, "--kind": True,
                "--missing": True},

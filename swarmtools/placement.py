@@ -87,9 +87,11 @@ class CriticalPath:
         """Speed of each online drone that is not grounded (the asking one included)."""
         since = clock.iso(claimant.now - timedelta(seconds=self.config.delegate.online_seconds))
         speed = {row["name"]: self._speed(row["name"], row["speed"]) for row in self.conn.execute(
-            "SELECT name, speed FROM drones WHERE (last_heartbeat >= ? AND"
+            "SELECT name, speed FROM drones WHERE ((last_heartbeat >= ? OR name IN"
+            " (SELECT drone FROM packages INDEXED BY packages_delegated WHERE"
+            "  status = 'delegated' AND lease_until > ?)) AND"
             " (grounded_until IS NULL OR grounded_until <= ?)) OR name = ?",
-            (since, claimant.at, claimant.name))}
+            (since, claimant.at, claimant.at, claimant.name))}
         speed.setdefault(claimant.name, self._speed(claimant.name, None))
         return speed
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +36,11 @@ _SSH_FAILED = 255
 _RSYNC_CONNECTION_CODES = {10, 12, 30, 35, 255}
 # Unless the config says otherwise: give up on a dead host or connection.
 SSH_TIMEOUTS = ("ConnectTimeout=10", "ServerAliveInterval=15", "ServerAliveCountMax=4")
+# How long a drone's shared connection stays open after its last session:
+# a build's upload, report and next claim share one login, but an idle
+# drone (asking every few minutes) holds no connection, and so no sshd
+# process on the orchestrator (about 1.8 MiB each, measured).
+CONTROL_PERSIST = 60
 
 
 class TransportError(SwarmError):
@@ -134,8 +142,8 @@ class SshTransport(Transport):
 
     def __init__(self, config: Config, drone: str, sleep=time.sleep):
         super().__init__(config, drone, sleep)
-        self.ssh = with_timeouts(config.drones[drone].ssh_command
-                                 or config.orchestrator.ssh_command)
+        ssh = with_timeouts(config.drones[drone].ssh_command or config.orchestrator.ssh_command)
+        self.ssh = with_multiplexing(ssh, drone)
         self.destination = config.orchestrator.ssh
 
     def _verb_command(self, words):
@@ -151,6 +159,41 @@ def with_timeouts(ssh: list[str]) -> list[str]:
     extra = [word for option in SSH_TIMEOUTS if option.split("=")[0] not in given
              for word in ("-o", option)]
     return [ssh[0], *extra, *ssh[1:]]
+
+
+def with_multiplexing(ssh: list[str], drone: str) -> list[str]:
+    """The ssh command sharing one connection between a drone's sessions, unless it says.
+
+    A session over an open connection skips the key exchange and the login:
+    the orchestrator's sshd spends about a fifth less CPU on it. The control
+    socket is the drone's own: two drones on one host (tests, a host with
+    two drone names) must never share a connection, as the orchestrator
+    knows a drone by the key it logged in with.
+    """
+    given = " ".join(ssh)
+    if "ControlMaster" in given or "ControlPath" in given:
+        return ssh
+    directory = control_directory()
+    if directory is None:
+        return ssh
+    persist = [] if "ControlPersist" in given else ["-o", f"ControlPersist={CONTROL_PERSIST}"]
+    return [ssh[0], "-o", "ControlMaster=auto", "-o", f"ControlPath={directory}/{drone}-%C",
+            *persist, *ssh[1:]]
+
+
+def control_directory() -> Path | None:
+    """A directory for control sockets only this user can enter, or None (no multiplexing)."""
+    directory = Path(tempfile.gettempdir()) / f"swarmtools-ssh-{os.geteuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        info = directory.lstat()
+    except OSError as exc:
+        log.warning("no ssh multiplexing: cannot make %s: %s", directory, exc.strerror)
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        log.warning("no ssh multiplexing: %s is not a private directory of this user", directory)
+        return None
+    return directory
 
 
 def for_drone(config: Config, drone: str) -> Transport:

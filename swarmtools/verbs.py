@@ -41,16 +41,17 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
         stdin: IO[str] | None = None, cpv: str | None = None, **options) -> None:
     """Run one verb for DRONE and print its answer (JSON, or a line for people)."""
     now = clock.utcnow()
-    facts = read_facts(stdin or sys.stdin) if verb == "heartbeat" else None
+    beats = verb == "heartbeat" or (verb == "claim" and options.get("heartbeat"))
+    facts = read_facts(stdin or sys.stdin) if beats else None
     conn = db.connect(config.database)
     try:
+        beat = delegate.heartbeat(conn, config, drone, facts, now) if beats else None
+        if beat and not beat["config_matches"] and "config_digest" in facts:
+            log.warning("warning: drone %s runs another config than the orchestrator's "
+                        "(config digests differ)", drone)
         if verb == "heartbeat":
-            result = delegate.heartbeat(conn, config, drone, facts, now)
-            _answer(as_json, result, f"{drone}: {result['leases_extended']} lease(s) extended "
-                                     f"to {result['lease_until']}")
-            if not result["config_matches"] and "config_digest" in facts:
-                log.warning("warning: drone %s runs another config than the orchestrator's "
-                            "(config digests differ)", drone)
+            _answer(as_json, beat, f"{drone}: {beat['leases_extended']} lease(s) extended "
+                                   f"to {beat['lease_until']}")
         elif verb == "claim":
             claimed = []
             for number in range(options.get("limit") or 1):
@@ -59,13 +60,16 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
                     break
                 claimed.append(job)
             if not claimed and options.get("idle_info"):
-                claimed = [{"cpv": None, "in_progress": delegate.in_progress(conn)}]
+                claimed = [delegate.idle_answer(conn, config, now)]
+            if beat:  # the drone learns of a config drift from its claim as from a heartbeat
+                claimed = [{**job, "config_matches": beat["config_matches"]} for job in claimed]
             if as_json:
                 emit_ndjson(claimed)
             else:
                 for job in claimed:
                     print(f"{job['cpv']}\tlease until {job['lease_until']}" if job["cpv"] else
-                          f"nothing eligible; {job['in_progress']} being built or published")
+                          f"nothing eligible; {job['in_progress']} being built or published;"
+                          f" ask again in {job['ask_again_seconds'] or 'your own time'}")
         elif verb == "report":
             result = _report(conn, config, drone, cpv, now, **options)
             _answer(as_json, result, f"{cpv}: {result['status']}")

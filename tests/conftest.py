@@ -146,8 +146,10 @@ class DroneSwarm(Swarm):
         add_drones(self.config, settings)
         from swarmtools.config import edit
 
-        if delegate:
-            edit(self.config, {"delegate": delegate})
+        # Idle drones ask again within seconds: tests add work while drones wait.
+        delegate = {"poll_seconds": 1, **(delegate or {})}
+        edit(self.config, {"delegate": {"idle_max_seconds": max(4, delegate["poll_seconds"]),
+                                        **delegate}})
         self.http = None
         if publish:
             self.http = HttpServer(self.root / "binhost")

@@ -52,7 +52,15 @@ T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
 
 class Delegation(RuleBasedStateMachine):
-    """Random claims, reports, releases, heartbeats and clock jumps on a small queue."""
+    """Random claims, reports, releases, heartbeats and clock jumps on a small queue.
+
+    The drones behave as swarm-drone does: an idle drone's heartbeat rides on
+    its claim, a building one beats every third of the lease naming what it
+    knows it holds, and a claim's answer may be lost on the way. What each
+    drone knows is modelled, so the invariant can say: a lease is held by a
+    drone that knows it, or it is one whose answer was lost and runs out
+    (or comes back with the drone's next claim), never extended.
+    """
 
     @initialize()
     def setup(self):
@@ -67,6 +75,9 @@ class Delegation(RuleBasedStateMachine):
         apply_scan(self.conn, parse_merge_list(synthetic_scan(6)), "test", T0)
         self.now = T0
         self.events = 6
+        self.known = {d: set() for d in DRONES}  # what each drone believes it holds
+        self.last_beat = dict.fromkeys(DRONES, T0)
+        self.lost = {}  # (drone, cpv) -> when a claim's answer was lost
 
     def teardown(self):
         if hasattr(self, "conn"):
@@ -77,16 +88,38 @@ class Delegation(RuleBasedStateMachine):
         return [r[0] for r in self.conn.execute(
             "SELECT cpv FROM packages WHERE drone = ? AND status = 'delegated'", (drone,))]
 
-    @rule(drone=st.sampled_from(DRONES))
-    def claim(self, drone):
-        delegate.claim(self.conn, self.config, drone, now=self.now)
+    def beat(self, drone):
+        self.last_beat[drone] = self.now
+        delegate.heartbeat(self.conn, self.config, drone,
+                           {"building": sorted(self.known[drone])}, now=self.now)
+
+    @rule(drone=st.sampled_from(DRONES), lost=st.booleans())
+    def claim(self, drone, lost):
+        if self.known[drone]:
+            return  # a drone asks for work only when it builds nothing
+        self.beat(drone)  # rides on the claim: one session
+        job = delegate.claim(self.conn, self.config, drone, now=self.now)
+        if job is None:
+            return
+        if lost:
+            self.lost[(drone, job["cpv"])] = self.now
+        else:
+            self.known[drone].add(job["cpv"])
+            self.lost.pop((drone, job["cpv"]), None)
+
+    def forget(self, drone, cpv):
+        self.known[drone].discard(cpv)
 
     @rule(drone=st.sampled_from(DRONES), ok=st.booleans(), data=st.data())
     def report(self, drone, ok, data):
-        held = self.held(drone)
-        if not held:
+        if not self.known[drone]:
             return
-        cpv = data.draw(st.sampled_from(held))
+        cpv = data.draw(st.sampled_from(sorted(self.known[drone])))
+        self.forget(drone, cpv)
+        if cpv not in self.held(drone):  # its lease ran out: the report is refused
+            with pytest.raises(SwarmError):
+                delegate.release(self.conn, self.config, drone, cpv, self.now)
+            return
         if ok:
             pf = cpv.split("/")[1]
             path = self.config.staging_dir / drone / "app-test" / f"{pf}-1.gpkg.tar"
@@ -106,17 +139,57 @@ class Delegation(RuleBasedStateMachine):
 
     @rule(drone=st.sampled_from(DRONES))
     def release(self, drone):
-        for cpv in self.held(drone)[:1]:
-            delegate.release(self.conn, self.config, drone, cpv, now=self.now)
+        for cpv in sorted(self.known[drone])[:1]:
+            self.forget(drone, cpv)
+            if cpv in self.held(drone):
+                delegate.release(self.conn, self.config, drone, cpv, now=self.now)
 
     @rule(drone=st.sampled_from(DRONES))
     def heartbeat(self, drone):
-        delegate.heartbeat(self.conn, self.config, drone, {}, now=self.now)
+        """A heartbeat at any time (a built package waiting for delivery, say)."""
+        self.beat(drone)
+
+    @rule()
+    def a_third_of_the_lease_passes_and_building_drones_beat(self):
+        self.now += timedelta(seconds=self.config.delegate.beat_seconds())
+        delegate.expire(self.conn, now=self.now)
+        for drone in DRONES:
+            if self.known[drone]:
+                self.beat(drone)
 
     @rule(seconds=st.sampled_from([10, 1800, 3601, 7200]))
     def time_passes(self, seconds):
+        """Nobody beats meanwhile: a drone silent past its lease is dead (and forgets)."""
         self.now += timedelta(seconds=seconds)
         delegate.expire(self.conn, now=self.now)
+        lease = timedelta(seconds=self.config.delegate.lease_seconds)
+        for drone in DRONES:
+            if self.now - self.last_beat[drone] >= lease:
+                for cpv in self.known[drone]:  # its leases now run out, unextended
+                    self.lost[(drone, cpv)] = self.last_beat[drone]
+                self.known[drone] = set()
+
+    @invariant()
+    def a_lease_is_known_to_its_drone_or_runs_out(self):
+        if not hasattr(self, "conn"):
+            return
+        lease = timedelta(seconds=self.config.delegate.lease_seconds)
+        for cpv, drone, until in self.conn.execute(
+                "SELECT cpv, drone, lease_until FROM packages WHERE status = 'delegated'"):
+            if cpv in self.known[drone]:
+                continue
+            lost_at = self.lost.get((drone, cpv))
+            assert lost_at is not None, f"{drone} holds {cpv} and never heard of it"
+            assert datetime.fromisoformat(until) <= lost_at + lease, "an unknown lease extended"
+
+    @invariant()
+    def a_drone_that_beats_keeps_its_lease(self):
+        if not hasattr(self, "conn"):
+            return
+        # Known leases of live drones (beating every third of the lease) never ran out.
+        for drone, cpvs in self.known.items():
+            for cpv in cpvs:
+                assert cpv in self.held(drone), f"{drone} lost {cpv} while beating"
 
     @invariant()
     def one_state_and_at_most_one_lease(self):

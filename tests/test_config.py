@@ -76,10 +76,10 @@ def test_precedence_flag_env_file_default(swarm, tmp_path):
     other.write_text("[delegate]\nlease_seconds = 600\n[binhost]\npath = 'bh'\n")
     loaded = config_mod.load(other, environ={})
     assert loaded.delegate.lease_seconds == 600  # file
-    assert loaded.delegate.online_seconds == 300  # default
+    assert loaded.delegate.retry_seconds == 1800  # default
     assert loaded.binhost.path == str(tmp_path / "bh")  # relative to the file
-    loaded = config_mod.load(other, environ={"SWARM_DELEGATE_ONLINE_SECONDS": "9"})
-    assert loaded.delegate.online_seconds == 9  # environment over default
+    loaded = config_mod.load(other, environ={"SWARM_DELEGATE_RETRY_SECONDS": "9"})
+    assert loaded.delegate.retry_seconds == 9  # environment over default
     loaded = config_mod.load(other, environ={"SWARM_DELEGATE_LEASE_SECONDS": "99"})
     assert loaded.delegate.lease_seconds == 99  # environment over file
     with pytest.raises(ConfigError, match="SWARM_DELEGATE_LEASE_SECONDS"):

@@ -249,3 +249,49 @@ def test_a_drone_held_from_a_package_does_not_get_it_but_others_do(queue):
         packages.hold(conn, pkg0, "d1", (T0 + timedelta(hours=1)).isoformat(), "bad upload")
     assert delegate.claim(conn, config, "d1", now=T0)["cpv"] == "app-test/pkg1-1.0"
     assert delegate.claim(conn, config, "d2", now=T0)["cpv"] == "app-test/pkg0-1.0"
+
+
+def test_an_idle_answer_says_when_to_ask_again(queue):
+    config, conn = queue  # defaults: poll 30 s, idle ceiling 300 s
+    for _ in range(5):
+        assert delegate.claim(conn, config, "d1", now=T0, renew=False)
+    d = delegate.idle_answer(conn, config, T0)
+    # Builds in progress may make work eligible: sooner than the ceiling,
+    # but no sooner than the idle fleet affords (one claim a second) or poll.
+    assert (d["in_progress"], d["ask_again_seconds"]) == (5, 30)
+
+    def idle_fleet(n):
+        for i in range(n):
+            conn.execute("INSERT OR REPLACE INTO drones (name, last_heartbeat, facts)"
+                         " VALUES (?, ?, '{}')", (f"idle{i}", T0.isoformat()))
+        conn.commit()
+    idle_fleet(120)
+    assert delegate.idle_answer(conn, config, T0)["ask_again_seconds"] == 120
+    idle_fleet(1000)
+    assert delegate.idle_answer(conn, config, T0)["ask_again_seconds"] == 300
+    later = T0 + timedelta(seconds=config.delegate.online_seconds + 1)
+    assert delegate.idle_drones(conn, config, later) == 0  # not heard from: not counted
+    # Nothing in progress, a back-off ending in 100 s: ask then; nothing at all: own back-off.
+    for i in range(5):
+        delegate.report_failed(conn, config, "d1", f"app-test/pkg{i}-1.0", T0, None,
+                               delegate.FailureKind.BUILD, [])
+    ends = conn.execute("SELECT min(retry_after) FROM packages").fetchone()[0]
+    soon = datetime.fromisoformat(ends) - timedelta(seconds=100)
+    assert delegate.idle_answer(conn, config, soon) == {
+        "cpv": None, "in_progress": 0, "ask_again_seconds": 100}
+    conn.execute("UPDATE packages SET active = 0")
+    conn.commit()
+    assert delegate.idle_answer(conn, config, soon)["ask_again_seconds"] is None
+
+
+def test_an_idle_drone_backs_off_doubling_to_the_ceiling_and_work_resets_it():
+    from swarmtools.drone import Backoff
+
+    wait = Backoff(30, 300)
+    waits = [wait.next() for _ in range(6)]
+    for got, base in zip(waits, [30, 60, 120, 240, 300, 300]):
+        assert 0.75 * base <= got <= 1.25 * base
+    assert wait.next(ask_again=45) <= 1.25 * 45  # the orchestrator says sooner
+    assert wait.next(ask_again=10_000) <= 1.25 * 300  # never later than the ceiling
+    wait.reset()
+    assert wait.next() <= 1.25 * 30

@@ -21,9 +21,9 @@ from swarmtools.prefix import EXAMPLE_REPO
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
 
-def ssh_swarm_with(tmp_path, settings=()):
+def ssh_swarm_with(tmp_path, settings=(), delegate=None):
     pytest.importorskip("portage")
-    swarm = DroneSwarm(tmp_path, delegate={"heartbeat_seconds": 2, "poll_seconds": 1},
+    swarm = DroneSwarm(tmp_path, delegate=delegate or {"heartbeat_seconds": 2, "poll_seconds": 1},
                        publish=True)
     gateway = script("swarm-delegate")
     server = start_sshd(tmp_path / "sshd", {
@@ -62,9 +62,53 @@ def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
     claims = ssh_swarm.query("SELECT p.cpv, count(*) FROM events e JOIN packages p"
                              " ON p.id = e.package_id WHERE e.event = 'claimed' GROUP BY p.cpv")
     assert {c for _, c in claims} == {1} and len(claims) == len(expected)
-    # It really went through sshd and the gateway: one connection per verb and upload.
+    # It really went through sshd and the gateway: a session per verb and upload,
+    # over one multiplexed connection a drone (a new one only if a master ended).
     log = ssh_swarm.server.log_text()
-    assert log.count("Accepted publickey") >= 3 * len(expected)
+    assert log.count("Starting session: forced-command") >= 3 * len(expected)
+    assert 2 <= log.count("Accepted publickey") <= 4
+
+
+def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
+    """Counted in sshd's log: the heartbeat rides on the claim, and idle waits back off."""
+    swarm = ssh_swarm_with(tmp_path, delegate={"lease_seconds": 600, "poll_seconds": 1,
+                                               "idle_max_seconds": 4})
+    from swarmtools.config import edit
+
+    # Without multiplexing every session is a login: sshd's "Accepted publickey".
+    edit(swarm.config, {"drones": {"d1": {"ssh_command": [
+        *swarm.server.ssh_command("d1"), "-o", "ControlMaster=no"]}}})
+
+    def logins():
+        return swarm.server.log_text().count("Accepted publickey")
+    try:
+        empty = tmp_path / "empty.txt"
+        empty.write_text("\nTotal: 0 packages, Size of downloads: 0 KiB\n")
+        assert swarm.run("swarm-fresh", "-q", "--from", str(empty)).returncode == 0
+        before = logins()  # an empty queue: one claim, one session, the facts recorded
+        drone = swarm.drone("d1", "--once")
+        out, err = drone.communicate(timeout=120)
+        assert drone.returncode == 0 and logins() - before == 1, err
+        facts = json.loads(swarm.query("SELECT facts FROM drones WHERE name = 'd1'")[0][0])
+        assert facts["building"] == [] and facts["version"] and facts["chost"]
+
+        before = logins()  # as a service: asks after about 1, 2, 4, 4... s, not every second
+        proc = swarm.drone("d1", "-vv")
+        time.sleep(14)
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert 3 <= logins() - before <= 7, err
+
+        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        before = logins()  # a build: claim (the heartbeat with it), upload, report
+        out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
+        assert "reported" in err, err
+        assert swarm.query("SELECT count(*) FROM events WHERE event = 'built'") == [(1,)]
+        assert logins() - before == 3, err
+    finally:
+        swarm.server.stop()
+        swarm.stop()
 
 
 def test_a_drone_key_cannot_claim_as_another_over_ssh(ssh_swarm):

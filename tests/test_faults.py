@@ -25,6 +25,8 @@ def scanned(swarm: Swarm, count: int = 3) -> Swarm:
     ("[delegate]\nlease_seconds = 0\n", "delegate.lease_seconds"),
     ("[delegate]\nlease_seconds = 30\nheartbeat_seconds = 30\n", "delegate.heartbeat_seconds"),
     ("[delegate]\nlease_seconds = 99999999999999999999\n", "delegate.lease_seconds"),
+    ("[delegate]\nidle_max_seconds = 600\nonline_seconds = 600\n", "delegate.online_seconds"),
+    ("[delegate]\npoll_seconds = 60\nidle_max_seconds = 30\n", "delegate.poll_seconds"),
     ("[orchestrator]\nstate_dir = ''\n", "orchestrator.state_dir"),
     ("[scan]\ncommand = []\n", "scan.command"),
     ('[orchestrator]\nlog_file = "a\\u0000b"\n', "orchestrator.log_file"),
@@ -306,3 +308,19 @@ def test_an_upload_whose_folder_swarm_sync_removed_meanwhile_is_made_again(swarm
     assert transport.prepared == 2  # the first attempt found no folder
     arrived = swarm.root / "state" / "staging" / "local" / "app-test" / "pkg0" / "pkg0-1.0-1.gpkg.tar"
     assert arrived.read_bytes() == b"a build"
+
+
+def test_drones_multiplex_ssh_each_over_its_own_private_socket():
+    from swarmtools.transport import control_directory, with_multiplexing
+
+    base = ["ssh", "-o", "BatchMode=yes"]
+    d1, d2 = with_multiplexing(base, "d1"), with_multiplexing(base, "d2")
+    path = next(w for w in d1 if w.startswith("ControlPath="))
+    # Never one connection for two drones on one host: the key names the drone.
+    assert path.endswith("/d1-%C") and path != next(w for w in d2 if w.startswith("ControlPath="))
+    assert "ControlMaster=auto" in d1 and "ControlPersist=60" in d1 and d1[-2:] == base[1:]
+    assert oct(control_directory().stat().st_mode & 0o777) == "0o700"
+    # The admin's own choice wins.
+    assert with_multiplexing([*base, "-o", "ControlMaster=no"], "d1") == [*base, "-o",
+                                                                         "ControlMaster=no"]
+    assert "ControlPersist=60" not in with_multiplexing([*base, "-o", "ControlPersist=5"], "d1")

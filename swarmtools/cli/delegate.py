@@ -50,8 +50,10 @@ def heartbeat(run_, drone, as_json):
 
     Reads one JSON object on stdin (at most 64 KiB): arch, chost, cflags,
     abi_x86, cuda, jobs, load, free_disk, config_digest, version
-    (swarm-drone sends them). A drone is online while its last heartbeat
-    is younger than delegate.online_seconds.
+    (swarm-drone sends them; an idle drone sends them with its claim, a
+    building one every delegate.heartbeat_seconds, by default a third of
+    delegate.lease_seconds). A drone is online while it was heard from
+    within delegate.online_seconds or holds a live lease.
 
     \b
     Example:
@@ -67,10 +69,15 @@ def heartbeat(run_, drone, as_json):
 @click.option("--limit", type=click.IntRange(1, 10000), default=1, show_default=True,
               help="Claim up to this many packages, one transaction each.")
 @click.option("--idle-info", is_flag=True,
-              help='When nothing is eligible, say so: {"cpv": null, "in_progress": N}, N the '
-                   "packages being built or published (work that may make more eligible).")
+              help='When nothing is eligible, say so: {"cpv": null, "in_progress": N, '
+                   '"ask_again_seconds": S}, N the packages being built or published (work '
+                   "that may make more eligible), S when to ask again (null: at the drone's "
+                   "own back-off).")
+@click.option("--heartbeat", is_flag=True,
+              help="Read the drone's heartbeat facts on stdin (as `heartbeat` does) and record "
+                   "them first: an idle drone's heartbeat rides on its claim, one ssh session.")
 @pass_run
-def claim(run_, drone, as_json, limit, idle_info):
+def claim(run_, drone, as_json, limit, idle_info, heartbeat):
     """Take the best eligible package for a drone, under a lease.
 
     Eligible: needed, still in the scan, not in a retry back-off, not held
@@ -84,14 +91,20 @@ def claim(run_, drone, as_json, limit, idle_info):
     are returned to 'needed' first; a lease the drone holds but did not name
     in its last heartbeat is handed back to it. Prints
     {"cpv", "slot", "subslot", "repo", "use", "lease_until", "attempts"}
-    (one line a package with --limit); prints nothing and exits 0 when
-    nothing is eligible: the drone sleeps and asks again.
+    (one line a package with --limit; with --heartbeat also
+    "config_matches"); prints nothing and exits 0 when nothing is
+    eligible: the drone waits and asks again. Its wait doubles from
+    delegate.poll_seconds up to delegate.idle_max_seconds; the answer's
+    ask_again_seconds cuts it short when work may soon become eligible,
+    never below what the fleet's idle drones can afford (about one idle
+    claim a second, fleet-wide).
 
     \b
     Example:
       swarm-delegate claim --drone d1 --json | jq -r .cpv
     """
-    verbs.run("claim", run_.config(), drone, as_json=as_json, limit=limit, idle_info=idle_info)
+    verbs.run("claim", run_.config(), drone, as_json=as_json, limit=limit, idle_info=idle_info,
+              heartbeat=heartbeat)
 
 
 @cli.command(context_settings=CONTEXT)

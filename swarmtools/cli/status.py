@@ -45,8 +45,9 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     """Show the swarm: drones, success rate, packages per state.
 
     Every figure is derived from the database and staging: drones online
-    (heartbeat younger than delegate.online_seconds) out of known, the
-    success rate of reported builds, the number of packages in each state
+    (heard from within delegate.online_seconds, or holding a live lease)
+    out of known, the success rate of reported builds, the number of
+    packages in each state
     (needed, delegated, received, synced, failed), the bytes waiting in
     staging and the age of the oldest received package (BACKLOG when older
     than three binhost.sync_interval_seconds), and one line a drone.
