@@ -175,8 +175,9 @@ def _refuse_grounded(conn: sqlite3.Connection, drone: str, at: str) -> None:
 
 
 # Idle claims the orchestrator invites per second, fleet-wide, when it says
-# "ask again sooner": new work is picked up within about a second, and a
-# thousand idle drones cost it one ssh session a second.
+# "ask again sooner": while work is in progress, new work is picked up
+# within about a second however many drones wait, and they cost it about
+# one ssh session a second together.
 IDLE_CLAIMS_PER_SECOND = 1.0
 
 

@@ -41,6 +41,7 @@ SSH_TIMEOUTS = ("ConnectTimeout=10", "ServerAliveInterval=15", "ServerAliveCount
 # drone (asking every few minutes) holds no connection, and so no sshd
 # process on the orchestrator (about 1.8 MiB each, measured).
 CONTROL_PERSIST = 60
+UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux, 104 on the BSDs
 
 
 class TransportError(SwarmError):
@@ -174,7 +175,8 @@ def with_multiplexing(ssh: list[str], drone: str) -> list[str]:
     if "ControlMaster" in given or "ControlPath" in given:
         return ssh
     directory = control_directory()
-    if directory is None:
+    # A unix socket's path holds about 100 bytes; %C is 40 hex digits.
+    if directory is None or len(f"{directory}/{drone}-") + 40 > UNIX_PATH_MAX:
         return ssh
     persist = [] if "ControlPersist" in given else ["-o", f"ControlPersist={CONTROL_PERSIST}"]
     return [ssh[0], "-o", "ControlMaster=auto", "-o", f"ControlPath={directory}/{drone}-%C",

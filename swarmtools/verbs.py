@@ -68,8 +68,9 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
             else:
                 for job in claimed:
                     print(f"{job['cpv']}\tlease until {job['lease_until']}" if job["cpv"] else
-                          f"nothing eligible; {job['in_progress']} being built or published;"
-                          f" ask again in {job['ask_again_seconds'] or 'your own time'}")
+                          f"nothing eligible; {job['in_progress']} being built or published"
+                          + (f"; ask again in {job['ask_again_seconds']} s"
+                             if job["ask_again_seconds"] else ""))
         elif verb == "report":
             result = _report(conn, config, drone, cpv, now, **options)
             _answer(as_json, result, f"{cpv}: {result['status']}")

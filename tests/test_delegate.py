@@ -295,3 +295,17 @@ def test_an_idle_drone_backs_off_doubling_to_the_ceiling_and_work_resets_it():
     assert wait.next(ask_again=10_000) <= 1.25 * 300  # never later than the ceiling
     wait.reset()
     assert wait.next() <= 1.25 * 30
+
+
+def test_a_building_drone_is_online_while_its_lease_lives(queue):
+    from swarmtools import status
+
+    config, conn = queue
+    delegate.heartbeat(conn, config, "d1", {"building": []}, now=T0)  # as the claim carries it
+    assert delegate.claim(conn, config, "d1", now=T0)
+
+    def online(at):
+        return {d["drone"]: d["online"] for d in status.drone_table(conn, config, at)}["d1"]
+    # It beats every third of the lease, so its last heartbeat may be older than the window.
+    assert online(T0 + timedelta(seconds=config.delegate.online_seconds + 60))
+    assert not online(T0 + timedelta(seconds=config.delegate.lease_seconds + 1))
