@@ -26,6 +26,7 @@ from pathlib import Path
 from . import gpkg, identity, portageenv
 from .config import Config
 from .errors import SwarmError
+from .output import fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +70,12 @@ class Binhost:
 
     def put(self, incoming: Path, target: str) -> None:
         """Rename a verified copy into place: a file at its final name is always whole."""
-        fd = os.open(incoming, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(incoming)
         destination = self.path / target
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.rename(incoming, destination)
         # The index will name this file: the rename must survive a power loss too.
-        fd = os.open(destination.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(destination.parent)
 
     def has(self, relative: str) -> bool:
         """Whether a published file is on disk."""

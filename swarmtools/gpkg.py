@@ -55,12 +55,19 @@ def name_for(pf: str, build_id: int) -> str:
 
 def file_digest(path: Path) -> tuple[int, str]:
     """Size and sha256 of a file, read in blocks."""
-    digest, size = hashlib.sha256(), 0
+    size, digests = file_hashes(path, ("sha256",))
+    return size, digests["sha256"]
+
+
+def file_hashes(path: Path, names: tuple[str, ...]) -> tuple[int, dict[str, str]]:
+    """Size and hex digests of a file by hashlib NAMES, read once in blocks."""
+    hashes, size = {name: hashlib.new(name) for name in names}, 0
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
-            digest.update(block)
+            for h in hashes.values():
+                h.update(block)
             size += len(block)
-    return size, digest.hexdigest()
+    return size, {name: h.hexdigest() for name, h in hashes.items()}
 
 
 def verify(path: Path, cpv: str, settings) -> dict[str, str]:

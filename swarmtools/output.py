@@ -33,16 +33,31 @@ def emit_table(rows: list[list], headers: list[str], stream: IO[str] | None = No
                                           disable_numparse=True) + "\n")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file through a temporary name and rename(): readers see old or new, whole."""
+def write_atomic(path: Path, data: str | bytes, mtime: int | None = None) -> None:
+    """Write a file through a temporary name and rename(): readers see old or new, whole.
+
+    MTIME, when given, is set before the rename (what a web server answers
+    If-Modified-Since with).
+    """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "w") as f:
-            f.write(text)
+        with open(temporary, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if mtime is not None:
+            os.utime(temporary, (mtime, mtime))
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file, or a directory's entries (a rename in it), to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

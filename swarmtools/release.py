@@ -38,13 +38,14 @@ from .binhost import CLIENT_TOLERANCE, Index, portage_config, read_index
 from .config import Config
 from .crashpoints import crashpoint
 from .errors import ExitCode, SwarmError
+from .output import fsync_path, write_atomic
 
 HOOK_VARIABLE = "SWARM_RELEASE_TEST_HOOK"  # "STEP:kill" or "STEP:pause=SECONDS", tests only
 RELEASE_NAME = re.compile(r"[0-9][0-9A-Za-z._-]*")   # dates: 2026.12.05, 2026.12.05.1
 CHANNEL_NAME = re.compile(r"[a-z][a-z0-9_-]*")      # stable, testing, latest
 LIVE = "latest"                                     # the channel that is the binhost itself
 VIEWS = ".views"
-DIGESTS = {"SHA1": hashlib.sha1, "MD5": hashlib.md5}  # what Portage's index lists
+DIGESTS = {"SHA1": "sha1", "MD5": "md5"}  # what Portage's index lists: hashlib's names
 PROFILE = "default"  # one profile until [profiles] tables exist
 
 
@@ -166,7 +167,7 @@ def create(config: Config, conn: sqlite3.Connection, now: datetime, name: str | 
         _sync_tree(work)
         crashpoint(HOOK_VARIABLE, "written")
         os.rename(work, base / name)
-        _fsync_dir(base)
+        fsync_path(base)
     return info
 
 
@@ -191,14 +192,7 @@ def write_index(directory: Path, index: Index, timestamp: int | None = None) -> 
     out.write(text)
     data = text.getvalue().encode()
     for name, payload in (("Packages.gz", gzip.compress(data, mtime=0)), ("Packages", data)):
-        temporary = directory / f".{name}.tmp"
-        with open(temporary, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        if timestamp is not None:  # the mtime a web server answers If-Modified-Since with
-            os.utime(temporary, (timestamp, timestamp))
-        os.replace(temporary, directory / name)
+        write_atomic(directory / name, payload, mtime=timestamp)
 
 
 def _identities(conn: sqlite3.Connection, index: Index) -> list[dict]:
@@ -284,12 +278,8 @@ def _wrong_digests(file: Path, entry: dict) -> list[str]:
     known = [name for name in DIGESTS if name in entry]
     if not known:
         return ["no digest in the index"]
-    hashes = {name: DIGESTS[name]() for name in known}
-    with open(file, "rb") as f:
-        while block := f.read(1 << 20):
-            for h in hashes.values():
-                h.update(block)
-    return [name for name in known if hashes[name].hexdigest() != entry[name]]
+    _, digests = gpkg.file_hashes(file, tuple(DIGESTS[name] for name in known))
+    return [name for name in known if digests[DIGESTS[name]] != entry[name]]
 
 
 def promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, now: datetime,
@@ -375,7 +365,7 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     os.symlink(os.path.join(VIEWS, view.name), link)
     crashpoint(HOOK_VARIABLE, "linked")
     os.replace(link, base / channel)  # the one step clients see: old view or new, whole
-    _fsync_dir(base)
+    fsync_path(base)
     crashpoint(HOOK_VARIABLE, "swapped")
     _record(conn, channel, name, action, now, actor)
     _drop_old_views(views, channel)
@@ -506,16 +496,4 @@ def _sync_tree(directory: Path) -> None:
     for path in [directory, *directory.rglob("*")]:
         if path.is_symlink() or path.suffix == ".tar":
             continue  # links and hardlinked packages: the binhost's files, synced when published
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_path(path)
