@@ -450,7 +450,8 @@ def _rebuild_reason(before: dict, after: dict) -> str:
     return "; ".join(reasons) or "a new build of the same version and USE"
 
 
-def prune(config: Config, conn: sqlite3.Connection, keep: int, dry_run: bool = False) -> list[str]:
+def prune(config: Config, conn: sqlite3.Connection, keep: int, now: datetime,
+          dry_run: bool = False) -> list[str]:
     """Remove releases beyond the newest KEEP that no channel ever pointed at; their names.
 
     A release a channel pointed at stays (a rollback may need it); the
@@ -458,7 +459,7 @@ def prune(config: Config, conn: sqlite3.Connection, keep: int, dry_run: bool = F
     the binhost or another release links it).
     """
     pinned = {row[0] for row in conn.execute("SELECT DISTINCT release FROM channel_moves")}
-    pinned |= {c["release"] for c in channels(config, clock.utcnow()) if c["release"]}
+    pinned |= {c["release"] for c in channels(config, now) if c["release"]}
     made = releases(config)
     doomed = [r["name"] for r in made[:max(0, len(made) - keep)] if r["name"] not in pinned]
     if not dry_run:

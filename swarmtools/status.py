@@ -12,8 +12,6 @@ from .config import Config
 from .errors import SwarmError
 from .packages import STATES, Event, State
 
-DRONE_RULES = eligibility.DRONE_RULES  # (held, excluded, capability): the asking drone's
-
 
 def summary(conn: sqlite3.Connection, config: Config, now: datetime,
             drones: list[dict] | None = None, kept: dict[str, set[int]] | None = None) -> dict:
@@ -98,7 +96,7 @@ def kept_back(conn: sqlite3.Connection, config: Config, now: datetime,
                  if d["online"] and not d["grounded_until"]]
     kept = {}
     for rule in eligibility.RULES[1:]:  # the first, Wanted, is what "needed" means
-        if rule.name in DRONE_RULES:
+        if rule.name in eligibility.DRONE_RULES:
             common = None
             for claimant in claimants:
                 ids = _kept_by(conn, rule, claimant)
@@ -141,7 +139,7 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
     answers = []
     for pkg in rows if not rows[0]["active"] else [r for r in rows if r["active"]]:
         general = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
-                   if rule.name not in DRONE_RULES
+                   if rule.name not in eligibility.DRONE_RULES
                    and (why := rule.explain(conn, pkg, anyone)) is not None]
         drones = []
         for name in [drone] if drone else sorted(config.drones):
@@ -149,7 +147,7 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
             claimant = claimant_for(conn, config, name, now)
             # A drone that never sent its facts: what it can build is not known yet.
             own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
-                   if rule.name in DRONE_RULES
+                   if rule.name in eligibility.DRONE_RULES
                    and (facts.get("last_heartbeat") or rule.name != "capability")
                    and (why := rule.explain(conn, pkg, claimant)) is not None]
             if facts.get("grounded_until"):

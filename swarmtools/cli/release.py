@@ -208,7 +208,8 @@ def prune(run_, as_json, keep, dry_run):
       swarm-release prune -n
     """
     config = run_.config()
-    removed = release.prune(config, run_.database(), keep or config.binhost.releases_keep, dry_run)
+    removed = release.prune(config, run_.database(), keep or config.binhost.releases_keep,
+                            clock.utcnow(), dry_run)
     if as_json:
         emit_json({"removed": removed, "dry_run": dry_run})
     else:
