@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "MAKEOPTS", "PKGDIR", "PORTAGE_TMPDIR")
 LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
 CONSOLE_TAIL_BYTES = 256 << 10
-STOP_GRACE_SECONDS = 20  # a build's whole session is killed this long after SIGTERM
+STOP_GRACE_SECONDS = 10  # a build's whole session is killed this long after SIGTERM
 WAIT_SLICE_SECONDS = 0.5  # how soon a running build notices a stop
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DroneSwarm, ebuild
+from swarmtools.drone import STOP_GRACE_SECONDS
 from swarmtools.prefix import EXAMPLE_REPO
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
@@ -114,7 +115,7 @@ def test_a_build_that_ignores_sigterm_is_killed_and_released(stubborn_swarm):
     d1.send_signal(signal.SIGTERM)
     out, err = d1.communicate(timeout=90)
     assert d1.returncode == 0, err
-    assert "still running 20 s after SIGTERM: killing it" in err
+    assert f"still running {STOP_GRACE_SECONDS} s after SIGTERM: killing it" in err
     assert "releasing app-misc/held-1" in err
     assert stubborn_swarm.query("SELECT status, drone FROM packages") == [("needed", None)]
 

@@ -53,7 +53,7 @@ def cli(run_, name, once, drain, syslog, verbose, quiet):
     be delivered.
 
     SIGTERM or SIGINT stops the build (its processes are killed if they
-    still run 20 s later), gives the package back (release) and exits 0.
+    still run 10 s later), gives the package back (release) and exits 0.
     Runs as a service: see init/ for OpenRC and systemd.
 
     Exit codes: 0 stopped or done; 1 with --once, the build failed; 1 with
