@@ -63,3 +63,17 @@ def test_the_help_lists_every_key_of_the_schema():
     for section, key in schema_keys():
         expected.setdefault(section, []).append(key)
     assert listed == expected
+
+
+def test_the_readme_sshd_snippet_is_accepted_by_sshd(tmp_path):
+    sshd = Path("/usr/sbin/sshd")
+    if not sshd.exists():
+        pytest.skip("no sshd here (scripts/system-deps installs openssh-server)")
+    snippet = re.search(r"```\n(# Above the drone count:\n.*?)```", README, re.S)
+    assert snippet, "the README's sshd snippet is gone"
+    key = tmp_path / "host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "sshd_config"
+    config.write_text(f"HostKey {key}\n{snippet.group(1)}")
+    r = subprocess.run([sshd, "-t", "-f", config], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -38,7 +38,10 @@ def client_prefix(root, url, public_key=None, fingerprint=None):
     from swarmtools.prefix import create_prefix
 
     client = create_prefix(root)
-    home = client.root / "etc" / "portage" / "gnupg"
+    # Not etc/portage/gnupg (Portage's default, set below anyway): gpg-agent's
+    # sockets go in the home, and a unix socket's name holds 107 bytes;
+    # under pytest-100 and later that path was longer (gpg exit 2).
+    home = client.root / "gpg"
     home.mkdir(mode=0o700)
     if public_key:
         gpg(home, "--import", input=public_key)
