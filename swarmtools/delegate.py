@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from . import clock, db, eligibility, exclude, gpkg, packages, routing, staging
 from .config import Config
@@ -204,12 +204,10 @@ def idle_answer(conn: sqlite3.Connection, config: Config, now: datetime) -> dict
 
 
 def idle_drones(conn: sqlite3.Connection, config: Config, now: datetime) -> int:
-    """Drones heard from within the online window that hold no lease."""
-    since = clock.iso(now - timedelta(seconds=config.delegate.online_seconds))
-    return conn.execute(
-        "SELECT count(*) FROM drones WHERE last_heartbeat >= ? AND name NOT IN"
-        " (SELECT drone FROM packages INDEXED BY packages_delegated"
-        "  WHERE status = 'delegated' AND drone IS NOT NULL)", (since,)).fetchone()[0]
+    """Online drones that hold no lease."""
+    holders = {row[0] for row in conn.execute(
+        "SELECT drone FROM packages INDEXED BY packages_delegated WHERE status = 'delegated'")}
+    return len(eligibility.online_drones(conn, config.delegate.online_seconds, now) - holders)
 
 
 def in_progress(conn: sqlite3.Connection) -> int:

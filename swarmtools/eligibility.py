@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Iterable, Iterator
 
+from . import clock
 from .packages import State
 
 
@@ -204,34 +205,29 @@ _CANDIDATE_COLUMNS = ("id, cpv, cp, slot, subslot, repo, use, status, active, dr
 def candidates(conn: sqlite3.Connection, claimant: Claimant,
                rules: Iterable[Rule] = RULES) -> Iterator[sqlite3.Row]:
     """Eligible packages for CLAIMANT, best first, read lazily."""
-    rules = tuple(rules)
-    conditions, params = [], []
-    for rule in rules:
-        if (clause := rule.where(claimant)) is not None:
-            conditions.append(clause[0])
-            params.extend(clause[1])
-    where = " AND ".join(conditions) or "1"
-    testers = [r for r in rules if type(r).allows is not Rule.allows]
-    for row in conn.execute(
-            f"SELECT {_CANDIDATE_COLUMNS} FROM packages WHERE {where}"
-            " ORDER BY priority DESC, scan_order, id", params):
-        if all(rule.allows(row, claimant) for rule in testers):
-            yield row
+    yield from _eligible(conn, claimant, tuple(rules), "1", [],
+                         " ORDER BY priority DESC, scan_order, id")
 
 
 def admits(conn: sqlite3.Connection, package_id: int, claimant: Claimant,
            rules: Iterable[Rule] = RULES) -> bool:
     """Whether RULES let CLAIMANT have package PACKAGE_ID (candidates()' test, for one package)."""
-    rules = tuple(rules)
-    conditions, params = ["id = ?"], [package_id]
+    return next(_eligible(conn, claimant, tuple(rules), "id = ?", [package_id]), None) is not None
+
+
+def _eligible(conn: sqlite3.Connection, claimant: Claimant, rules: tuple[Rule, ...],
+              condition: str, params: list, order: str = "") -> Iterator[sqlite3.Row]:
+    """Rows matching CONDITION that RULES let CLAIMANT have: their SQL, then their tests."""
+    conditions, params = [condition], list(params)
     for rule in rules:
         if (clause := rule.where(claimant)) is not None:
             conditions.append(clause[0])
             params.extend(clause[1])
-    row = conn.execute(f"SELECT {_CANDIDATE_COLUMNS} FROM packages WHERE "
-                       + " AND ".join(conditions), params).fetchone()
-    return row is not None and all(rule.allows(row, claimant) for rule in rules
-                                   if type(rule).allows is not Rule.allows)
+    testers = [r for r in rules if type(r).allows is not Rule.allows]
+    for row in conn.execute(f"SELECT {_CANDIDATE_COLUMNS} FROM packages WHERE "
+                            + " AND ".join(conditions) + order, params):
+        if all(rule.allows(row, claimant) for rule in testers):
+            yield row
 
 
 def reasons(conn: sqlite3.Connection, package: sqlite3.Row, claimant: Claimant,
@@ -252,3 +248,16 @@ class FirstEligible:
     def pick(self, candidates: Iterable[sqlite3.Row], claimant: Claimant) -> sqlite3.Row | None:
         """The package to hand to CLAIMANT, or None."""
         return next(iter(candidates), None)
+
+
+def online_drones(conn: sqlite3.Connection, online_seconds: int, now: datetime) -> set[str]:
+    """Drones heard from within ONLINE_SECONDS, or holding a live lease.
+
+    A building drone beats only every third of its lease, so its last
+    heartbeat may be older than the window while it works.
+    """
+    at = clock.iso(now)
+    return {row[0] for row in conn.execute(
+        "SELECT name FROM drones WHERE last_heartbeat >= ? UNION SELECT drone FROM packages"
+        " INDEXED BY packages_delegated WHERE status = 'delegated' AND lease_until > ?",
+        (clock.iso(now - timedelta(seconds=online_seconds)), at))}

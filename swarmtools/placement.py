@@ -18,7 +18,6 @@ place for.
 from __future__ import annotations
 
 import sqlite3
-from datetime import timedelta
 from typing import Iterable
 
 from . import clock, eligibility
@@ -85,13 +84,12 @@ class CriticalPath:
 
     def speeds(self, claimant: Claimant) -> dict[str, float]:
         """Speed of each online drone that is not grounded (the asking one included)."""
-        since = clock.iso(claimant.now - timedelta(seconds=self.config.delegate.online_seconds))
+        online = eligibility.online_drones(self.conn, self.config.delegate.online_seconds,
+                                           claimant.now)
         speed = {row["name"]: self._speed(row["name"], row["speed"]) for row in self.conn.execute(
-            "SELECT name, speed FROM drones WHERE ((last_heartbeat >= ? OR name IN"
-            " (SELECT drone FROM packages INDEXED BY packages_delegated WHERE"
-            "  status = 'delegated' AND lease_until > ?)) AND"
-            " (grounded_until IS NULL OR grounded_until <= ?)) OR name = ?",
-            (since, claimant.at, claimant.at, claimant.name))}
+            "SELECT name, speed FROM drones WHERE grounded_until IS NULL OR grounded_until <= ?"
+            " OR name = ?", (claimant.at, claimant.name))
+            if row["name"] in online or row["name"] == claimant.name}
         speed.setdefault(claimant.name, self._speed(claimant.name, None))
         return speed
 

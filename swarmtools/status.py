@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from . import clock, eligibility, release, staging
 from .config import Config
@@ -177,20 +177,18 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
 
 def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list[dict]:
     """One entry a drone: configured or seen, online, building, built, failed, facts."""
-    window = timedelta(seconds=config.delegate.online_seconds)
     outcomes = {
         (drone, event): count for drone, event, count in conn.execute(
             "SELECT actor, event, count(*) FROM events WHERE event IN (?, ?) GROUP BY actor, event",
             (Event.BUILT, Event.BUILD_FAILED))
     }
-    building, leased = defaultdict(list), set()
-    for drone, cpv, since, lease_until in conn.execute(
+    building = defaultdict(list)
+    for drone, cpv, since in conn.execute(
             "SELECT p.drone, p.cpv, (SELECT max(e.at) FROM events e WHERE e.package_id = p.id"
-            " AND e.event = ?), p.lease_until FROM packages p WHERE p.status = ? AND p.active = 1"
-            " ORDER BY p.id", (Event.CLAIMED, State.DELEGATED)):
+            " AND e.event = ?) FROM packages p WHERE p.status = ? AND p.active = 1 ORDER BY p.id",
+            (Event.CLAIMED, State.DELEGATED)):
         building[drone].append({"cpv": cpv, "since": since})
-        if lease_until and lease_until > clock.iso(now):
-            leased.add(drone)  # a building drone beats only every third of its lease
+    online = eligibility.online_drones(conn, config.delegate.online_seconds, now)
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
     names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
     drones = []
@@ -201,7 +199,7 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
         drones.append({
             "drone": name,
             "configured": name in config.drones,
-            "online": bool(last and now - last <= window) or name in leased,
+            "online": name in online,
             "last_heartbeat": last.isoformat() if last else None,
             "building": len(building.get(name, ())),
             "building_packages": building.get(name, []),
