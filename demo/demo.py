@@ -10,11 +10,21 @@ rsync directly), each package only once what it needs is published: every
 report starts swarm-sync, and a cron-like loop runs it every two seconds
 too (d2 is kept from one package by a swarm-exclude rule, and swarm-status
 --why says what each package waits for). No drone compiles anything it did not claim. Then a fresh client installs the whole world with
-`emerge --getbinpkgonly`: nothing is built from source. Last, a version bump
-in the tree is scanned, built and published, superseding the old build; the
-binhost is frozen as a release before and after it (swarm-release: the first
-promoted to the channel stable, then a diff); and swarm-status writes the
-status page (www/index.html) and prints the metrics.
+`emerge --getbinpkgonly`: nothing is built from source. The drones build
+with the scan's Portage configuration (the build profile), not their own:
+d2's own package.use turns off a flag the scan turns on, and the published
+binary has it on all the same. Then the tree moves on (a version bump and a
+new package land in the orchestrator's repository, as after emerge --sync):
+the postsync hook re-scans, only the bumped package is queued again, the
+drones find their repositories behind the scan's and sync them (their
+sync_command copies the orchestrator's, standing in for a mirror) before
+building it, and it is published, superseding the old build; the binhost is
+frozen as a release before and after it (swarm-release: the first promoted
+to the channel stable, then a diff). The new package, added to the world
+file, is picked up by the next `swarm-fresh --if-changed` (a second run
+finds nothing changed and runs no emerge). swarm-config check --remote
+compares each drone and the binhost with the config, and swarm-status
+writes the status page (www/index.html) and prints the metrics.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 """
 
@@ -62,11 +72,20 @@ def main() -> None:
     server, base = serve(DEMO / "swarm")
     url = f"{base}/binhost"
     try:
-        drones = {name: create_prefix(DEMO / f"drone-{name}") for name in ("d1", "d2")}
+        # Drones install from the binhost too (what swarm-config render drone says).
+        drones = {name: create_prefix(DEMO / f"drone-{name}", binhost_url=url)
+                  for name in ("d1", "d2")}
+        # d2's own settings would build example-app without its default flag:
+        # drones build with the scan's (the profile's) all the same.
+        (drones["d2"].root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
         edit(config, {
             "binhost": {"url": url},
             "drones": {name: {"host": "localhost", "transport": "local",
-                              "environment": p.env_overrides()} for name, p in drones.items()},
+                              "environment": p.env_overrides(),
+                              # Stands in for emerge --sync from the orchestrator's mirror.
+                              "sync_command": ["rsync", "-a", "--delete", f"{prefix.repo}/",
+                                               f"{p.repo}/"]}
+                       for name, p in drones.items()},
             "delegate": {"heartbeat_seconds": 5, "poll_seconds": 2, "idle_max_seconds": 10},
         })
         print(f"demo: config written to {config}, with drones d1 and d2 (one prefix each)")
@@ -83,17 +102,27 @@ def main() -> None:
         build(env)
         show("swarm-sync", "-v", env=env)
         show("swarm-status", env=env)
+        index = (DEMO / "swarm" / "binhost" / "Packages").read_text()
+        use = re.search(r"CPV: app-misc/example-app-1.0\n(?:.+\n)*?USE: (.*)", index).group(1)
+        print(f"demo: app-misc/example-app on the binhost has USE=\"{use}\" (the scan's), though "
+              "d2's own package.use says -compress")
+        if "compress" not in use.split():
+            sys.exit("demo: a drone's own settings reached a published binary")
         compiled_only_what_was_claimed(drones, config)
         install_client(url)
         first = release_name()
         show("swarm-release", "create", first, env=env)
         show("swarm-release", "promote", first, env=env)
 
-        print("\ndemo: a new version of app-misc/example-docs lands in the tree", flush=True)
-        for p in (prefix, *drones.values()):
-            docs = p.repo / "app-misc" / "example-docs"
-            shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
-        show("swarm-fresh", "--json", "--resolve", env=env)
+        print("\ndemo: emerge --sync brings a new version of app-misc/example-docs and a new "
+              "package, app-misc/example-extra, into the orchestrator's tree", flush=True)
+        docs = prefix.repo / "app-misc" / "example-docs"
+        shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
+        extra = prefix.repo / "app-misc" / "example-extra"
+        extra.mkdir()
+        shutil.copy(docs / "example-docs-1.0.ebuild", extra / "example-extra-1.0.ebuild")
+        show(str(Path(__file__).resolve().parents[1] / "cron" / "postsync.d" / "swarm-fresh"),
+             env=env)
         show("swarm-status", "--packages", "--state", "needed", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)
@@ -107,6 +136,16 @@ def main() -> None:
               f"{offered(pinned)}; one on the live binhost {offered(live)} "
               f"('swarm-release promote {second}' moves stable there)", flush=True)
         show("swarm-release", "list", env=env)
+
+        print("\ndemo: the admin adds app-misc/example-extra to the world file", flush=True)
+        world = prefix.root / "var" / "lib" / "portage" / "world"
+        world.write_text(world.read_text() + "app-misc/example-extra\n")
+        show("swarm-fresh", "--if-changed", "--resolve", env=env)
+        build(env)
+        show("swarm-sync", "-v", env=env)
+        show("swarm-fresh", "--if-changed", "-v", env=env)  # nothing changed: no emerge
+        show("swarm-config", "render", "drone", "d1", env=env)
+        show("swarm-config", "check", "--remote", env=env)
         show("swarm-status", env=env)
         page = DEMO / "www" / "index.html"
         page.parent.mkdir(exist_ok=True)

@@ -174,6 +174,12 @@ class Drone:
     ssh_command: list = key([], "this drone's ssh program and options "
                                 "(default orchestrator.ssh_command)")
     environment: dict = key({}, "extra environment for the drone's emerge", kind="env")
+    check_command: list = key([], "how swarm-config check --remote runs a program on the drone "
+                                  "(e.g. [\"ssh\", \"root@d1\"]; empty: ssh HOST, or here for the "
+                                  "local transport)")
+    sync_command: list = key(["emerge", "--sync"], "what the drone runs when its ebuild "
+                                                   "repositories are not at the scan's state "
+                                                   "(empty: it gives the package back)")
 
 
 # The file's top level: single tables, then collections of named tables.
@@ -593,6 +599,42 @@ def binrepos_conf(config: Config, name: str = "swarm", channel: str | None = Non
         lines += ["# swarm-sync does not sign (binhost.gpg_key is empty): say so knowingly.",
                   "verify-signature = false"]
     return "\n".join(lines) + "\n"
+
+
+def render_client(config: Config, profile: dict | None) -> str:
+    """The make.conf lines and binrepos.conf entry a client of the binhost must have."""
+    lines = ["# /etc/portage/make.conf on a client (swarm-config render client): binaries",
+             "# first, from the swarm's binhost. Portage uses a binary only when its USE,",
+             "# CHOST and so on match this host's: keep the profile's settings (the",
+             "# scan's /etc/portage) here too."]
+    if profile:
+        lines.append(f'CHOST="{profile["chost"]}"')
+    lines += ['FEATURES="${FEATURES} getbinpkg"', 'EMERGE_DEFAULT_OPTS="${EMERGE_DEFAULT_OPTS} '
+              '--getbinpkg"', ""]
+    return "\n".join(lines) + "\n" + binrepos_conf(config)
+
+
+def render_drone(config: Config, name: str, profile: dict | None) -> str:
+    """The make.conf lines a drone must have, and its binrepos.conf entry."""
+    from .profile import HOST_LOCAL
+
+    drone = config.drones[name]
+    lines = [f"# /etc/portage/make.conf on drone {name} (swarm-config render drone {name}).",
+             "# swarm-drone builds with the build profile's configuration, fetched from the",
+             "# orchestrator; of this file it keeps only host-local values:",
+             f"#   {' '.join(HOST_LOCAL)}",
+             "# The drone's own toolchain must match the profile's:"]
+    if profile:
+        lines += [f'CHOST="{profile["chost"]}"', f"# ARCH {profile['arch']} (from its profile)"]
+    else:
+        lines.append("# (no scan has recorded a profile yet: run swarm-fresh)")
+    lines += ["# Its own installs come from the swarm's binhost too:",
+              f'PORTAGE_BINHOST="{config.binhost.url}"', 'FEATURES="${FEATURES} getbinpkg"']
+    if drone.environment:
+        lines.append("# Besides, swarm-drone sets for its emerge (drones." + name + ".environment):")
+        lines += [f"#   {k}={json.dumps(v) if chr(10) in v else v}"
+                  for k, v in sorted(drone.environment.items())]
+    return "\n".join(lines) + "\n\n" + binrepos_conf(config)
 
 
 def init(directory: Path, scan_environment: dict[str, str] | None = None,

@@ -236,6 +236,20 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         actor       TEXT NOT NULL
     );
     """,
+    # 9: build profiles: per profile, the Portage configuration drones build
+    # with (a bundle kept under state_dir/profiles/DIGEST.tar) and the state
+    # of the repositories the last scan read; claims name both.
+    """
+    CREATE TABLE profiles (
+        name        TEXT PRIMARY KEY,
+        digest      TEXT NOT NULL,              -- sha256 of the configuration bundle
+        tree        TEXT NOT NULL,              -- JSON: repository -> state the scan saw
+        chost       TEXT NOT NULL,
+        arch        TEXT NOT NULL,
+        inputs      TEXT NOT NULL,              -- digest of all the scan read (--if-changed)
+        scanned_at  TEXT NOT NULL
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,7 +16,7 @@ import json
 import sqlite3
 from datetime import datetime
 
-from . import clock, db, eligibility, exclude, gpkg, packages, routing, staging
+from . import clock, db, eligibility, exclude, gpkg, packages, profile, routing, staging
 from .config import Config
 from .errors import ConfigError, ExitCode, SwarmError
 from .packages import Event, FailureKind, State
@@ -136,10 +136,13 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
         # one changed (Portage is imported only then).
         exclude.refresh_if_stale(conn, config, now)
         claimant = claimant_for(conn, config, drone, now)
+        # What to build it with: the profile and repositories the scan saw.
+        build_with = {"profile": profile.current(conn)}
         if renew and (held := _forgotten_lease(conn, drone)) is not None:
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
-            return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until}
+            return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
+                    **build_with}
         choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
         if choice is None:
             return None
@@ -149,7 +152,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
         raise SwarmError(f"{choice['cpv']} was not needed when claimed")
     claimed = dict(row)
     del claimed["id"]
-    return claimed
+    return {**claimed, **build_with}
 
 
 def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
@@ -363,17 +366,40 @@ def _wait_for_dependencies(conn, config: Config, held, drone: str, cpv: str,
             "kind": str(FailureKind.MISSING_DEPENDENCY), "waits_for": missing}
 
 
+# Why a drone gives a package back unbuilt (release --because): its own
+# state, never the package's. The drone is held from the package a while.
+GIVE_BACK = {
+    "tree": "its ebuild repositories are not the scan's",
+    "settings": "its CHOST or ARCH is not the profile's",
+    "profile": "it could not set up the profile's Portage configuration",
+}
+
+
 def release(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
-            now: datetime) -> dict:
-    """Give a lease back: the package is 'needed' again at once (again: a no-op)."""
+            now: datetime, because: str | None = None, found: str | None = None) -> dict:
+    """Give a lease back: the package is 'needed' again at once (again: a no-op).
+
+    BECAUSE (a GIVE_BACK key) says the drone cannot build it as the scan
+    asked; FOUND what it found. No attempt is counted, and the drone is held
+    from the package for delegate.idle_max_seconds (others may take it).
+    """
     check_drone(config, drone)
+    if because is not None and because not in GIVE_BACK:
+        raise SwarmError(f"--because is one of {', '.join(GIVE_BACK)}, not {because!r}",
+                         ExitCode.USAGE)
     at = clock.iso(now)
+    detail = ""
     with db.write(conn):
         done = _last_word(conn, drone, cpv)
         if done is not None and done["last_event"] == Event.RELEASED:
             return {"cpv": cpv, "status": done["status"]}
         held = _held_lease(conn, drone, cpv)
+        if because:
+            until = clock.later(now, config.delegate.idle_max_seconds)
+            detail = (f"given back: {drone}: {GIVE_BACK[because]}"
+                      + (f" ({found})" if found else "") + f"; not for {drone} until {until}")
+            packages.hold(conn, held["id"], drone, until, f"{drone}: {GIVE_BACK[because]}")
         packages.move(conn, held["id"], expect=State.DELEGATED, to=State.NEEDED,
                       event=Event.RELEASED, actor=drone, at=at, event_drone=drone,
-                      **packages.NO_LEASE)
-    return {"cpv": cpv, "status": "needed"}
+                      detail=detail, **packages.NO_LEASE)
+    return {"cpv": cpv, "status": "needed", **({"because": because} if because else {})}

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, clock, gpkg
+from . import __version__, clock, gpkg, profile
 from .config import Config
 from .delegate import check_drone
 from .emerge import parse_merge_list
@@ -43,7 +43,11 @@ from .transport import Transport, TransportError, for_drone
 
 log = logging.getLogger(__name__)
 
-PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "MAKEOPTS", "PKGDIR", "PORTAGE_TMPDIR")
+# What portageq reads of the drone's own configuration: facts for the
+# orchestrator, and the host-local values a profile's configuration keeps.
+PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "PORTAGE_BINHOST",
+                 *profile.HOST_LOCAL)
+_FOUND = re.compile(r"[^A-Za-z0-9+_.,/=:-]")  # what the gateway lets through in --found
 LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
 CONSOLE_TAIL_BYTES = 256 << 10
 STOP_GRACE_SECONDS = 10  # a build's whole session is killed this long after SIGTERM
@@ -71,14 +75,20 @@ class Drone:
         self.config = config
         self.name = name
         self.transport = transport or for_drone(config, name)
+        self.own_env = {**os.environ, **config.drones[name].environment}
         self.env = build_environment(config, name)
+        self.job_env = self.env  # this build's: with its profile's PORTAGE_CONFIGROOT
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
         self.working_on: str | None = None  # named in every heartbeat
         self.beat_due = 0.0  # time.monotonic() when the next heartbeat is due while building
-        self.portage = portage_settings(self.env)
+        # Its own settings (without the swarm's PORTAGE_BINHOST): facts, and
+        # the host-local values kept under a profile's configuration.
+        self.portage = portage_settings(self.own_env)
         if not self.portage.get("PKGDIR"):
             raise SwarmError("portageq did not tell PKGDIR: is Portage set up on this drone?")
+        self.cache = (Path(self.portage.get("PORTAGE_TMPDIR") or "/var/tmp") / "swarmtools"
+                      / name)  # profile bundles, and the PORTAGE_CONFIGROOT built from one
 
     def facts(self) -> dict:
         """What the orchestrator should know of this drone (heartbeat payload)."""
@@ -95,9 +105,19 @@ class Drone:
             "load": round(os.getloadavg()[0], 2),
             "free_disk": shutil.disk_usage(pkgdir if pkgdir.exists() else "/").free,
             "config_digest": self.config.digest(),
+            "profile_digest": self.profile_digest(),
+            "binhost": self.portage.get("PORTAGE_BINHOST", ""),
+            "binrepos": profile.binrepos_uris(self.own_env),
             "version": __version__,
             "building": [self.working_on] if self.working_on else [],
         }
+
+    def profile_digest(self) -> str | None:
+        """The digest of the profile this drone last built with (None: never yet)."""
+        try:
+            return (self.cache / "configroot.digest").read_text().strip() or None
+        except OSError:
+            return None
 
     def heartbeat(self) -> None:
         """Send the facts; the orchestrator extends the lease of what this drone builds."""
@@ -145,7 +165,10 @@ class Drone:
                         continue
                     wait.reset()
                     pending = self.build(job)
-                    if pending is None:  # stopped: given back
+                    if pending is None:  # stopped, or given back: not built here
+                        if once:
+                            return 1
+                        self.stop.wait(wait.next())
                         continue
                 else:
                     self.heartbeat()  # names the pending build: its lease stays
@@ -192,6 +215,15 @@ class Drone:
         waiting for those dependencies (missing-binary-dependency).
         """
         cpv = job["cpv"]
+        self.job_env = self.env
+        if job.get("profile"):
+            self.job_env, give_back = self.prepare(job["profile"])
+            if give_back:
+                because, found = give_back
+                log.warning("giving %s back: %s", cpv, found)
+                self._release(cpv, "--because", because, "--found",
+                              _FOUND.sub("_", found)[:300])
+                return None
         self.working_on = cpv
         log.info("building %s", cpv)
         started = time.monotonic()
@@ -227,6 +259,48 @@ class Drone:
         relative = f"{cpv.split('/', 1)[0]}/{package.parent.name}/{package.name}"
         return Outcome(cpv, package=package, relative=relative)
 
+    def prepare(self, wanted: dict) -> tuple[dict, tuple[str, str] | None]:
+        """The environment to build with WANTED (a claim's profile), or why not (because, found).
+
+        The drone must be of the profile's CHOST and ARCH and have the
+        repositories the scan read, in the same state: else it runs its
+        sync_command once, and if they still differ it gives the package
+        back (never a build failure: the package is not at fault).
+        """
+        mine = {"CHOST": self.portage.get("CHOST", ""), "ARCH": self.portage.get("ARCH", "")}
+        differ = [f"{k}={mine[k]}(profile:{wanted[k.lower()]})" for k in mine
+                  if wanted.get(k.lower()) and mine[k] != wanted[k.lower()]]
+        if differ:
+            return self.env, ("settings", ",".join(differ))
+        own_root, repositories = profile.local_repositories(self.own_env)
+        differ = profile.tree_differences(wanted["tree"], repositories)
+        command = self.config.drones[self.name].sync_command
+        if differ and command:
+            log.warning("%s; syncing (%s)", differ[0], shlex.join(command))
+            proc = subprocess.run(command, env=self.own_env, stdin=subprocess.DEVNULL,
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                log.error("%s exited %d: %s", shlex.join(command), proc.returncode,
+                          (proc.stderr or proc.stdout).strip()[-500:])
+            own_root, repositories = profile.local_repositories(self.own_env)
+            differ = profile.tree_differences(wanted["tree"], repositories)
+        if differ:
+            return self.env, ("tree", "; ".join(differ))
+        cache = self.cache
+        bundle = cache / f"{wanted['digest']}.tar"
+        try:
+            if not bundle.is_file():
+                answer = self.transport.call("profile", wanted["digest"])
+                bundle = profile.unpack(answer, wanted["digest"], cache)
+            root = profile.assemble(bundle, cache / "configroot", repositories, own_root,
+                                    {k: self.portage.get(k, "") for k in profile.HOST_LOCAL})
+        except TransportError:
+            raise
+        except (SwarmError, OSError, ValueError) as exc:
+            return self.env, ("profile", str(exc))
+        (cache / "configroot.digest").write_text(wanted["digest"] + "\n")
+        return {**self.env, "PORTAGE_CONFIGROOT": str(root)}, None
+
     def _build_steps(self, cpv: str, console: Path, logdir: Path) -> tuple[list[str], int, bool]:
         """(missing dependencies, emerge's exit code, stalled) of building CPV."""
         from portage.versions import cpv_getkey
@@ -250,7 +324,7 @@ class Drone:
     def _would_compile(self, command: list[str], cpv: str, console: Path) -> tuple[list[str], int]:
         """What COMMAND would compile besides CPV (emerge --pretend), and emerge's exit code."""
         pretend = [command[0], "--pretend", *command[1:]]
-        proc = subprocess.run(pretend, env=self.env, capture_output=True, text=True,
+        proc = subprocess.run(pretend, env=self.job_env, capture_output=True, text=True,
                               stdin=subprocess.DEVNULL)
         with open(console, "a") as out:
             out.write(f"$ {shlex.join(pretend)}\n{proc.stdout}{proc.stderr}")
@@ -278,9 +352,9 @@ class Drone:
             outcome.workdir.cleanup()
         self.working_on = None
 
-    def _release(self, cpv: str) -> None:
+    def _release(self, cpv: str, *why: str) -> None:
         try:
-            self.transport.call("release", cpv)
+            self.transport.call("release", cpv, *why)
         except SwarmError as exc:
             log.warning("could not release %s: %s", cpv, exc)
         self.working_on = None
@@ -292,7 +366,7 @@ class Drone:
         check_every = min(60.0, max(silent_limit / 4, WAIT_SLICE_SECONDS))
         cpv = command[-1].lstrip("=")
         # Portage writes the real build log (PORTAGE_LOG_FILE) under PORT_LOGDIR.
-        env = {**self.env, "PORT_LOGDIR": str(logdir)}
+        env = {**self.job_env, "PORT_LOGDIR": str(logdir)}
         with open(console, "a") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()

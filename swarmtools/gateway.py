@@ -32,7 +32,8 @@ VERB_OPTIONS = {
     "report": {"--json": False, "--ok": False, "--failed": False, "--file": True,
                "--log": True, "--size": True, "--sha256": True, "--kind": True,
                "--missing": True},
-    "release": {"--json": False},
+    "release": {"--json": False, "--because": True, "--found": True},
+    "profile": {"--json": False},
 }
 # Options of `swarm-delegate VERB` a drone never needs (people may use them).
 NOT_FOR_DRONES = {"claim": {"--limit"}}
@@ -40,7 +41,8 @@ _INTEGER_OPTIONS = {"--size"}
 _TAKES_CPV = ("report", "release")
 # Matched with fullmatch: no trailing newline slips through.
 _CPV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*")
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=-]+")
+_SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=:-]+")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 # What `rsync -t --partial FILE host:PATH` sends to the server (swarm-drone's
 # upload): option letters t (times), v and z if asked, then the "e."
 # capability string. No l (symlinks), no s (arguments hidden from us).
@@ -65,7 +67,11 @@ class VerbRequest:
 
 
 def parse(config: Config, drone: str, original: str | None) -> VerbRequest | list[str]:
-    """Check SSH_ORIGINAL_COMMAND: a VerbRequest, the rsync argv to run, or raise Refused."""
+    """Check SSH_ORIGINAL_COMMAND: a VerbRequest, the rsync argv to run, or raise Refused.
+
+    The one read a drone may make is a profile bundle by its digest (the
+    Portage configuration it builds with), which the scan put there.
+    """
     check_drone(config, drone)  # a drone taken out of the config is locked out
     if not original:
         raise Refused("this key only runs swarmtools queue verbs and uploads; no shell")
@@ -121,6 +127,10 @@ def _verb_request(words: list[str], drone: str) -> VerbRequest:
         if len(positional) != 1 or not _CPV.fullmatch(positional[0]):
             raise Refused(f"{request.verb} takes one CATEGORY/PF, not {positional!r}")
         request.cpv = positional[0]
+    elif request.verb == "profile":
+        if len(positional) != 1 or not _DIGEST.fullmatch(positional[0]):
+            raise Refused(f"profile takes one sha256 digest, not {positional!r}")
+        request.options["digest"] = positional[0]
     elif positional:
         raise Refused(f"{request.verb} takes no arguments")
     return request

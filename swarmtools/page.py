@@ -320,6 +320,9 @@ def _drones(data: dict) -> str:
         online = "yes" if d["online"] else '<span class="warn">no</span>'
         if d["grounded_until"]:
             online += f" (grounded until {escape(d['grounded_until'])})"
+        if d["drift"]:  # a drone left on an old version or config
+            online += "".join(f'<br><span class="warn">{escape(item)}</span>'
+                              for item in d["drift"])
         rows.append([escape(d["drone"]), online, escape(d["last_heartbeat"] or "never"),
                      building, f"{d['built']:,}", f"{d['failed']:,}", rate,
                      "-" if not d["speed"] else f"{d['speed']:.2f}"])

@@ -25,7 +25,7 @@ def scan_environment(config: Config, **extra: str) -> dict[str, str]:
     return {**os.environ, **config.scan.environment, **extra}
 
 
-def _roots(env: dict[str, str]) -> tuple[str, str]:
+def roots(env: dict[str, str]) -> tuple[str, str]:
     import portage
 
     # A prefix (the demo, the tests) names its EPREFIX in the environment;
@@ -51,11 +51,11 @@ def settings(env: dict[str, str]):
     """A portage.config for ENV."""
     import portage
 
-    eprefix, config_root = _roots(env)
+    eprefix, config_root = roots(env)
     try:
         with _quiet_portage():
             return portage.config(config_root=config_root, eprefix=eprefix, env=env)
-    except portage.exception.PortageException as exc:
+    except (portage.exception.PortageException, ValueError) as exc:  # ValueError: make.conf syntax
         raise SwarmError(f"Portage cannot read its configuration under {config_root}: {exc}") from None
 
 
@@ -63,7 +63,7 @@ def ebuild_db(env: dict[str, str]):
     """(settings, portdbapi) of the ebuild repositories as the scan sees them."""
     import portage
 
-    eprefix, config_root = _roots(env)
+    eprefix, config_root = roots(env)
     try:
         with _quiet_portage():
             trees = portage.create_trees(config_root=config_root, env=env, eprefix=eprefix)

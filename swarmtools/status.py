@@ -7,7 +7,7 @@ import sqlite3
 from collections import defaultdict
 from datetime import datetime
 
-from . import clock, eligibility, release, staging
+from . import clock, drift, eligibility, profile, release, staging
 from .config import Config
 from .errors import SwarmError
 from .packages import STATES, Event, State
@@ -190,6 +190,7 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
         building[drone].append({"cpv": cpv, "since": since})
     online = eligibility.online_drones(conn, config.delegate.online_seconds, now)
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
+    expected = drift.expected_of_drones(config, profile.current(conn))
     names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
     drones = []
     for name in names:
@@ -211,6 +212,9 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             and beat["grounded_until"] > clock.iso(now) else None,
             "grounded_reason": beat["grounded_reason"] if beat else None,
             "facts": json.loads(beat["facts"]) if beat else {},
+            # Its last heartbeat against the config and the profile: a drone
+            # left on an old version or config shows here.
+            "drift": drift.heartbeat_drift(json.loads(beat["facts"]) if beat else {}, expected),
         })
     return drones
 

@@ -1,4 +1,4 @@
-"""The drone verbs (heartbeat, claim, report, release) as plain functions.
+"""The drone verbs (heartbeat, claim, report, release, profile) as plain functions.
 
 ``swarm-delegate VERB`` (click) and the ssh gateway (no click) both run
 them through :func:`run`, so a drone gets the same answer either way.
@@ -11,7 +11,7 @@ import logging
 import sys
 from typing import IO
 
-from . import clock, db, delegate
+from . import clock, db, delegate, profile
 from .config import Config
 from .errors import ExitCode, SwarmError
 from .output import emit_json, emit_ndjson
@@ -19,7 +19,7 @@ from .packages import FailureKind
 
 log = logging.getLogger(__name__)
 
-VERBS = ("heartbeat", "claim", "report", "release")
+VERBS = ("heartbeat", "claim", "report", "release", "profile")
 MAX_FACTS_BYTES = 64 * 1024  # heartbeat facts: a few dozen short values
 
 
@@ -79,8 +79,12 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
 
                 publish_soon(config)
         elif verb == "release":
-            result = delegate.release(conn, config, drone, cpv, now)
+            result = delegate.release(conn, config, drone, cpv, now, options.get("because"),
+                                      options.get("found"))
             _answer(as_json, result, f"{cpv}: released")
+        elif verb == "profile":
+            result = profile.read_bundle(config.state_dir, options["digest"])
+            _answer(as_json, result, result["tar"])
         else:
             raise SwarmError(f"unknown verb {verb!r}", ExitCode.USAGE)
     finally:

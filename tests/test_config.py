@@ -17,7 +17,9 @@ def test_init_writes_a_config_that_checks_and_shows(swarm):
     assert data["orchestrator"]["database"] == str(swarm.db)
     assert data["drones"] == {"local": {"host": "localhost", "transport": "local", "speed": 0.0,
                                         "features": [], "mandatory_features": [],
-                                        "ssh_command": [], "environment": {}}}
+                                        "ssh_command": [], "environment": {},
+                                        "check_command": [],
+                                        "sync_command": ["emerge", "--sync"]}}
     assert data["file"] == str(swarm.config)
     # The human form is TOML that loads back to the same values.
     text = swarm.run("swarm-config", "show").stdout

@@ -101,10 +101,16 @@ def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
         assert 2 <= logins() - before <= 6, err  # every second: about 9
 
         assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
-        before = logins()  # a build: claim (the heartbeat with it), upload, report
+        # The first build also fetches the build profile (once a digest).
+        before = logins()  # a build: claim (the heartbeat with it), profile, upload, report
         out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
         assert "reported" in err, err
         assert swarm.query("SELECT count(*) FROM events WHERE event = 'built'") == [(1,)]
+        assert logins() - before == 4, err
+        before = logins()  # the next: claim, upload, report
+        out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
+        assert "reported" in err, err
+        assert swarm.query("SELECT count(*) FROM events WHERE event = 'built'") == [(2,)]
         assert logins() - before == 3, err
     finally:
         swarm.server.stop()

@@ -64,6 +64,10 @@ def test_own_verbs_pass(gate):
     ("swarm-delegate release 'app-test/pkg0-1.0\n'", "one CATEGORY/PF"),
     ("swarm-delegate report app-test/pkg0-1.0 --failed --log app-test/pkg0/pkg0-1.0-1.gpkg.tar",
      "build logs go under"),
+    ("swarm-delegate profile ../../etc/passwd", "one sha256 digest"),
+    ("swarm-delegate profile " + "A" * 64, "one sha256 digest"),
+    ("swarm-delegate profile", "one sha256 digest"),
+    ("swarm-delegate release app-test/pkg0-1.0 --because 'tree; id'", "bad value"),
 ])
 def test_everything_else_is_refused(gate, command, message):
     r = gate(command)
@@ -71,6 +75,32 @@ def test_everything_else_is_refused(gate, command, message):
     assert message in r.stderr and r.stderr.startswith("swarm-delegate: error: ")
     assert not os.path.exists("/tmp/pwned")
     assert gate.swarm.query("SELECT count(*) FROM packages WHERE status != 'needed'") == [(0,)]
+
+
+def test_a_drone_gives_back_with_a_reason_and_reads_a_profile_bundle(gate, tmp_path):
+    assert claim(gate) == CPV
+    r = gate(f"swarm-delegate release --json {CPV} --because tree --found example=files:ab12")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"cpv": CPV, "status": "needed", "because": "tree"}
+    (detail,) = gate.swarm.query("SELECT detail FROM events WHERE event = 'released'")[0]
+    assert "d1: its ebuild repositories are not the scan's (example=files:ab12)" in detail
+    assert gate.swarm.query("SELECT drone, reason FROM holds") == [
+        ("d1", "d1: its ebuild repositories are not the scan's")]
+    assert claim(gate) != CPV  # held from it a while; others may take it
+    assert claim(gate, "d2") == CPV
+    # A bundle is read by its digest, and only one swarm-fresh kept.
+    import base64
+    import hashlib
+
+    bundle = b"a tar, as far as the gateway cares"
+    digest = hashlib.sha256(bundle).hexdigest()
+    kept = gate.swarm.root / "state" / "profiles" / f"{digest}.tar"
+    kept.parent.mkdir()
+    kept.write_bytes(bundle)
+    r = gate(f"swarm-delegate profile --json {digest}")
+    assert r.returncode == 0 and base64.b64decode(json.loads(r.stdout)["tar"]) == bundle
+    r = gate(f"swarm-delegate profile --json {'0' * 64}")
+    assert r.returncode == 1 and "no profile bundle" in r.stderr
 
 
 def test_report_for_a_package_held_by_another_drone_is_refused(gate):

@@ -44,7 +44,14 @@ def test_a_drifted_drone_never_gets_a_build_published(foo_swarm):
     swarm = foo_swarm
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     assert swarm.query("SELECT cpv, use FROM packages") == [("app-misc/foo-1.1", "flag")]
-    drone_once(swarm, "d1")
+    # swarm-drone builds with the scan's settings (test_profiles.py); d1 here
+    # builds with its own, as a drone on an old swarmtools or a hand build would.
+    own = swarm.prefixes["d1"]
+    r = own.run(["emerge", "--buildpkgonly", "--oneshot", "--color=n", "=app-misc/foo-1.1"])
+    assert r.returncode == 0, r.stdout[-2000:]
+    hand = HandDrone(swarm, own.pkgdir, "d1")
+    assert hand.claim() == "app-misc/foo-1.1"
+    assert hand.report("app-misc/foo-1.1", hand.stage("app-misc/foo-1.1")).returncode == 0
     assert swarm.query("SELECT status, drone FROM packages") == [("received", "d1")]
     r = swarm.run("swarm-sync", "--json")
     assert r.returncode == 1, r.stderr

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from ..errors import ConfigError
-from ..output import emit_json
+from ..errors import ConfigError, ExitCode, SwarmError
+from ..output import emit_json, emit_table
 from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
 
 _HELP = """Write, show, change and check the swarm's one config file.
@@ -29,6 +29,8 @@ Examples:
   swarm-config set delegate.lease_seconds=7200 binhost.url=http://bh/binhost
   swarm-config show --json | jq .binhost.url
   swarm-config check && echo ok
+  swarm-config check --remote          # every drone and the binhost, as they are
+  swarm-config render drone d1         # the make.conf lines d1 must have
 """
 
 
@@ -108,21 +110,97 @@ def set_(run_, assignments):
 
 @cli.command(context_settings=CONTEXT)
 @config_option
+@click.option("--remote", is_flag=True,
+              help="Also reach every drone (its check_command, else ssh to its host) and the "
+                   "binhost's URL, and compare what they really have with the config.")
+@json_option
 @pass_run
-def check(run_):
-    """Validate the config and the paths and programs it names.
+def check(run_, remote, as_json):
+    """Validate the config and the paths and programs it names; with --remote, the hosts.
 
-    Exits 0 and prints nothing when all is well; otherwise prints each problem
-    and exits 2.
+    Without --remote: exits 0 and prints nothing when all is well; otherwise
+    prints each problem and exits 2.
+
+    With --remote, each drone runs `swarm-drone --drone NAME --facts` where it
+    lives (drones.NAME.check_command, else `ssh HOST`; here for a drone of
+    the local transport or without a host) and each value is compared with what it must be:
 
     \b
-    Example:
+      PORTAGE_BINHOST     binhost.url among the drone's binhosts (make.conf,
+                          binrepos.conf)
+      CHOST, ARCH         the build profile's (the last scan's)
+      config digest       this config's (swarm-config show --json | jq .digest)
+      swarmtools version  the orchestrator's
+      profile digest      the last scan's (once the drone built with one)
+
+    and binhost.url/Packages is fetched: it must answer, with the index
+    swarm-sync wrote (the same TIMESTAMP). Prints a table of host, key,
+    expected and found values (--json: a list of them, each with "ok");
+    exits 1 when anything drifted or could not be reached.
+
+    \b
+    Examples:
       swarm-config check --config /etc/swarmtools/swarm.toml
+      swarm-config check --remote --json | jq '.[] | select(.ok | not)'
     """
     config = run_.config()
     problems = config_mod.problems(config)
     if problems:
         raise ConfigError(f"{config.path}: " + "; ".join(problems))
+    if not remote:
+        return
+    from .. import drift, profile
+
+    current = None
+    if config.database.exists():
+        conn = run_.database(writer=False)
+        current = profile.current(conn)
+    findings = drift.check_drones(config, current) + drift.check_binhost(config)
+    if as_json:
+        emit_json([f.to_dict() for f in findings])
+    else:
+        emit_table([[f.host, f.key, f.expected, f.found, "ok" if f.ok else "DRIFT"]
+                    for f in findings], ["host", "key", "expected", "found", "state"])
+    if not all(f.ok for f in findings):
+        raise SwarmError(f"{sum(not f.ok for f in findings)} value(s) differ from the config "
+                         "or could not be checked", ExitCode.FAILED)
+
+
+@cli.command(context_settings=CONTEXT)
+@config_option
+@click.argument("role", type=click.Choice(["drone", "client"]))
+@click.argument("name", required=False)
+@pass_run
+def render(run_, role, name):
+    """Print the make.conf lines and binrepos.conf entry a drone or client must have.
+
+    Drawn from the config (binhost.url, signing) and the build profile the
+    last scan recorded (CHOST, ARCH). A drone keeps only host-local values
+    of its own make.conf (swarm-drone builds with the profile's); a client
+    must keep the profile's settings for Portage to take its binaries.
+
+    \b
+    Examples:
+      swarm-config render drone d1
+      ssh orchestrator swarm-config render client >> /etc/portage/make.conf  # then split it
+    """
+    config = run_.config()
+    if role == "drone":
+        if not name:
+            raise ConfigError("render drone takes the drone's NAME")
+        from ..delegate import check_drone
+
+        check_drone(config, name)
+    elif name:
+        raise ConfigError("render client takes no NAME")
+    current = None
+    if config.database.exists():
+        from .. import profile
+
+        current = profile.current(run_.database(writer=False))
+    text = (config_mod.render_drone(config, name, current) if role == "drone"
+            else config_mod.render_client(config, current))
+    click.echo(text, nl=False)
 
 
 @cli.command(context_settings=CONTEXT)

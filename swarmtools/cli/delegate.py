@@ -30,6 +30,7 @@ def cli():
       claim      take the best eligible package (nothing printed: none)
       report     a build's result: --ok --file PKG, or --failed [--log LOG]
       release    give a lease back
+      profile    the Portage configuration drones build with (by digest)
       expire     return leases past expiry and finished back-offs to 'needed'
       unground   let a grounded drone claim again (people only)
       gateway    the forced command for a drone's key in authorized_keys
@@ -157,16 +158,45 @@ def report(run_, drone, as_json, cpv, **options):
 @config_option
 @drone_option
 @json_option
+@click.option("--because", type=click.Choice(sorted(delegate.GIVE_BACK)),
+              help="The drone cannot build it as the scan asked: " + "; ".join(
+                  f"{k}: {v}" for k, v in delegate.GIVE_BACK.items())
+              + ". It is then held from the package for delegate.idle_max_seconds.")
+@click.option("--found", metavar="TEXT", help="What the drone found (for the history).")
 @click.argument("cpv")
 @pass_run
-def release(run_, drone, as_json, cpv):
+def release(run_, drone, as_json, cpv, because, found):
     """Give a lease back: the package is 'needed' again at once.
+
+    No attempt is counted: giving back is never the package's failure.
+
+    \b
+    Examples:
+      swarm-delegate release --drone d1 app-misc/foo-1.0
+      swarm-delegate release --drone d1 app-misc/foo-1.0 --because tree --found gentoo=timestamp:...
+    """
+    verbs.run("release", run_.config(), drone, as_json=as_json, cpv=cpv, because=because,
+              found=found)
+
+
+@cli.command(context_settings=CONTEXT)
+@config_option
+@drone_option
+@json_option
+@click.argument("digest")
+@pass_run
+def profile(run_, drone, as_json, digest):
+    """Print a build profile's Portage configuration bundle (base64 of a tar).
+
+    Claims name the profile's digest; a drone fetches the bundle once per
+    digest and builds with it as its PORTAGE_CONFIGROOT (swarm-fresh wrote
+    it, under state_dir/profiles/).
 
     \b
     Example:
-      swarm-delegate release --drone d1 app-misc/foo-1.0
+      swarm-delegate profile --drone d1 --json 3f2a...e1 | jq -r .tar | base64 -d | tar t
     """
-    verbs.run("release", run_.config(), drone, as_json=as_json, cpv=cpv)
+    verbs.run("profile", run_.config(), drone, as_json=as_json, digest=digest)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -224,7 +254,7 @@ def serve_gateway(config_path, drone):
     """The ssh forced command for one drone's key (not for people).
 
     Reads SSH_ORIGINAL_COMMAND. Allows `swarm-delegate heartbeat|claim|
-    report|release` (always as --drone NAME, with only the options those
+    report|release|profile` (always as --drone NAME, with only the options those
     verbs need) and `rsync` uploads into staging/NAME/ (no '..', no absolute
     paths, no symlinks, no other rsync options); refuses everything else
     with a message and exit 2. Nothing goes through a shell.

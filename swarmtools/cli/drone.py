@@ -25,20 +25,33 @@ from .common import CONTEXT, SwarmCommand, config_option, pass_run, run, verbosi
 @click.option("--drain", is_flag=True,
               help="Build until nothing is eligible and nothing is being built or published.")
 @click.option("--syslog", is_flag=True, help="Log to syslog (daemon facility) instead of stderr.")
+@click.option("--facts", "print_facts", is_flag=True,
+              help="Print this drone's facts as JSON and exit (what swarm-config check "
+                   "--remote reads over ssh).")
 @verbosity_options
 @pass_run
-def cli(run_, name, once, drain, syslog, verbose, quiet):
+def cli(run_, name, once, drain, syslog, print_facts, verbose, quiet):
     """Build packages for the swarm: heartbeat, claim, emerge, upload, report.
 
     Each round sends a heartbeat (ARCH, CHOST, CFLAGS, ABI_X86, CUDA, jobs,
     load, free disk, the config's digest, what it is building), claims the
     package the orchestrator gives it (ssh gateway, or locally), and builds
-    it in two steps, with PORTAGE_BINHOST set to binhost.url:
+    it in two steps, with PORTAGE_BINHOST set to binhost.url and the build
+    profile's Portage configuration as PORTAGE_CONFIGROOT:
 
     \b
       emerge --oneshot --onlydeps --onlydeps-with-rdeps=n \
              --usepkg=y --getbinpkg=y --usepkg-exclude=CAT/PN =CPV
       emerge --oneshot --buildpkgonly =CPV
+
+    The profile is the scan's configuration (make.conf, package.use, ...),
+    fetched once per digest from the orchestrator and kept under
+    PORTAGE_TMPDIR/swarmtools/NAME/; of this host's own make.conf only
+    where-and-how-fast values are kept (PKGDIR, DISTDIR, PORTAGE_TMPDIR,
+    MAKEOPTS, ...), so its own USE or package.use never reach a published
+    binary. A drone whose CHOST or ARCH is not the profile's, or whose ebuild
+    repositories are not at the scan's state even after its sync_command
+    (default emerge --sync), gives the package back: never a build failure.
 
     Its build-time dependencies come from the binhost as binaries; each step
     is checked with --pretend first, and if emerge would compile anything
@@ -63,6 +76,7 @@ def cli(run_, name, once, drain, syslog, verbose, quiet):
     Examples:
       swarm-drone --drone d1 -v            # run in the foreground
       swarm-drone --drone d1 --once        # one package, e.g. from a test
+      swarm-drone --drone d1 --facts | jq .chost
     """
     if syslog:
         handler = logging.handlers.SysLogHandler(
@@ -76,6 +90,11 @@ def cli(run_, name, once, drain, syslog, verbose, quiet):
             raise ConfigError(f"no --drone given and this host's name '{name}' is not a "
                               f"[drones.NAME] of {config.path}")
     drone = Drone(config, name)
+    if print_facts:
+        from ..output import emit_json
+
+        emit_json(drone.facts())
+        return
     # A service, not a filter: an ssh that died before reading its request
     # (a connection sshd dropped) must be an error to retry, not our death.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)

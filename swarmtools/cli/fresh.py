@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -9,7 +10,7 @@ import click
 
 from pathlib import Path
 
-from .. import clock, db, exclude, resolve
+from .. import clock, db, exclude, portageenv, profile, resolve
 from ..binhost import read_index
 from ..emerge import BINHOST_UNREADABLE, ParseError, consults_binhost, parse_merge_list, run_emerge
 from ..errors import ExitCode, SwarmError, TryLater
@@ -34,9 +35,14 @@ log = logging.getLogger(__name__)
                    "[ebuild rows for published packages mean Portage would not use them.")
 @click.option("--resolve", "then_resolve", is_flag=True,
               help="Then run swarm-resolve (skipped, with a warning, while another runs).")
+@click.option("--if-changed", is_flag=True,
+              help="Scan only when the Portage configuration, the world file or a repository "
+                   "changed since the last scan (cron, postsync); exit 0 quietly while another "
+                   "scan runs.")
 @verbosity_options
 @pass_run
-def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, verbose, quiet):
+def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, if_changed,
+        verbose, quiet):
     """Queue every package the world needs, from a full emerge scan.
 
     Runs the config's scan.command (by default `emerge --pretend --emptytree
@@ -72,26 +78,51 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     and the counts; --json prints {"added", "requeued", "retired",
     "unchanged", "binary", "total"}.
 
-    Exit codes: 0 done, 1 scan failed or not understood, 2 usage or config
-    error, 75 database busy (try again).
+    Each scan also records the build profile drones build with: the scan's
+    Portage configuration (PORTAGE_CONFIGROOT/etc/portage, packed as a bundle
+    named by its sha256) and the state of each ebuild repository it read
+    (metadata/timestamp.chk, else the git commit, else a digest of the
+    files). --if-changed compares those, the world file and the scan command
+    with the last scan's and runs no emerge when nothing changed: run it from
+    cron every few minutes and from the postsync hook. One scan runs at a
+    time (lock file state_dir/swarm-fresh.lock): another waits for it, or
+    with --if-changed leaves the work to it and exits 0.
+
+    Exit codes: 0 done (or, with --if-changed, nothing changed or another scan
+    runs), 1 scan failed or not understood, 2 usage or config error, 75
+    database busy (try again).
 
     \b
     Examples:
       swarm-fresh                      # run the scan, update the queue
       swarm-fresh --from world.txt -n  # what would this saved scan change?
+      swarm-fresh --if-changed -q      # from cron: scan only after a change
       emerge -pev --color=n @world | swarm-fresh --from - --json | jq .added
     """
     config = run_.config()
+    if if_changed and source:
+        raise SwarmError("--if-changed looks at what a scan would read; it does not go with "
+                         "--from", ExitCode.USAGE)
     # Open the database first: a config or schema problem should not wait for emerge.
     conn = run_.database(create=True)
-    published = read_index(Path(config.binhost.path))  # refuses an index it cannot trust
-    merge_list, consulted = _scan(config, source, quiet, published is not None)
-    result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
-                        clock.utcnow(), dry_run=dry_run, force=force,
-                        verdict=Verdict(published, consulted or consulted_binhost))
-    if not dry_run:
-        with db.write(conn):  # what the rules match and packages require, for the new queue
-            exclude.refresh(conn, config, clock.utcnow())
+    with contextlib.ExitStack() as held:
+        # One scan at a time. An overlapping hook (--if-changed) leaves it to
+        # the running one; a scan asked for by hand waits for it to end.
+        try:
+            held.enter_context(db.run_lock(config.state_dir / "swarm-fresh.lock",
+                                           config.database, "swarm-fresh",
+                                           timeout=0 if if_changed else config.scan.timeout))
+        except TryLater as exc:
+            if not if_changed:
+                raise
+            log.info("%s: that scan will do", exc)
+            return
+        result = _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed,
+                        quiet)
+    if result is None:  # --if-changed, and nothing changed
+        if as_json:
+            emit_json({"scanned": False})
+        return
     if then_resolve and not dry_run:
         try:
             resolved = resolve.run(config, clock.utcnow())
@@ -108,6 +139,61 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
                    ["change", "cpv", "detail"])
     counts = ", ".join(f"{v} {k}" for k, v in result.counts().items())
     click.echo(("would change: " if dry_run else "") + counts)
+
+
+def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet):
+    """One scan under the lock: the ScanResult, or None when --if-changed found no change."""
+    snap = inputs = None
+    complaints: list[str] = []
+    if not source:
+        # What the scan reads, taken before it runs: a change during the
+        # scan is seen by the next --if-changed.
+        # Portage's complaints about its configuration are said once the scan
+        # succeeded: when it fails, emerge's own error says it better.
+        with _held_back(logging.getLogger(portageenv.__name__)) as complaints:
+            try:
+                snap = profile.snapshot(portageenv.scan_environment(config))
+            except SwarmError as exc:
+                # Without a profile, drones build with their own settings.
+                complaints.append(f"{exc}: no build profile recorded")
+        if snap is not None:
+            inputs = snap.inputs(config.scan.command, config.scan.environment)
+            last = profile.last_inputs(conn, snap.name)
+            if if_changed and last and last[0] == inputs:
+                log.info("nothing changed since the scan at %s: not scanning", last[1])
+                return None
+    published = read_index(Path(config.binhost.path))  # refuses an index it cannot trust
+    merge_list, consulted = _scan(config, source, quiet, published is not None)
+    for complaint in complaints if not source else ():
+        log.warning("%s", complaint)
+    result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
+                        clock.utcnow(), dry_run=dry_run, force=force,
+                        verdict=Verdict(published, consulted or consulted_binhost))
+    if not dry_run:
+        with db.write(conn):  # what the rules match and packages require, for the new queue
+            exclude.refresh(conn, config, clock.utcnow())
+            if snap is not None:
+                profile.record(conn, config.state_dir, snap, inputs, clock.iso(clock.utcnow()))
+    return result
+
+
+@contextlib.contextmanager
+def _held_back(logger: logging.Logger):
+    """Collect LOGGER's records as text instead of printing them."""
+    held: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            held.append(record.getMessage())
+
+    handler, propagate = Collect(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield held
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _scan(config, source: str | None, quiet: bool, published: bool):

@@ -203,10 +203,11 @@ def _print_summary(figures: dict) -> None:
             [[d["drone"], "yes" if d["online"] else "no", d["last_heartbeat"] or "never",
               d["building"], d["built"], d["failed"],
               "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}",
-              f"until {d['grounded_until']}" if d["grounded_until"] else "-"]
+              f"until {d['grounded_until']}" if d["grounded_until"] else "-",
+              "; ".join(d["drift"]) or "-"]
              for d in figures["drones"]],
             ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
-             "grounded"])
+             "grounded", "drift"])
 
 
 def main():

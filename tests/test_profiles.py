@@ -1,0 +1,247 @@
+"""Build profiles: drones build with the scan's Portage settings and tree (real emerge)."""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import DroneSwarm, HandDrone, HttpServer, add_drones, ebuild
+from swarmtools.config import edit
+
+pytestmark = pytest.mark.slow  # real emerge: seconds a test
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def history(swarm, cpv):
+    return [tuple(e) for e in swarm.query(
+        "SELECT e.event, e.kind, e.detail FROM events e JOIN packages p ON p.id = e.package_id"
+        " WHERE p.cpv = ? ORDER BY e.id", (cpv,))]
+
+
+def index_entries(binhost: Path) -> dict[str, dict]:
+    blocks = (binhost / "Packages").read_text().split("\n\n")[1:]
+    entries = [dict(line.split(": ", 1) for line in block.splitlines()) for block in blocks
+               if block.strip()]
+    return {e["CPV"]: e for e in entries}
+
+
+def test_a_drone_builds_with_the_profiles_use_not_its_own(tmp_path):
+    pytest.importorskip("portage")
+    swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/example-app"], publish=True)
+    try:
+        # The drone's own /etc/portage turns off what the scan's enables (IUSE="+compress").
+        own = swarm.prefixes["d1"].root / "etc" / "portage"
+        (own / "package.use").write_text("app-misc/example-app -compress\n")
+        (own / "make.conf").write_text((own / "make.conf").read_text() + 'USE="-compress"\n')
+        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        (digest,) = swarm.query("SELECT digest FROM profiles WHERE name = 'default'")[0]
+        drone = swarm.drone("d1", "--drain")
+        out, err = drone.communicate(timeout=300)
+        assert drone.returncode == 0, err
+        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.query("SELECT cpv, status FROM packages WHERE cp = 'app-misc/example-app'"
+                           ) == [("app-misc/example-app-1.0", "synced")]
+        assert "compress" in index_entries(swarm.root / "binhost")[
+            "app-misc/example-app-1.0"]["USE"].split()
+        assert not swarm.query("SELECT * FROM events WHERE event = 'quarantined'")
+        # It fetched the bundle once, and says which one it built with.
+        tmpdir = swarm.prefixes["d1"].root / "var" / "tmp" / "swarmtools" / "d1"
+        assert (tmpdir / f"{digest}.tar").is_file()
+        (facts,) = swarm.query("SELECT facts FROM drones WHERE name = 'd1'")[0]
+        assert json.loads(facts)["profile_digest"] == digest
+    finally:
+        swarm.stop()
+
+
+def test_a_drone_behind_the_scans_tree_syncs_or_gives_the_package_back(tmp_path):
+    pytest.importorskip("portage")
+    swarm = DroneSwarm(tmp_path, world=["app-misc/bumped"],
+                       extra_ebuilds={"app-misc/bumped/bumped-1.ebuild": ebuild()})
+    scanned = swarm.prefixes["orchestrator"].repo
+    shutil.copy(scanned / "app-misc/bumped/bumped-1.ebuild", scanned / "app-misc/bumped/bumped-2.ebuild")
+    # d1 cannot sync; d2 syncs from the orchestrator's repository.
+    d2_repo = swarm.prefixes["d2"].repo
+    edit(swarm.config, {"drones": {"d1": {"sync_command": []}, "d2": {"sync_command": [
+        "rsync", "-a", "--delete", f"{scanned}/", f"{d2_repo}/"]}}})
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    assert swarm.query("SELECT cpv, status FROM packages") == [("app-misc/bumped-2", "needed")]
+
+    d1 = swarm.drone("d1", "--once")
+    _, err = d1.communicate(timeout=120)
+    assert d1.returncode == 1 and "giving app-misc/bumped-2 back" in err, err
+    assert swarm.query("SELECT status, attempts FROM packages") == [("needed", 0)]
+    (released,) = [e for e in history(swarm, "app-misc/bumped-2") if e[0] == "released"]
+    assert "its ebuild repositories are not the scan's" in released[2]
+    assert "swarm-example" in released[2]
+    assert not swarm.query("SELECT * FROM events WHERE event = 'build-failed'")
+    assert swarm.query("SELECT drone FROM holds") == [("d1",)]
+
+    d2 = swarm.drone("d2", "--once")
+    _, err = d2.communicate(timeout=300)
+    assert d2.returncode == 0, err
+    assert (d2_repo / "app-misc/bumped/bumped-2.ebuild").is_file()
+    assert swarm.query("SELECT cpv, status, drone FROM packages") == [
+        ("app-misc/bumped-2", "received", "d2")]
+    assert not swarm.query("SELECT * FROM events WHERE event = 'build-failed'")
+
+
+def counting_emerge(tmp_path: Path) -> tuple[Path, Path]:
+    """An emerge that records each call, then runs the real one."""
+    calls = tmp_path / "emerge-calls"
+    wrapper = tmp_path / "emerge-counted"
+    wrapper.write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec emerge "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, calls
+
+
+def test_if_changed_scans_after_a_world_change_and_not_otherwise(emerge_swarm, prefix, tmp_path):
+    from swarmtools.config import load
+
+    wrapper, calls = counting_emerge(tmp_path)
+    command = load(emerge_swarm.config).scan.command
+    edit(emerge_swarm.config, {"scan": {"command": [str(wrapper), *command[1:]]}})
+    world = prefix.root / "var" / "lib" / "portage" / "world"
+    world.write_text("app-misc/example-docs\n")
+
+    def fresh():
+        r = emerge_swarm.run("swarm-fresh", "--if-changed", "--json")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    assert fresh()["added"] >= 1
+    assert len(calls.read_text().splitlines()) == 1
+    before = emerge_swarm.dump()
+    assert fresh() == {"scanned": False}
+    assert len(calls.read_text().splitlines()) == 1  # emerge did not run at all
+    assert emerge_swarm.dump() == before
+
+    world.write_text(world.read_text() + "sys-apps/example-utils\n")
+    assert fresh()["added"] >= 1
+    assert len(calls.read_text().splitlines()) == 2
+    assert emerge_swarm.query("SELECT status FROM packages WHERE cp = 'sys-apps/example-utils'"
+                              ) == [("needed",)]
+    # A change to the Portage configuration is a change too.
+    (prefix.root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
+    assert "scanned" not in fresh()
+    assert len(calls.read_text().splitlines()) == 3
+
+
+def test_overlapping_if_changed_scans_run_one(emerge_swarm, prefix, tmp_path):
+    from filelock import FileLock
+
+    with FileLock(str(emerge_swarm.root / "state" / "swarm-fresh.lock")):
+        r = emerge_swarm.run("swarm-fresh", "--if-changed")
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
+    assert not emerge_swarm.query("SELECT * FROM packages")
+
+
+def test_a_bump_and_the_postsync_hook_requeue_exactly_that_package(
+        emerge_swarm, prefix, built_packages):
+    add_drones(emerge_swarm.config, {"d1": {"transport": "local"}})
+    http = HttpServer(emerge_swarm.root / "binhost")  # the scan asks it what is built
+    edit(emerge_swarm.config, {"binhost": {"url": http.url}})
+    try:
+        bump_and_hook(emerge_swarm, prefix, built_packages)
+    finally:
+        http.stop()
+
+
+def bump_and_hook(emerge_swarm, prefix, built_packages):
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    HandDrone(emerge_swarm, built_packages).build_all()
+    r = emerge_swarm.run("swarm-sync", "-q")
+    assert r.returncode == 0, r.stderr
+    synced = emerge_swarm.query("SELECT cpv FROM packages WHERE status = 'synced'")
+    assert len(synced) >= 5 and emerge_swarm.query(
+        "SELECT count(*) FROM packages WHERE status != 'synced'") == [(0,)]
+    before = {cpv: history(emerge_swarm, cpv) for (cpv,) in synced}
+
+    docs = prefix.repo / "app-misc" / "example-docs"
+    shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
+    (docs / "example-docs-1.0.ebuild").unlink()
+    hook = ROOT / "cron" / "postsync.d" / "swarm-fresh"
+    r = subprocess.run([str(hook)], env={**emerge_swarm.env, "SWARM_USER": "nobody-here"},
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "", r
+    assert emerge_swarm.query("SELECT cpv, status FROM packages WHERE status != 'synced'") == [
+        ("app-misc/example-docs-1.1", "needed")]
+    for cpv, events in before.items():
+        if not cpv.startswith("app-misc/example-docs-"):
+            assert history(emerge_swarm, cpv) == events, cpv
+    # The hook again, nothing changed since: no scan.
+    scans = emerge_swarm.query("SELECT count(*) FROM scans")
+    assert subprocess.run([str(hook)], env=emerge_swarm.env).returncode == 0
+    assert emerge_swarm.query("SELECT count(*) FROM scans") == scans
+
+
+def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path):
+    """Over real ssh (a drone host's login runs what it is asked, as root would) and HTTP."""
+    pytest.importorskip("portage")
+    from conftest import BIN
+    from sshd import start_sshd
+
+    swarm = DroneSwarm(tmp_path, drones=("d1",), publish=True)
+    login = tmp_path / "drone-login"  # d1's shell: swarm-drone on its PATH, its config in place
+    login.write_text(f'#!/bin/sh\nexport SWARM_CONFIG="{swarm.config}" PATH="{BIN}:$PATH"\n'
+                     'exec sh -c "$SSH_ORIGINAL_COMMAND"\n')
+    login.chmod(0o755)
+    server = start_sshd(tmp_path / "sshd", {"check": str(login)})
+    make_conf = swarm.prefixes["d1"].root / "etc" / "portage" / "make.conf"
+    plain = make_conf.read_text()
+    try:
+        edit(swarm.config, {"drones": {"d1": {
+            "check_command": [*server.ssh_command("check"), server.destination]}}})
+        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        assert swarm.run("swarm-sync", "-q").returncode == 0
+        make_conf.write_text(plain + f'PORTAGE_BINHOST="{swarm.http.url}"\n')
+        r = swarm.run("swarm-config", "check", "--remote", "--json")
+        assert r.returncode == 0, r.stdout + r.stderr
+        checked = {(f["host"], f["key"]) for f in json.loads(r.stdout)}
+        assert {("d1", "PORTAGE_BINHOST"), ("d1", "CHOST"), ("d1", "config digest"),
+                ("binhost", "reachable")} <= checked
+        assert "Accepted publickey" in server.log_text()
+
+        wrong = swarm.http.url.rsplit(":", 1)[0] + ":1"
+        make_conf.write_text(plain + f'PORTAGE_BINHOST="{wrong}"\n')
+        r = swarm.run("swarm-config", "check", "--remote", "--json")
+        assert r.returncode == 1
+        drifted = [f for f in json.loads(r.stdout) if not f["ok"]]
+        assert drifted == [{"host": "d1", "key": "PORTAGE_BINHOST", "expected": swarm.http.url,
+                            "found": wrong, "ok": False}]
+        assert "1 value(s) differ" in r.stderr
+        table = swarm.run("swarm-config", "check", "--remote")
+        assert table.returncode == 1 and "DRIFT" in table.stdout and wrong in table.stdout
+
+        swarm.http.stop()
+        r = swarm.run("swarm-config", "check", "--remote", "--json")
+        unreachable = [f for f in json.loads(r.stdout) if f["host"] == "binhost"]
+        assert r.returncode == 1 and unreachable[0]["found"].startswith("unreachable")
+    finally:
+        server.stop()
+        swarm.stop()
+
+
+def test_status_flags_a_drone_on_another_version_or_config(swarm):
+    from conftest import emerge_files
+
+    assert swarm.run("swarm-fresh", "-q", "--from", str(emerge_files()[0])).returncode == 0
+    facts = {"version": "0.0.1", "config_digest": "0" * 64, "chost": "", "arch": ""}
+    r = swarm.run("swarm-delegate", "heartbeat", "--drone", "local", input=json.dumps(facts))
+    assert r.returncode == 0, r.stderr
+    (drone,) = json.loads(swarm.run("swarm-status", "--json").stdout)["drones"]
+    assert [d.split()[0:2] for d in drone["drift"]] == [["config", "digest"],
+                                                         ["swarmtools", "version"]]
+    assert "0.0.1" in swarm.run("swarm-status").stdout
+    metrics = swarm.run("swarm-status", "--prometheus").stdout
+    assert 'swarm_drone_drifted{drone="local"} 2' in metrics
+    from swarmtools import __version__
+    from swarmtools.config import load
+
+    facts = {"version": __version__, "config_digest": load(swarm.config).digest()}
+    swarm.run("swarm-delegate", "heartbeat", "--drone", "local", input=json.dumps(facts))
+    (drone,) = json.loads(swarm.run("swarm-status", "--json").stdout)["drones"]
+    assert drone["drift"] == []
