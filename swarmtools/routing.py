@@ -1,11 +1,13 @@
 """Which drones can build a package: features they have, requirements packages have.
 
 A drone's features come from its heartbeat facts (``multilib`` when ABI_X86
-has 32, ``arch:ARCH``, ``cuda`` when it has a CUDA toolkit or device) and
+has 32, ``arch:ARCH``, ``chost:CHOST``, ``cuda`` when it has a CUDA toolkit
+or device) and
 from its ``[drones.NAME]`` table (``features``, and ``mandatory_features``:
 a drone with those takes only packages that require all of them, as Nix
 builders do). A package's requirements come from its USE (``abi_x86_32``
-needs ``multilib``, ``cuda`` needs ``cuda``), the scan's ARCH, and the
+needs ``multilib``, ``cuda`` needs ``cuda``), the build profile's ARCH and
+CHOST (a drone of another builds nothing of it), and the
 ``[[route]]`` tables of the config (``match`` an atom, ``requires`` a list).
 They are kept in the table ``requirements`` (made again with the exclusion
 matches), so a claim tests them in SQL.
@@ -28,15 +30,21 @@ def features(facts: dict, configured: list[str] = (), mandatory: list[str] = ())
         found.add("multilib")
     if facts.get("arch"):
         found.add(f"arch:{facts['arch']}")
+    if facts.get("chost"):
+        found.add(f"chost:{facts['chost']}")
     if facts.get("cuda"):
         found.add("cuda")
     return found
 
 
-def scan_arch(conn: sqlite3.Connection) -> str | None:
-    """The ARCH the scan's Portage has (swarm-resolve learns it)."""
+def target(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
+    """The (ARCH, CHOST) packages are built for: the build profile's (swarm-fresh records
+    it), else the ARCH swarm-resolve learnt from the scan's Portage."""
+    row = conn.execute("SELECT arch, chost FROM profiles WHERE name = 'default'").fetchone()
+    if row is not None:
+        return row[0] or None, row[1] or None
     row = conn.execute("SELECT value FROM resolve_state WHERE key = 'arch'").fetchone()
-    return row[0] if row and row[0] else None
+    return (row[0] if row and row[0] else None), None
 
 
 def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
@@ -48,14 +56,16 @@ def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
 
     conn.execute("DELETE FROM requirements")
     rows = []
-    arch = scan_arch(conn)
+    arch, chost = target(conn)
     for item in queued:
         flags = set(item.use.split())
         for flag, feature in USE_FEATURES.items():
             if flag in flags:
                 rows.append((item.id, feature, f"USE {flag}"))
         if arch:
-            rows.append((item.id, f"arch:{arch}", "the scan's ARCH"))
+            rows.append((item.id, f"arch:{arch}", "the profile's ARCH"))
+        if chost:
+            rows.append((item.id, f"chost:{chost}", "the profile's CHOST"))
     pools = Pools(queued)
     for route in config.route:
         atom = parse_atom(route.match)

@@ -228,8 +228,12 @@ class HandDrone:
     def __init__(self, swarm: Swarm, pkgdir: Path, name: str = "d1"):
         self.swarm, self.pkgdir, self.name = swarm, pkgdir, name
 
+    # What swarm-drone says of itself with every claim (the example repository's profile).
+    FACTS = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}
+
     def claim(self) -> str | None:
-        r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json")
+        r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json",
+                           "--heartbeat", input=json.dumps(self.FACTS))
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)["cpv"] if r.stdout else None
 

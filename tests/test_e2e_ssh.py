@@ -127,7 +127,8 @@ def test_a_drone_key_cannot_claim_as_another_over_ssh(ssh_swarm):
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stdout == ""
     r = subprocess.run([*server.ssh_command("d1"), server.destination,
-                        "swarm-delegate claim --json"], capture_output=True, text=True)
+                        "swarm-delegate claim --json --heartbeat"], capture_output=True, text=True,
+                       input=json.dumps(HandDrone.FACTS))  # its CHOST and ARCH: the profile's
     assert r.returncode == 0 and json.loads(r.stdout)["cpv"]
     assert ssh_swarm.query("SELECT drone FROM packages WHERE status = 'delegated'") == [("d1",)]
 

@@ -245,3 +245,21 @@ def test_status_flags_a_drone_on_another_version_or_config(swarm):
     swarm.run("swarm-delegate", "heartbeat", "--drone", "local", input=json.dumps(facts))
     (drone,) = json.loads(swarm.run("swarm-status", "--json").stdout)["drones"]
     assert drone["drift"] == []
+
+
+def test_packages_go_only_to_drones_of_the_profiles_chost_and_arch(emerge_swarm):
+    add_drones(emerge_swarm.config, {"arm": {"transport": "local"}, "x86": {"transport": "local"}})
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+
+    def claim(drone, facts):
+        r = emerge_swarm.run("swarm-delegate", "claim", "--drone", drone, "--json",
+                             "--heartbeat", input=json.dumps(facts))
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    assert claim("arm", {"arch": "arm64", "chost": "aarch64-unknown-linux-gnu"}) == ""
+    why = emerge_swarm.run("swarm-status", "--why", "app-misc/example-docs").stdout
+    assert ("arm lacks arch:amd64 (the profile's ARCH), chost:x86_64-pc-linux-gnu "
+            "(the profile's CHOST)") in why
+    job = json.loads(claim("x86", {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}))
+    assert job["cpv"] and job["profile"]["chost"] == "x86_64-pc-linux-gnu"

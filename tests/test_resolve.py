@@ -66,11 +66,11 @@ def test_a_bump_recomputes_that_package_only(scanned):
 
 def test_a_package_whose_dependencies_are_not_published_is_never_claimed(scanned):
     resolve_json(scanned)
-    # Packages need the scan's ARCH: the drone says its own in a heartbeat first.
-    arch = scanned.query("SELECT value FROM resolve_state WHERE key = 'arch'")[0][0]
-    assert arch
+    # Packages need the profile's ARCH and CHOST: the drone says its own in a heartbeat first.
+    arch, chost = scanned.query("SELECT arch, chost FROM profiles")[0]
+    assert arch == scanned.query("SELECT value FROM resolve_state WHERE key = 'arch'")[0][0]
     r = scanned.run("swarm-delegate", "heartbeat", "--drone", "d1",
-                    input=json.dumps({"arch": arch}))
+                    input=json.dumps({"arch": arch, "chost": chost}))
     assert r.returncode == 0, r.stderr
     r = scanned.run("swarm-delegate", "claim", "--drone", "d1", "--json", "--limit", "100")
     claimed = [json.loads(line)["cpv"] for line in r.stdout.splitlines()]

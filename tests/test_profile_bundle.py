@@ -1,0 +1,134 @@
+"""The build profile's bundle and repository state, as library functions (no emerge)."""
+
+import base64
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from swarmtools import profile
+from swarmtools.errors import SwarmError
+
+
+@pytest.fixture
+def etc(tmp_path) -> tuple[Path, Path]:
+    """An /etc/portage whose make.profile points into a repository, and that repository."""
+    repo = tmp_path / "repos" / "gentoo"
+    (repo / "profiles" / "default" / "linux" / "amd64").mkdir(parents=True)
+    etc = tmp_path / "orchestrator" / "etc" / "portage"
+    (etc / "package.use").mkdir(parents=True)
+    (etc / "make.conf").write_text('USE="ssl"\nPKGDIR="/var/cache/binpkgs"\n')
+    (etc / "package.use" / "app").write_text("app-misc/foo flag\n")
+    (etc / "repos.conf").write_text("[gentoo]\nlocation = /var/db/repos/gentoo\n")
+    (etc / "gnupg").mkdir()
+    (etc / "gnupg" / "secring").write_text("never leaves the host")
+    (etc / "package.use" / "._cfg0000_app").write_text("an update nobody merged")
+    (etc / "make.profile").symlink_to(repo / "profiles" / "default" / "linux" / "amd64")
+    return etc, repo
+
+
+def names(bundle: bytes) -> list[str]:
+    return tarfile.open(fileobj=io.BytesIO(bundle)).getnames()
+
+
+def test_a_bundle_holds_the_build_settings_and_not_the_hosts(etc):
+    etc_portage, repo = etc
+    bundle = profile.make_bundle(etc_portage, {"gentoo": repo})
+    assert names(bundle) == ["swarm-profile.json", "make.conf", "package.use",
+                             "package.use/app"]
+    manifest = json.loads(tarfile.open(fileobj=io.BytesIO(bundle)).extractfile(
+        "swarm-profile.json").read())
+    assert manifest == {"make_profile": {"repo": "gentoo", "path": "profiles/default/linux/amd64"}}
+
+
+def test_the_same_settings_give_the_same_digest_anywhere(etc, tmp_path):
+    etc_portage, repo = etc
+    first = profile.make_bundle(etc_portage, {"gentoo": repo})
+    os.utime(etc_portage / "make.conf", (0, 0))  # another mtime, another host's copy
+    assert profile.make_bundle(etc_portage, {"gentoo": repo}) == first
+    (etc_portage / "package.use" / "app").write_text("app-misc/foo -flag\n")
+    assert profile.make_bundle(etc_portage, {"gentoo": repo}) != first
+
+
+def test_a_profile_of_its_own_travels_in_the_bundle(etc, tmp_path):
+    etc_portage, repo = etc
+    own = tmp_path / "my-profile"
+    own.mkdir()
+    (own / "parent").write_text("gentoo:default/linux/amd64\n")
+    (etc_portage / "make.profile").unlink()
+    (etc_portage / "make.profile").symlink_to(own)
+    bundle = profile.make_bundle(etc_portage, {"gentoo": repo})
+    assert "make.profile/parent" in names(bundle)
+
+
+def test_a_drone_assembles_its_configroot_from_the_bundle(etc, tmp_path):
+    etc_portage, _ = etc
+    bundle = profile.make_bundle(etc_portage, {"gentoo": tmp_path / "repos" / "gentoo"})
+    digest = hashlib.sha256(bundle).hexdigest()
+    cache = tmp_path / "drone" / "cache"
+    kept = profile.unpack({"tar": base64.b64encode(bundle).decode()}, digest, cache)
+    own_root, drone_repo = tmp_path / "drone", tmp_path / "drone-repos" / "gentoo"
+    (own_root / "etc" / "portage").mkdir(parents=True, exist_ok=True)
+    (own_root / "etc" / "portage" / "repos.conf").write_text(f"[gentoo]\nlocation = {drone_repo}\n")
+    (own_root / "etc" / "portage" / "package.use").write_text("app-misc/foo -flag\n")
+    root = profile.assemble(kept, cache / "configroot", {"gentoo": drone_repo}, own_root,
+                            {"PKGDIR": "/drone/pkgdir", "MAKEOPTS": "-j32", "USE": "-ssl"})
+    etc_out = root / "etc" / "portage"
+    assert os.readlink(etc_out / "make.profile") == str(drone_repo / "profiles/default/linux/amd64")
+    assert (etc_out / "repos.conf").read_text() == f"[gentoo]\nlocation = {drone_repo}\n"
+    assert (etc_out / "package.use" / "app").read_text() == "app-misc/foo flag\n"
+    make_conf = (etc_out / "make.conf").read_text()
+    assert make_conf.startswith('USE="ssl"\n')
+    # Its own where-and-how-fast values come last and win; its own USE never comes.
+    assert make_conf.endswith('PKGDIR="/drone/pkgdir"\nMAKEOPTS="-j32"\n')
+    assert "-ssl" not in make_conf and not (etc_out / "swarm-profile.json").exists()
+    # Built anew each time: a file left from before does not survive.
+    (etc_out / "package.accept_keywords").write_text("*/* ~amd64\n")
+    root = profile.assemble(kept, cache / "configroot", {"gentoo": drone_repo}, own_root, {})
+    assert not (root / "etc" / "portage" / "package.accept_keywords").exists()
+
+
+def test_a_drone_without_the_profiles_repository_is_told_so(etc, tmp_path):
+    etc_portage, repo = etc
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(profile.make_bundle(etc_portage, {"gentoo": repo}))
+    with pytest.raises(SwarmError, match="repository gentoo, which this drone does not have"):
+        profile.assemble(bundle, tmp_path / "root", {}, tmp_path, {})
+
+
+def test_a_bundle_that_does_not_match_its_digest_is_refused(tmp_path):
+    with pytest.raises(SwarmError, match="does not match its digest"):
+        profile.unpack({"tar": base64.b64encode(b"x").decode()}, "0" * 64, tmp_path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_repositorys_state(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "app-misc" / "foo").mkdir(parents=True)
+    (repo / "app-misc" / "foo" / "foo-1.ebuild").write_text("EAPI=8\n")
+    files = profile.tree_state(repo)
+    assert files.startswith("files:")
+    (repo / "distfiles").mkdir()  # an old layout's downloads are not the tree
+    (repo / "distfiles" / "foo.tar.gz").write_text("x")
+    assert profile.tree_state(repo) == files
+    (repo / "app-misc" / "foo" / "foo-1.ebuild").write_text("EAPI=7\n")  # same size
+    assert profile.tree_state(repo) != files
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a",
+                    "commit", "-qm", "x", "--allow-empty"], check=True)
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    assert profile.tree_state(repo) == f"git:{head}"
+    (repo / "metadata").mkdir()
+    (repo / "metadata" / "timestamp.chk").write_text("Sat, 05 Dec 2026 01:15:01 +0000\n")
+    assert profile.tree_state(repo) == "timestamp:Sat, 05 Dec 2026 01:15:01 +0000"
+    assert profile.tree_differences({"gentoo": "timestamp:older"}, {"gentoo": repo}) == [
+        "repository gentoo is at timestamp:Sat, 05 Dec 2026 01:15:01 +0000, the scan's at "
+        "timestamp:older"]
+    assert profile.tree_differences({"other": "x"}, {"gentoo": repo}) == [
+        "repository other is missing"]
