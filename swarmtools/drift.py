@@ -38,22 +38,30 @@ class Finding:
 
 
 def expected_of_drones(config: Config, current_profile: dict | None) -> dict[str, str]:
-    """What every drone must have: the config's binhost, digest and version, the profile's."""
+    """What every drone must have: the config's binhost, digest and version, the profile's CHOST.
+
+    (Not the profile's digest: every claim names it, and a drone fetches
+    the one it names; a drone that last built with an older one is not
+    drifted. Its facts say which it used, for people.)
+    """
     wanted = {"PORTAGE_BINHOST": config.binhost.url, "config digest": config.digest(),
               "swarmtools version": __version__}
     if current_profile:
-        wanted.update({"CHOST": current_profile["chost"], "ARCH": current_profile["arch"],
-                       "profile digest": current_profile["digest"]})
+        wanted.update({"CHOST": current_profile["chost"], "ARCH": current_profile["arch"]})
     return wanted
 
 
+_FACT = {"config digest": "config_digest", "swarmtools version": "version", "CHOST": "chost",
+         "ARCH": "arch"}
+
+
 def _found(facts: dict, key: str) -> str:
-    value = {"PORTAGE_BINHOST": " ".join(filter(None, [facts.get("binhost", "")]
-                                                + list(facts.get("binrepos", [])))),
-             "config digest": facts.get("config_digest"),
-             "swarmtools version": facts.get("version"),
-             "CHOST": facts.get("chost"), "ARCH": facts.get("arch"),
-             "profile digest": facts.get("profile_digest")}[key]
+    # Facts come from drones: anything unexpected is shown, never trusted.
+    if key == "PORTAGE_BINHOST":
+        binrepos = facts.get("binrepos")
+        urls = [facts.get("binhost")] + (binrepos if isinstance(binrepos, list) else [])
+        return " ".join(str(url) for url in urls if url)
+    value = facts.get(_FACT[key])
     return "" if value is None else str(value)
 
 
@@ -61,17 +69,13 @@ def compare(host: str, facts: dict, expected: dict[str, str]) -> list[Finding]:
     """Each expected value against a drone's facts.
 
     PORTAGE_BINHOST matches when the swarm's URL is among the binhosts the
-    drone uses (make.conf or binrepos.conf); a drone that has not built with
-    any profile yet (no profile digest) is not drifted: it fetches the
-    profile with its first claim.
+    drone uses (make.conf or binrepos.conf).
     """
     findings = []
     for key, want in expected.items():
         found = _found(facts, key)
         if key == "PORTAGE_BINHOST":
             ok = want.rstrip("/") in {url.rstrip("/") for url in found.split()}
-        elif key == "profile digest":
-            ok = not found or found == want
         else:
             ok = found == want
         findings.append(Finding(host, key, want, found or "(not set)", ok))
@@ -80,7 +84,7 @@ def compare(host: str, facts: dict, expected: dict[str, str]) -> list[Finding]:
 
 # What swarm-status flags from heartbeats: what the drone builds with. (Its
 # own PORTAGE_BINHOST is for its own installs; check --remote looks at it.)
-HEARTBEAT_KEYS = ("config digest", "swarmtools version", "profile digest", "CHOST", "ARCH")
+HEARTBEAT_KEYS = ("config digest", "swarmtools version", "CHOST", "ARCH")
 
 
 def heartbeat_drift(facts: dict, expected: dict[str, str]) -> list[str]:

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 # What portageq reads of the drone's own configuration: facts for the
 # orchestrator, and the host-local values a profile's configuration keeps.
-PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "PORTAGE_BINHOST",
+PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "PORTAGE_BINHOST", "FEATURES",
                  *profile.HOST_LOCAL)
 _FOUND = re.compile(r"[^A-Za-z0-9+_.,/=:-]")  # what the gateway lets through in --found
 LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
@@ -78,6 +78,7 @@ class Drone:
         self.own_env = {**os.environ, **config.drones[name].environment}
         self.env = build_environment(config, name)
         self.job_env = self.env  # this build's: with its profile's PORTAGE_CONFIGROOT
+        self.synced_for: str | None = None  # the scan's tree state it last synced towards
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
         self.working_on: str | None = None  # named in every heartbeat
@@ -163,13 +164,15 @@ class Drone:
                         log.debug("nothing to build; asking again in %.0f s", pause)
                         self.stop.wait(pause)
                         continue
-                    wait.reset()
                     pending = self.build(job)
                     if pending is None:  # stopped, or given back: not built here
                         if once:
                             return 1
+                        # Given back: this drone cannot build what the scan
+                        # asks now; it backs off as if idle.
                         self.stop.wait(wait.next())
                         continue
+                    wait.reset()
                 else:
                     self.heartbeat()  # names the pending build: its lease stays
                 failed |= pending.kind in (FailureKind.BUILD, FailureKind.STALLED) and not pending.package
@@ -264,9 +267,20 @@ class Drone:
 
         The drone must be of the profile's CHOST and ARCH and have the
         repositories the scan read, in the same state: else it runs its
-        sync_command once, and if they still differ it gives the package
-        back (never a build failure: the package is not at fault).
+        sync_command (once for each state the scan had), and if they still
+        differ it gives the package back (never a build failure: the package
+        is not at fault). Any trouble setting up the profile is a give-back
+        too; only a lost orchestrator is an error of the loop.
         """
+        try:
+            return self._prepare(wanted)
+        except TransportError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - never a crash holding a lease
+            log.error("cannot set up the build profile %s: %s", wanted.get("digest"), exc)
+            return self.env, ("profile", str(exc))
+
+    def _prepare(self, wanted: dict) -> tuple[dict, tuple[str, str] | None]:
         mine = {"CHOST": self.portage.get("CHOST", ""), "ARCH": self.portage.get("ARCH", "")}
         differ = [f"{k}={mine[k]}(profile:{wanted[k.lower()]})" for k in mine
                   if wanted.get(k.lower()) and mine[k] != wanted[k.lower()]]
@@ -275,30 +289,33 @@ class Drone:
         own_root, repositories = profile.local_repositories(self.own_env)
         differ = profile.tree_differences(wanted["tree"], repositories)
         command = self.config.drones[self.name].sync_command
-        if differ and command:
+        state = json.dumps(wanted["tree"], sort_keys=True)
+        if differ and command and self.synced_for != state:
+            # Once for each state of the scan: a tree newer than the scan's
+            # does not become older by syncing again.
+            self.synced_for = state
             log.warning("%s; syncing (%s)", differ[0], shlex.join(command))
-            proc = subprocess.run(command, env=self.own_env, stdin=subprocess.DEVNULL,
-                                  capture_output=True, text=True)
-            if proc.returncode:
-                log.error("%s exited %d: %s", shlex.join(command), proc.returncode,
-                          (proc.stderr or proc.stdout).strip()[-500:])
+            try:
+                proc = subprocess.run(command, env=self.own_env, stdin=subprocess.DEVNULL,
+                                      capture_output=True, text=True)
+            except OSError as exc:
+                log.error("cannot run %s: %s", shlex.join(command), exc.strerror)
+            else:
+                if proc.returncode:
+                    log.error("%s exited %d: %s", shlex.join(command), proc.returncode,
+                              (proc.stderr or proc.stdout).strip()[-500:])
             own_root, repositories = profile.local_repositories(self.own_env)
             differ = profile.tree_differences(wanted["tree"], repositories)
         if differ:
             return self.env, ("tree", "; ".join(differ))
-        cache = self.cache
-        bundle = cache / f"{wanted['digest']}.tar"
-        try:
-            if not bundle.is_file():
-                answer = self.transport.call("profile", wanted["digest"])
-                bundle = profile.unpack(answer, wanted["digest"], cache)
-            root = profile.assemble(bundle, cache / "configroot", repositories, own_root,
-                                    {k: self.portage.get(k, "") for k in profile.HOST_LOCAL})
-        except TransportError:
-            raise
-        except (SwarmError, OSError, ValueError) as exc:
-            return self.env, ("profile", str(exc))
-        (cache / "configroot.digest").write_text(wanted["digest"] + "\n")
+        bundle = self.cache / f"{wanted['digest']}.tar"
+        if not bundle.is_file():
+            answer = self.transport.call("profile", wanted["digest"])
+            bundle = profile.unpack(answer, wanted["digest"], self.cache)
+        root = profile.assemble(bundle, self.cache / "configroot", repositories, own_root,
+                                {k: self.portage.get(k, "") for k in (*profile.HOST_LOCAL,
+                                                                      "FEATURES")})
+        (self.cache / "configroot.digest").write_text(wanted["digest"] + "\n")
         return {**self.env, "PORTAGE_CONFIGROOT": str(root)}, None
 
     def _build_steps(self, cpv: str, console: Path, logdir: Path) -> tuple[list[str], int, bool]:

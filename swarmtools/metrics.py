@@ -48,7 +48,7 @@ def render(figures: dict) -> str:
     family("swarm_drone_building", "gauge", "Packages the drone holds a lease on.",
            [({"drone": d["drone"]}, d["building"]) for d in figures["drones"]])
     family("swarm_drone_drifted", "gauge", "Values in the drone's last heartbeat that differ "
-           "from the config or the profile (config or profile digest, version, CHOST, ARCH).",
+           "from the config or the profile (config digest, version, CHOST, ARCH).",
            [({"drone": d["drone"]}, len(d["drift"])) for d in figures["drones"]])
     family("swarm_builds", "counter", "Builds reported, by drone and result.",
            [({"drone": d["drone"], "result": result}, d[key]) for d in figures["drones"]

@@ -11,8 +11,10 @@ host-local values (:data:`HOST_LOCAL`: where and how fast, never what) are
 kept. Its own package.use never reaches a published binary.
 
 A repository's state is the cheapest thing that changes with its ebuilds:
-``metadata/timestamp.chk`` (rsync mirrors), else the git commit, else a
-digest of its files. The same tree gives the same state on every host.
+``metadata/timestamp.chk`` (Gentoo's rsync and git mirrors write it), else
+a digest of its files. The same tree gives the same state on every host,
+however it got there: not a git commit, which a copy synced with rsync
+(Portage leaves ``.git`` out) does not have.
 
 Today there is one profile, ``default``: the scan's own configuration (the
 [profiles.NAME] tables of issue 11 will add more).
@@ -26,7 +28,6 @@ import io
 import json
 import os
 import sqlite3
-import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +45,21 @@ NOT_BUNDLED = {"repos.conf", "binrepos.conf", "gnupg", "postsync.d", "repo.posts
 # files and how fast it builds. Nothing here changes what a binary contains.
 HOST_LOCAL = ("PKGDIR", "DISTDIR", "PORTAGE_TMPDIR", "MAKEOPTS", "PORTAGE_NICENESS",
               "PORTAGE_IONICE_COMMAND", "GENTOO_MIRRORS", "FETCHCOMMAND", "RESUMECOMMAND",
-              "PORTAGE_USERNAME", "PORTAGE_GRPNAME", "CCACHE_DIR", "CCACHE_SIZE")
+              "PORTAGE_USERNAME", "PORTAGE_GRPNAME", "CCACHE_DIR", "CCACHE_SIZE",
+              "EMERGE_DEFAULT_OPTS")
+# Kept even when the drone's is empty: the orchestrator's (--ask, say) would
+# break a non-interactive build.
+ALWAYS_OWN = ("EMERGE_DEFAULT_OPTS",)
+# FEATURES that need the host's own set-up (a compiler cache, keys, user
+# namespaces) and do not change what a binary contains: each takes the
+# drone's value, whatever the profile says.
+HOST_FEATURES = ("ccache", "distcc", "binpkg-signing", "binpkg-request-signature",
+                 "parallel-fetch", "sandbox", "usersandbox", "network-sandbox", "ipc-sandbox",
+                 "pid-sandbox", "mount-sandbox", "userpriv", "userfetch", "usersync")
 MANIFEST = "swarm-profile.json"  # in the bundle: how to rebuild make.profile on a drone
-# Top-level folders of a repository that are not its tree (old layouts).
-_NOT_TREE = {".git", ".svn", "distfiles", "packages"}
+# Top-level folders of a repository that are not its tree: what Portage's
+# rsync leaves out (PORTAGE_RSYNC_OPTS), and version control.
+_NOT_TREE = {".git", ".svn", "distfiles", "local", "packages"}
 
 
 @dataclass(frozen=True)
@@ -135,7 +147,8 @@ def _add_tree(tar: tarfile.TarFile, path: Path, name: str) -> None:
             if not child.name.startswith("._cfg"):
                 _add_tree(tar, child, f"{name}/{child.name}")
     elif path.is_file():
-        _add_bytes(tar, name, path.read_bytes(), 0o755 if os.access(path, os.X_OK) else 0o644)
+        # The mode, not os.access(): root and the swarm user must pack the same bytes.
+        _add_bytes(tar, name, path.read_bytes(), 0o755 if path.stat().st_mode & 0o111 else 0o644)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -146,15 +159,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 
 
 def tree_state(location: Path) -> str:
-    """A repository's state: its timestamp.chk, else its git commit, else a digest of its files."""
+    """A repository's state: its timestamp.chk, else a digest of its files."""
     stamp = location / "metadata" / "timestamp.chk"
     if stamp.is_file():
         return "timestamp:" + stamp.read_text(errors="replace").strip()
-    if (location / ".git").exists():
-        proc = subprocess.run(["git", "-C", str(location), "rev-parse", "HEAD"],
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        if proc.returncode == 0:
-            return "git:" + proc.stdout.strip()
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(location):
         if Path(root) == location:
@@ -162,8 +170,12 @@ def tree_state(location: Path) -> str:
         dirs.sort()
         for name in sorted(files):
             path = Path(root, name)
+            if path.is_symlink():  # as rsync -l copies it: the link, not what it names
+                data = os.readlink(path).encode()
+            else:
+                data = path.read_bytes()
             digest.update(str(path.relative_to(location)).encode() + b"\0")
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
+            digest.update(hashlib.sha256(data).digest())
     return "files:" + digest.hexdigest()
 
 
@@ -276,6 +288,9 @@ def assemble(bundle: Path, target: Path, repositories: dict[str, Path], own_root
              host_local: dict[str, str]) -> Path:
     """A PORTAGE_CONFIGROOT at TARGET: the bundle, this host's repositories and HOST_LOCAL values.
 
+    HOST_LOCAL also gives this host's FEATURES, of which the HOST_FEATURES
+    are kept.
+
     Rebuilt from scratch for every build, so nothing of an earlier profile
     (or a hand edit) survives into the next.
     """
@@ -300,11 +315,20 @@ def assemble(bundle: Path, target: Path, repositories: dict[str, Path], own_root
             shutil.copytree(own, etc / name)
         elif own.is_file():
             shutil.copy2(own, etc / name)
-    lines = [f'{key}="{value}"' for key, value in host_local.items()
-             if key in HOST_LOCAL and value and '"' not in value]
+    lines = [f'{key}="{_escaped(host_local.get(key, ""))}"' for key in HOST_LOCAL
+             if host_local.get(key) or key in ALWAYS_OWN]
+    own_features = set(host_local.get("FEATURES", "").split())
+    lines.append('FEATURES="${FEATURES} ' + " ".join(
+        feature if feature in own_features else f"-{feature}" for feature in HOST_FEATURES) + '"')
     make_conf = etc / "make.conf"
     if make_conf.is_dir():
         make_conf = make_conf / "zz-swarm-drone.conf"
     with open(make_conf, "a") as f:
         f.write("\n# swarm-drone: this drone's own host-local settings\n" + "\n".join(lines) + "\n")
     return target
+
+
+def _escaped(value: str) -> str:
+    # portageq gives values expanded; written back, ${FILE} in FETCHCOMMAND
+    # must stay for Portage to fill in, not be expanded to nothing.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")

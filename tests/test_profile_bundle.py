@@ -85,7 +85,7 @@ def test_a_drone_assembles_its_configroot_from_the_bundle(etc, tmp_path):
     make_conf = (etc_out / "make.conf").read_text()
     assert make_conf.startswith('USE="ssl"\n')
     # Its own where-and-how-fast values come last and win; its own USE never comes.
-    assert make_conf.endswith('PKGDIR="/drone/pkgdir"\nMAKEOPTS="-j32"\n')
+    assert 'PKGDIR="/drone/pkgdir"\nMAKEOPTS="-j32"\nEMERGE_DEFAULT_OPTS=""\n' in make_conf
     assert "-ssl" not in make_conf and not (etc_out / "swarm-profile.json").exists()
     # Built anew each time: a file left from before does not survive.
     (etc_out / "package.accept_keywords").write_text("*/* ~amd64\n")
@@ -118,12 +118,15 @@ def test_a_repositorys_state(tmp_path):
     assert profile.tree_state(repo) == files
     (repo / "app-misc" / "foo" / "foo-1.ebuild").write_text("EAPI=7\n")  # same size
     assert profile.tree_state(repo) != files
+    # A git checkout and its copy by rsync (Portage leaves .git out) are one state.
     subprocess.run(["git", "init", "-q", str(repo)], check=True)
     subprocess.run(["git", "-C", str(repo), "-c", "user.email=a@b", "-c", "user.name=a",
                     "commit", "-qm", "x", "--allow-empty"], check=True)
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    assert profile.tree_state(repo) == f"git:{head}"
+    (repo / "distfiles").rename(tmp_path / "distfiles")
+    state = profile.tree_state(repo)
+    copy = tmp_path / "copy"
+    subprocess.run(["rsync", "-a", "--exclude=/.git", f"{repo}/", f"{copy}/"], check=True)
+    assert profile.tree_state(copy) == state
     (repo / "metadata").mkdir()
     (repo / "metadata" / "timestamp.chk").write_text("Sat, 05 Dec 2026 01:15:01 +0000\n")
     assert profile.tree_state(repo) == "timestamp:Sat, 05 Dec 2026 01:15:01 +0000"
@@ -132,3 +135,24 @@ def test_a_repositorys_state(tmp_path):
         "timestamp:older"]
     assert profile.tree_differences({"other": "x"}, {"gentoo": repo}) == [
         "repository other is missing"]
+
+
+def test_host_values_keep_what_portage_fills_in_and_host_features_are_the_drones(etc, tmp_path):
+    from portage.util import getconfig
+
+    etc_portage, repo = etc
+    (etc_portage / "make.conf").write_text(
+        'FEATURES="ccache splitdebug"\nEMERGE_DEFAULT_OPTS="--ask --verbose"\n')
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(profile.make_bundle(etc_portage, {"gentoo": repo}))
+    fetch = 'wget -O "${DISTDIR}/${FILE}" ${URI}'  # as portageq prints it
+    root = profile.assemble(bundle, tmp_path / "root", {"gentoo": repo}, tmp_path / "none",
+                            {"FETCHCOMMAND": fetch, "EMERGE_DEFAULT_OPTS": "",
+                             "FEATURES": "sandbox userpriv"})
+    values = getconfig(str(root / "etc" / "portage" / "make.conf"), expand=True)
+    assert values["FETCHCOMMAND"] == fetch
+    assert values["EMERGE_DEFAULT_OPTS"] == ""  # the orchestrator's --ask stays home
+    features = values["FEATURES"].split()
+    # The profile's splitdebug stays (it changes the binary); ccache is the host's.
+    assert "splitdebug" in features and "-ccache" in features
+    assert "sandbox" in features and "-sandbox" not in features and "-distcc" in features

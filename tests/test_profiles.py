@@ -63,16 +63,18 @@ def test_a_drone_behind_the_scans_tree_syncs_or_gives_the_package_back(tmp_path)
                        extra_ebuilds={"app-misc/bumped/bumped-1.ebuild": ebuild()})
     scanned = swarm.prefixes["orchestrator"].repo
     shutil.copy(scanned / "app-misc/bumped/bumped-1.ebuild", scanned / "app-misc/bumped/bumped-2.ebuild")
-    # d1 cannot sync; d2 syncs from the orchestrator's repository.
+    # d1's sync cannot run; d2 syncs from the orchestrator's repository.
     d2_repo = swarm.prefixes["d2"].repo
-    edit(swarm.config, {"drones": {"d1": {"sync_command": []}, "d2": {"sync_command": [
-        "rsync", "-a", "--delete", f"{scanned}/", f"{d2_repo}/"]}}})
+    edit(swarm.config, {"drones": {"d1": {"sync_command": ["/nonexistent/sync"]},
+                                   "d2": {"sync_command": [
+                                       "rsync", "-a", "--delete", f"{scanned}/", f"{d2_repo}/"]}}})
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     assert swarm.query("SELECT cpv, status FROM packages") == [("app-misc/bumped-2", "needed")]
 
     d1 = swarm.drone("d1", "--once")
     _, err = d1.communicate(timeout=120)
     assert d1.returncode == 1 and "giving app-misc/bumped-2 back" in err, err
+    assert "cannot run /nonexistent/sync" in err
     assert swarm.query("SELECT status, attempts FROM packages") == [("needed", 0)]
     (released,) = [e for e in history(swarm, "app-misc/bumped-2") if e[0] == "released"]
     assert "its ebuild repositories are not the scan's" in released[2]
@@ -172,10 +174,12 @@ def bump_and_hook(emerge_swarm, prefix, built_packages):
     for cpv, events in before.items():
         if not cpv.startswith("app-misc/example-docs-"):
             assert history(emerge_swarm, cpv) == events, cpv
-    # The hook again, nothing changed since: no scan.
-    scans = emerge_swarm.query("SELECT count(*) FROM scans")
+    # The hook always scans (cron's --if-changed does not): nothing changes.
+    (scans,), = emerge_swarm.query("SELECT count(*) FROM scans")
+    dump = emerge_swarm.dump()[:-scans]  # packages and events
     assert subprocess.run([str(hook)], env=emerge_swarm.env).returncode == 0
-    assert emerge_swarm.query("SELECT count(*) FROM scans") == scans
+    assert emerge_swarm.query("SELECT count(*) FROM scans") == [(scans + 1,)]
+    assert emerge_swarm.dump()[:-(scans + 1)] == dump
 
 
 def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path):
@@ -263,3 +267,15 @@ def test_packages_go_only_to_drones_of_the_profiles_chost_and_arch(emerge_swarm)
             "(the profile's CHOST)") in why
     job = json.loads(claim("x86", {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}))
     assert job["cpv"] and job["profile"]["chost"] == "x86_64-pc-linux-gnu"
+
+
+def test_a_profile_that_cannot_be_recorded_changes_nothing(emerge_swarm, prefix):
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    before = emerge_swarm.dump()
+    (prefix.root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
+    (prefix.root / "etc/portage/env").mkdir()
+    (prefix.root / "etc/portage/env/huge").write_bytes(os.urandom(9 << 20))
+    r = emerge_swarm.run("swarm-fresh")
+    assert r.returncode == 1 and "cannot be recorded as the build profile" in r.stderr, r.stderr
+    assert "nothing was changed" in r.stderr
+    assert emerge_swarm.dump() == before

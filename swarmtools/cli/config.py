@@ -131,7 +131,6 @@ def check(run_, remote, as_json):
       CHOST, ARCH         the build profile's (the last scan's)
       config digest       this config's (swarm-config show --json | jq .digest)
       swarmtools version  the orchestrator's
-      profile digest      the last scan's (once the drone built with one)
 
     and binhost.url/Packages is fetched: it must answer, with the index
     swarm-sync wrote (the same TIMESTAMP). Prints a table of host, key,

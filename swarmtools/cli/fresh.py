@@ -84,9 +84,10 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     (metadata/timestamp.chk, else the git commit, else a digest of the
     files). --if-changed compares those, the world file and the scan command
     with the last scan's and runs no emerge when nothing changed: run it from
-    cron every few minutes and from the postsync hook. One scan runs at a
-    time (lock file state_dir/swarm-fresh.lock): another waits for it, or
-    with --if-changed leaves the work to it and exits 0.
+    cron every few minutes (the postsync hook scans without it). One scan
+    runs at a time (lock file state_dir/swarm-fresh.lock): another waits for
+    it, or with --if-changed leaves the work to it and exits 0. A scan whose
+    build profile cannot be recorded changes nothing (exit 1).
 
     Exit codes: 0 done (or, with --if-changed, nothing changed or another scan
     runs), 1 scan failed or not understood, 2 usage or config error, 75
@@ -143,7 +144,7 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
 
 def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet):
     """One scan under the lock: the ScanResult, or None when --if-changed found no change."""
-    snap = inputs = None
+    snap = inputs = unrecorded = None
     complaints: list[str] = []
     if not source:
         # What the scan reads, taken before it runs: a change during the
@@ -153,9 +154,8 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
         with _held_back(logging.getLogger(portageenv.__name__)) as complaints:
             try:
                 snap = profile.snapshot(portageenv.scan_environment(config))
-            except SwarmError as exc:
-                # Without a profile, drones build with their own settings.
-                complaints.append(f"{exc}: no build profile recorded")
+            except (SwarmError, OSError) as exc:
+                unrecorded = exc
         if snap is not None:
             inputs = snap.inputs(config.scan.command, config.scan.environment)
             last = profile.last_inputs(conn, snap.name)
@@ -164,8 +164,13 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
                 return None
     published = read_index(Path(config.binhost.path))  # refuses an index it cannot trust
     merge_list, consulted = _scan(config, source, quiet, published is not None)
-    for complaint in complaints if not source else ():
+    for complaint in complaints:
         log.warning("%s", complaint)
+    if unrecorded is not None:
+        # Claims would name the last scan's profile (its USE, its tree) for
+        # this scan's packages: better no change at all.
+        raise SwarmError(f"the scan ran, but what it read cannot be recorded as the build "
+                         f"profile drones build with: {unrecorded}; nothing was changed")
     result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
                         clock.utcnow(), dry_run=dry_run, force=force,
                         verdict=Verdict(published, consulted or consulted_binhost))

@@ -1,0 +1,109 @@
+"""swarm-fresh --if-changed: what "nothing changed" costs beside the scan it saves.
+
+Prints, side by side in one run:
+  - the whole-process time of `swarm-fresh --if-changed` when nothing
+    changed (no emerge runs) beside a full `swarm-fresh` of the example
+    world in a Portage prefix (the real emerge), and their ratio;
+  - the state of a repository the size of ::gentoo (about 31,000 ebuilds in
+    19,000 packages, synthetic files of 1 KiB) read three ways: from
+    metadata/timestamp.chk (rsync mirrors), from its git commit, and as a
+    digest of every file (a repository with neither), in milliseconds;
+  - the build profile bundle of the prefix's /etc/portage: its size and
+    the time to pack it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from timing import median_wall
+
+
+def median(action, runs: int) -> float:
+    """Median wall time of calling ACTION (in this process)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2]
+
+EBUILDS, PACKAGES = 31_000, 19_000
+
+
+def fresh_times(root: Path):
+    from swarmtools.prefix import create_prefix
+
+    prefix = create_prefix(root / "prefix")
+    out = subprocess.run(
+        ["swarm-config", "init", "--dir", str(root / "swarm"),
+         *[f"--scan-env={k}={v}" for k, v in prefix.env_overrides().items()]],
+        capture_output=True, text=True, check=True)
+    env = {**os.environ, "SWARM_CONFIG": out.stdout.strip()}
+    # No binhost is served: the scan must not ask one.
+    from swarmtools.config import edit
+
+    edit(Path(out.stdout.strip()), {"scan": {"command": [
+        "emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "--with-bdeps=y",
+        "@world"]}})
+
+    full = median_wall(["swarm-fresh", "-q"], env, 3)
+    unchanged = median_wall(["swarm-fresh", "-q", "--if-changed"], env, 5)
+    return full, unchanged, prefix
+
+
+def big_repository(root: Path) -> Path:
+    repo = root / "gentoo"
+    body = b"# synthetic\n" + b"x" * 1000 + b"\n"
+    for number in range(PACKAGES):
+        package = repo / f"cat-{number % 160}" / f"pkg{number}"
+        package.mkdir(parents=True)
+        versions = 2 if number < EBUILDS - PACKAGES else 1
+        for version in range(versions):
+            (package / f"pkg{number}-{version + 1}.ebuild").write_bytes(body)
+        (package / "Manifest").write_bytes(b"DIST x 1 BLAKE2B a SHA512 b\n")
+    return repo
+
+
+def state_times(repo: Path) -> dict[str, float]:
+    from swarmtools.profile import tree_state
+
+    times = {"files digest": median(lambda: tree_state(repo), 3)}
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "-c", "user.email=b@b", "-c", "user.name=b",
+                    "commit", "-qm", "tree"], check=True)
+    times["git commit"] = median(lambda: tree_state(repo), 5)
+    (repo / "metadata").mkdir()
+    (repo / "metadata" / "timestamp.chk").write_text("Sat, 05 Dec 2026 01:15:01 +0000\n")
+    times["timestamp.chk"] = median(lambda: tree_state(repo), 5)
+    return times
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        full, unchanged, prefix = fresh_times(root)
+        print(f"swarm-fresh, full scan of the example world:   {full * 1000:8.0f} ms")
+        print(f"swarm-fresh --if-changed, nothing changed:      {unchanged * 1000:8.0f} ms "
+              f"({unchanged / full:.0%} of the scan)")
+        from swarmtools import profile
+
+        env = prefix.env()
+        started = time.perf_counter()
+        snap = profile.snapshot(env)
+        print(f"profile bundle of the prefix: {len(snap.bundle):,} bytes, snapshot "
+              f"{(time.perf_counter() - started) * 1000:.0f} ms (Portage config included)")
+        repo = big_repository(root)
+        print(f"repository of {EBUILDS:,} ebuilds in {PACKAGES:,} packages, its state from:")
+        for how, seconds in state_times(repo).items():
+            print(f"  {how:<14} {seconds * 1000:8.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
