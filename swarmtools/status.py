@@ -40,6 +40,8 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
         "retired": retired,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
+        # What drones build with: the scan's Portage configuration and tree.
+        "profile": profile.current(conn),
         "last_sync": last_run(conn, "swarm-sync"),
         "channels": release.channels(config, now),
         "waiting": waiting(conn),

@@ -39,6 +39,11 @@ def test_a_drone_builds_with_the_profiles_use_not_its_own(tmp_path):
         (own / "make.conf").write_text((own / "make.conf").read_text() + 'USE="-compress"\n')
         assert swarm.run("swarm-fresh", "-q").returncode == 0
         (digest,) = swarm.query("SELECT digest FROM profiles WHERE name = 'default'")[0]
+        shown = json.loads(swarm.run("swarm-status", "--json").stdout)["profile"]
+        assert (shown["digest"], shown["chost"], list(shown["tree"])) == (
+            digest, "x86_64-pc-linux-gnu", ["swarm-example"])
+        assert f"profile:       default {digest[:12]} (x86_64-pc-linux-gnu, amd64; " \
+               "swarm-example files:" in swarm.run("swarm-status").stdout
         drone = swarm.drone("d1", "--drain")
         out, err = drone.communicate(timeout=300)
         assert drone.returncode == 0, err

@@ -190,6 +190,12 @@ def _print_summary(figures: dict) -> None:
     if scan:
         click.echo(f"last scan:     {scan['at']}: {scan['rows']} rows, {scan['added']} added, "
                    f"{scan['requeued']} requeued, {scan['retired']} retired")
+    built_with = figures["profile"]
+    if built_with:
+        click.echo(f"profile:       {built_with['name']} {built_with['digest'][:12]} "
+                   f"({built_with['chost']}, {built_with['arch']}; "
+                   + ", ".join(f"{repo} {state[:30]}" for repo, state in
+                               sorted(built_with["tree"].items())) + ")")
     sync = figures["last_sync"]
     if sync:
         click.echo(f"last sync:     {sync['at']}: {sync['published']} published")
