@@ -136,23 +136,23 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
         # one changed (Portage is imported only then).
         exclude.refresh_if_stale(conn, config, now)
         claimant = claimant_for(conn, config, drone, now)
-        # What to build it with: the profile and repositories the scan saw.
-        build_with = {"profile": profile.current(conn)}
         if renew and (held := _forgotten_lease(conn, drone)) is not None:
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
             return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
-                    **build_with}
+                    "profile": profile.current(conn)}
         choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
         if choice is None:
             return None
         row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
                             actor=drone, at=at, detail=f"lease until {lease_until}")
+        # What to build it with: the profile and repositories the scan saw.
+        built_with = profile.current(conn)
     if row is None:  # cannot happen inside the transaction; a policy bug otherwise
         raise SwarmError(f"{choice['cpv']} was not needed when claimed")
     claimed = dict(row)
     del claimed["id"]
-    return {**claimed, **build_with}
+    return {**claimed, "profile": built_with}
 
 
 def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,

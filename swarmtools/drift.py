@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
-import urllib.error
-import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -139,6 +137,9 @@ def check_drones(config: Config, current_profile: dict | None) -> list[Finding]:
 
 def check_binhost(config: Config) -> list[Finding]:
     """The binhost as clients see it: its URL answers, with the index swarm-sync wrote."""
+    import urllib.error  # here: swarm-status imports this module every minute
+    import urllib.request
+
     url = config.binhost.url.rstrip("/") + "/Packages"
     local = Path(config.binhost.path) / "Packages"
     try:

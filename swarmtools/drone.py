@@ -86,6 +86,7 @@ class Drone:
         # Its own settings (without the swarm's PORTAGE_BINHOST): facts, and
         # the host-local values kept under a profile's configuration.
         self.portage = portage_settings(self.own_env)
+        self.binrepos = profile.binrepos_uris(self.own_env)
         if not self.portage.get("PKGDIR"):
             raise SwarmError("portageq did not tell PKGDIR: is Portage set up on this drone?")
         self.cache = (Path(self.portage.get("PORTAGE_TMPDIR") or "/var/tmp") / "swarmtools"
@@ -108,7 +109,7 @@ class Drone:
             "config_digest": self.config.digest(),
             "profile_digest": self.profile_digest(),
             "binhost": self.portage.get("PORTAGE_BINHOST", ""),
-            "binrepos": profile.binrepos_uris(self.own_env),
+            "binrepos": self.binrepos,
             "version": __version__,
             "building": [self.working_on] if self.working_on else [],
         }

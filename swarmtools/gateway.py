@@ -18,7 +18,7 @@ import shlex
 import sqlite3
 from dataclasses import dataclass, field
 
-from . import verbs
+from . import profile, verbs
 from .config import Config
 from .delegate import check_drone
 from .errors import ExitCode, SwarmError
@@ -42,7 +42,6 @@ _TAKES_CPV = ("report", "release")
 # Matched with fullmatch: no trailing newline slips through.
 _CPV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*")
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=:-]+")
-_DIGEST = re.compile(r"[0-9a-f]{64}")
 # What `rsync -t --partial FILE host:PATH` sends to the server (swarm-drone's
 # upload): option letters t (times), v and z if asked, then the "e."
 # capability string. No l (symlinks), no s (arguments hidden from us).
@@ -128,7 +127,7 @@ def _verb_request(words: list[str], drone: str) -> VerbRequest:
             raise Refused(f"{request.verb} takes one CATEGORY/PF, not {positional!r}")
         request.cpv = positional[0]
     elif request.verb == "profile":
-        if len(positional) != 1 or not _DIGEST.fullmatch(positional[0]):
+        if len(positional) != 1 or not profile.DIGEST.fullmatch(positional[0]):
             raise Refused(f"profile takes one sha256 digest, not {positional!r}")
         request.options["digest"] = positional[0]
     elif positional:

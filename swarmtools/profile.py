@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sqlite3
 import tarfile
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ ALWAYS_OWN = ("EMERGE_DEFAULT_OPTS",)
 HOST_FEATURES = ("ccache", "distcc", "binpkg-signing", "binpkg-request-signature",
                  "parallel-fetch", "sandbox", "usersandbox", "network-sandbox", "ipc-sandbox",
                  "pid-sandbox", "mount-sandbox", "userpriv", "userfetch", "usersync")
+DIGEST = re.compile(r"[0-9a-f]{64}")  # a bundle's name: the sha256 of its bytes
 MANIFEST = "swarm-profile.json"  # in the bundle: how to rebuild make.profile on a drone
 # Top-level folders of a repository that are not its tree: what Portage's
 # rsync leaves out (PORTAGE_RSYNC_OPTS), and version control.
@@ -91,8 +93,7 @@ def snapshot(env: dict[str, str], name: str = DEFAULT) -> Snapshot:
     from . import portageenv
 
     settings = portageenv.settings(env)
-    config_root = Path(settings["PORTAGE_CONFIGROOT"])
-    repositories = {repo.name: Path(repo.location) for repo in settings.repositories}
+    config_root, repositories = _repositories(settings)
     bundle = make_bundle(config_root / "etc" / "portage", repositories)
     eroot = Path(settings["EROOT"])
     world = "".join(_read(eroot / "var" / "lib" / "portage" / f)
@@ -183,7 +184,10 @@ def local_repositories(env: dict[str, str]) -> tuple[Path, dict[str, Path]]:
     """This host's PORTAGE_CONFIGROOT and its repositories (name -> location), as ENV sees them."""
     from . import portageenv
 
-    settings = portageenv.settings(env)
+    return _repositories(portageenv.settings(env))
+
+
+def _repositories(settings) -> tuple[Path, dict[str, Path]]:
     return (Path(settings["PORTAGE_CONFIGROOT"]),
             {repo.name: Path(repo.location) for repo in settings.repositories})
 
@@ -259,7 +263,7 @@ def last_inputs(conn: sqlite3.Connection, name: str = DEFAULT) -> tuple[str, str
 
 def read_bundle(state_dir: Path, digest: str) -> dict:
     """The bundle of DIGEST as a drone fetches it (JSON: base64 of the tar)."""
-    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+    if not DIGEST.fullmatch(digest):
         raise SwarmError(f"not a profile digest: {digest!r}")
     try:
         data = bundle_path(state_dir, digest).read_bytes()

@@ -148,13 +148,9 @@ def check(run_, remote, as_json):
         raise ConfigError(f"{config.path}: " + "; ".join(problems))
     if not remote:
         return
-    from .. import drift, profile
+    from .. import drift
 
-    current = None
-    if config.database.exists():
-        conn = run_.database(writer=False)
-        current = profile.current(conn)
-    findings = drift.check_drones(config, current) + drift.check_binhost(config)
+    findings = drift.check_drones(config, _recorded_profile(run_)) + drift.check_binhost(config)
     if as_json:
         emit_json([f.to_dict() for f in findings])
     else:
@@ -192,14 +188,19 @@ def render(run_, role, name):
         check_drone(config, name)
     elif name:
         raise ConfigError("render client takes no NAME")
-    current = None
-    if config.database.exists():
-        from .. import profile
-
-        current = profile.current(run_.database(writer=False))
+    current = _recorded_profile(run_)
     text = (config_mod.render_drone(config, name, current) if role == "drone"
             else config_mod.render_client(config, current))
     click.echo(text, nl=False)
+
+
+def _recorded_profile(run_) -> dict | None:
+    """The build profile the last scan recorded (None: no queue, or no scan ran emerge yet)."""
+    if not run_.config().database.exists():
+        return None
+    from .. import profile
+
+    return profile.current(run_.database(writer=False))
 
 
 @cli.command(context_settings=CONTEXT)
