@@ -182,6 +182,22 @@ class Drone:
                                                    "(empty: it gives the package back)")
 
 
+@dataclass(frozen=True)
+class Profile:
+    """One [profiles.NAME] table a build profile: a distribution the swarm keeps built."""
+
+    config_root: str = key("", "its PORTAGE_CONFIGROOT on the orchestrator: make.conf, package.*, "
+                               "world file, make.profile (empty: scan.environment's)", kind="path")
+    sets: list = key([], "what it wants built: sets and atoms in place of scan.command's @ "
+                         "arguments (empty: the command's own, @world)")
+    environment: dict = key({}, "extra environment for its scan, over scan.environment",
+                            kind="env")
+    binhost: str = key("default", "where it publishes: default ([binhost]) or NAME of a "
+                                  "[binhosts.NAME]; profiles sharing one share their builds")
+
+
+DEFAULT = "default"  # the profile without [profiles], and the binhost [binhost]
+
 # The file's top level: single tables, then collections of named tables.
 SECTIONS: dict[str, type] = {
     "orchestrator": Orchestrator,
@@ -191,7 +207,7 @@ SECTIONS: dict[str, type] = {
     "resolve": Resolve,
     "exclude": Exclude,
 }
-NAMED_TABLES: dict[str, type] = {"drones": Drone}
+NAMED_TABLES: dict[str, type] = {"drones": Drone, "profiles": Profile, "binhosts": Binhost}
 ARRAYS_OF_TABLES: dict[str, type] = {"route": Route}
 
 _DRONE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -210,7 +226,12 @@ class Config:
     resolve: Resolve
     exclude: Exclude
     drones: dict[str, Drone]
+    profiles: dict[str, Profile]
+    binhosts: dict[str, Binhost]
     route: list[Route]
+    # A view for one profile (for_profile): its scan and binhost in place of
+    # [scan] and [binhost], so one profile's code reads config.scan as ever.
+    profile: str = DEFAULT
 
     @property
     def database(self) -> Path:
@@ -223,6 +244,49 @@ class Config:
     @property
     def state_dir(self) -> Path:
         return Path(self.orchestrator.state_dir)
+
+    def profile_names(self) -> list[str]:
+        """The build profiles: the [profiles.NAME] tables, else one, default ([scan], [binhost])."""
+        return sorted(self.profiles) or [DEFAULT]
+
+    def binhost_names(self) -> list[str]:
+        """default ([binhost]) and each [binhosts.NAME]."""
+        return [DEFAULT, *sorted(self.binhosts)]
+
+    def binhost_named(self, name: str) -> Binhost:
+        if name == DEFAULT:
+            return self.binhost
+        try:
+            return self.binhosts[name]
+        except KeyError:
+            raise ConfigError(f"{self.path}: no binhost '{name}' (binhosts: "
+                              f"{', '.join(self.binhost_names())})") from None
+
+    def binhost_of(self, profile: str) -> str:
+        """The name of the binhost PROFILE publishes to."""
+        return self.profiles[profile].binhost if profile in self.profiles else DEFAULT
+
+    def for_binhost(self, name: str) -> "Config":
+        """This config with binhost NAME as [binhost] (swarm-sync publishes one at a time)."""
+        return dataclasses.replace(self, binhost=self.binhost_named(name))
+
+    def for_profile(self, name: str) -> "Config":
+        """This config as profile NAME's scan sees it: its command, environment and binhost."""
+        if name not in self.profile_names():
+            raise ConfigError(f"{self.path}: no profile '{name}' (profiles: "
+                              f"{', '.join(self.profile_names())})")
+        entry = self.profiles.get(name)
+        if entry is None:
+            return self
+        command = list(self.scan.command)
+        if entry.sets:
+            command = [word for word in command if not word.startswith("@")] + entry.sets
+        environment = {**self.scan.environment, **entry.environment}
+        if entry.config_root:
+            environment["PORTAGE_CONFIGROOT"] = entry.config_root
+        scan = dataclasses.replace(self.scan, command=command, environment=environment)
+        return dataclasses.replace(self, scan=scan, binhost=self.binhost_named(entry.binhost),
+                                   profile=name)
 
     def to_dict(self) -> dict:
         """The effective values as plain data (sections in schema order)."""
@@ -294,6 +358,8 @@ def from_text(text: str, path: Path, environ) -> Config:
                     f"'_' or '-' (and not {' or '.join(sorted(_RESERVED_NAMES))})")
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: '{name}.{entry}' must be a table")
+            if name == "binhosts" and not {"path", "url"} <= set(table):
+                raise ConfigError(f"{path}: [{name}.{entry}] must set path and url")
             values[name][entry] = _table(cls, table, f"{name}.{entry}", path, base, {})
     for name, cls in ARRAYS_OF_TABLES.items():
         tables = raw.get(name, [])
@@ -307,6 +373,20 @@ def from_text(text: str, path: Path, environ) -> Config:
 
 
 def _check_together(config: Config) -> None:
+    # Profiles publish to binhosts that exist, each in a directory of its own.
+    if DEFAULT in config.binhosts:
+        raise ConfigError(f"{config.path}: [binhosts.{DEFAULT}] is [binhost]; name it otherwise")
+    for name, entry in config.profiles.items():
+        if entry.binhost not in config.binhost_names():
+            raise ConfigError(f"{config.path}: 'profiles.{name}.binhost' is '{entry.binhost}', "
+                              f"not one of {', '.join(config.binhost_names())}")
+    seen: dict[str, str] = {}
+    for name in config.binhost_names():
+        where = config.binhost_named(name).path
+        if where in seen:
+            raise ConfigError(f"{config.path}: binhosts {seen[where]} and {name} both have path "
+                              f"{where}; two binhosts need two directories")
+        seen[where] = name
     # Invariants between keys: a drone beating less often than its lease
     # lasts would lose every long build.
     d = config.delegate
@@ -438,8 +518,15 @@ def problems(config: Config) -> list[str]:
                             ("log_file", Path(orch.log_file).parent if orch.log_file else None)):
         if directory and not Path(directory).is_dir():
             found.append(f"orchestrator.{name}: directory {directory} does not exist")
-    if not Path(config.binhost.path).is_dir():
-        found.append(f"binhost.path: directory {config.binhost.path} does not exist")
+    for name in config.binhost_names():
+        where = config.binhost_named(name).path
+        if not Path(where).is_dir():
+            label = "binhost" if name == DEFAULT else f"binhosts.{name}"
+            found.append(f"{label}.path: directory {where} does not exist")
+    for name, entry in config.profiles.items():
+        if entry.config_root and not Path(entry.config_root, "etc", "portage").is_dir():
+            found.append(f"profiles.{name}.config_root: {entry.config_root}/etc/portage "
+                         "does not exist")
     if config.binhost.gpg_key and not shutil.which("gpg"):
         found.append("binhost.gpg_key: gpg is not installed")
     if config.binhost.gpg_home and not Path(config.binhost.gpg_home).is_dir():

@@ -250,6 +250,50 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
         scanned_at  TEXT NOT NULL
     );
     """,
+    # 10: several profiles, several binhosts. A package row is now one
+    # build on one binhost; what each profile wants (its merge list) is a
+    # row of wants, so profiles sharing a binhost share a build of the same
+    # identity. Publications and superseded files are per binhost. Until
+    # now there was one profile and one binhost, both 'default'.
+    """
+    ALTER TABLE packages ADD COLUMN binhost TEXT NOT NULL DEFAULT 'default';
+    DROP INDEX packages_active_identity;
+    CREATE UNIQUE INDEX packages_active_identity ON packages (binhost, cp, slot) WHERE active = 1;
+    CREATE TABLE wants (
+        profile     TEXT NOT NULL,
+        package_id  INTEGER NOT NULL REFERENCES packages (id),
+        scan_order  INTEGER NOT NULL,           -- position in that profile's merge list
+        active      INTEGER NOT NULL DEFAULT 1, -- 0: gone from its latest scan
+        PRIMARY KEY (profile, package_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX wants_package ON wants (package_id, active);
+    INSERT INTO wants (profile, package_id, scan_order, active)
+        SELECT 'default', id, scan_order, active FROM packages;
+    ALTER TABLE scans ADD COLUMN profile TEXT NOT NULL DEFAULT 'default';
+    CREATE TABLE publications_new (
+        binhost     TEXT NOT NULL DEFAULT 'default',
+        path        TEXT NOT NULL,              -- relative to that binhost's path
+        cpv         TEXT NOT NULL,
+        build_id    INTEGER NOT NULL,
+        package_id  INTEGER REFERENCES packages (id),
+        at          TEXT NOT NULL,
+        PRIMARY KEY (binhost, path)
+    );
+    INSERT INTO publications_new (path, cpv, build_id, package_id, at)
+        SELECT path, cpv, build_id, package_id, at FROM publications;
+    DROP TABLE publications;
+    ALTER TABLE publications_new RENAME TO publications;
+    CREATE INDEX publications_cpv ON publications (binhost, cpv);
+    CREATE TABLE superseded_new (
+        binhost     TEXT NOT NULL DEFAULT 'default',
+        path        TEXT NOT NULL,
+        since       TEXT NOT NULL,
+        PRIMARY KEY (binhost, path)
+    );
+    INSERT INTO superseded_new (path, since) SELECT path, since FROM superseded;
+    DROP TABLE superseded;
+    ALTER TABLE superseded_new RENAME TO superseded;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

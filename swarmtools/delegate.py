@@ -17,7 +17,7 @@ import sqlite3
 from datetime import datetime
 
 from . import clock, db, eligibility, exclude, gpkg, packages, profile, routing, staging
-from .config import Config
+from .config import DEFAULT, Config
 from .errors import ConfigError, ExitCode, SwarmError
 from .packages import Event, FailureKind, State
 from .placement import CriticalPath
@@ -140,19 +140,32 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
             return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
-                    "profile": profile.current(conn)}
+                    **built_with(conn, config, held["id"])}
         choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
         if choice is None:
             return None
         row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
                             actor=drone, at=at, detail=f"lease until {lease_until}")
-        # What to build it with: the profile and repositories the scan saw.
-        built_with = profile.current(conn)
+        if row is not None:
+            with_what = built_with(conn, config, row["id"])
     if row is None:  # cannot happen inside the transaction; a policy bug otherwise
         raise SwarmError(f"{choice['cpv']} was not needed when claimed")
     claimed = dict(row)
     del claimed["id"]
-    return {**claimed, "profile": built_with}
+    return {**claimed, **with_what}
+
+
+def built_with(conn: sqlite3.Connection, config: Config, package_id: int) -> dict:
+    """What a claim says to build a package with: the profile (configuration and
+    repositories its scan saw) and the binhost its build is for."""
+    binhost = conn.execute("SELECT binhost FROM packages WHERE id = ?",
+                           (package_id,)).fetchone()[0]
+    # Profiles sharing a build want the same identity: any of them will do.
+    wanted_by = [name for (name,) in conn.execute(
+        "SELECT profile FROM wants WHERE package_id = ? AND active = 1 ORDER BY profile",
+        (package_id,)) if name in config.profile_names()]
+    return {"profile": profile.current(conn, wanted_by[0] if wanted_by else DEFAULT),
+            "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 
 def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
@@ -229,11 +242,17 @@ def _held_lease(conn: sqlite3.Connection, drone: str, cpv: str) -> sqlite3.Row:
 
 
 def _last_word(conn: sqlite3.Connection, drone: str, cpv: str) -> sqlite3.Row | None:
-    """The package row, with its latest event, if that event was DRONE's (a report repeated)."""
+    """The package row, with its latest event, if that event was DRONE's (a report repeated).
+
+    None while DRONE holds a lease on CPV: the report is for that build (the
+    same CPV may have been built by DRONE for another binhost before).
+    """
     return conn.execute(
         "SELECT p.*, e.event AS last_event, e.kind AS last_kind FROM packages p"
         " JOIN events e ON e.id = (SELECT max(id) FROM events WHERE package_id = p.id)"
-        " WHERE p.cpv = ? AND p.active = 1 AND e.drone = ?", (cpv, drone)).fetchone()
+        " WHERE p.cpv = ? AND p.active = 1 AND e.drone = ? AND NOT EXISTS (SELECT 1 FROM"
+        " packages h INDEXED BY packages_delegated WHERE h.status = 'delegated' AND h.drone = ?"
+        " AND h.cpv = p.cpv AND h.active = 1)", (cpv, drone, drone)).fetchone()
 
 
 def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str, file: str,

@@ -228,6 +228,12 @@ class Drone:
                 self._release(cpv, "--because", because, "--found",
                               _FOUND.sub("_", found)[:300])
                 return None
+        binhost = job.get("binhost") or {}
+        if binhost.get("url"):
+            # The binhost of the claim's profile: its dependencies come from
+            # there (a binary of another binhost with other USE is not taken:
+            # Portage's --binpkg-respect-use), and the build is published there.
+            self.job_env = {**self.job_env, "PORTAGE_BINHOST": binhost["url"]}
         self.working_on = cpv
         log.info("building %s", cpv)
         started = time.monotonic()

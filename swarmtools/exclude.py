@@ -233,10 +233,11 @@ def stamp(conn: sqlite3.Connection, config: Config) -> tuple[str, str | None]:
     They depend on the latest scan, the scan's ARCH and the build profile's,
     the exclusion file and the routes. Asked at every claim: one query and one stat().
     """
-    scan, arch, made = conn.execute(
+    scan, arch, built_for, made = conn.execute(
         "SELECT (SELECT max(id) FROM scans), (SELECT value FROM resolve_state WHERE key = 'arch'),"
-        " (SELECT value FROM control_state WHERE key = 'stamp')").fetchone()
-    parts = [f"scan {scan}", f"arch {arch or None}", f"profile {routing.target(conn)}",
+        f" ({routing.FINGERPRINT}), (SELECT value FROM control_state WHERE key = 'stamp')"
+    ).fetchone()
+    parts = [f"scan {scan}", f"arch {arch or None}", f"profiles {built_for}",
              json.dumps([[r.match, r.requires] for r in config.route])]
     if config.exclude.file:
         try:

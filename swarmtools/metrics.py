@@ -10,11 +10,6 @@ from __future__ import annotations
 from . import clock
 from .packages import STATES
 
-# The queue has one profile until [profiles] tables exist; the label is
-# there so that dashboards need not change when they do.
-PROFILE = "default"
-
-
 def render(figures: dict) -> str:
     """The text exposition format (version 0.0.4) of status.summary()'s FIGURES."""
     out: list[str] = []
@@ -28,17 +23,21 @@ def render(figures: dict) -> str:
             out.append(f"{sample_name}{{{text}}} {_number(value)}" if text
                        else f"{sample_name} {_number(value)}")
 
-    family("swarm_packages", "gauge", "Packages of the queue by state (retired ones apart).",
-           [({"profile": PROFILE, "state": s}, figures["states"][s]) for s in STATES])
-    family("swarm_packages_retired", "gauge", "Packages gone from the latest scan, kept with "
-           "their history.", [({"profile": PROFILE}, figures["retired"])])
+    # Per build profile: a build two profiles share counts in both.
+    profiles = figures["profiles"]
+    family("swarm_packages", "gauge", "Packages a build profile wants, by state (retired ones "
+           "apart).", [({"profile": name, "state": s}, p["states"][s])
+                       for name, p in profiles.items() for s in STATES])
+    family("swarm_packages_retired", "gauge", "Packages a profile's latest scan no longer "
+           "lists, kept with their history.",
+           [({"profile": name}, p["retired"]) for name, p in profiles.items()])
     family("swarm_packages_waiting", "gauge", "Needed packages waiting for dependencies to be "
            "published (on=failure: through a failed build).",
-           [({"profile": PROFILE, "on": "dependencies"}, figures["waiting"]["on_dependencies"]),
-            ({"profile": PROFILE, "on": "failure"}, figures["waiting"]["on_failure"])])
+           [({"profile": name, "on": on}, p["waiting"][key]) for name, p in profiles.items()
+            for on, key in (("dependencies", "on_dependencies"), ("failure", "on_failure"))])
     family("swarm_packages_kept_back", "gauge", "Needed packages an eligibility rule keeps from "
-           "every drone now.",
-           [({"profile": PROFILE, "rule": rule}, n) for rule, n in figures["blocked"].items()])
+           "every drone now.", [({"profile": name, "rule": rule}, n)
+                                for name, p in profiles.items() for rule, n in p["blocked"].items()])
     family("swarm_drones_online", "gauge", "Drones whose last heartbeat is recent.",
            [({}, figures["drones_online"])])
     family("swarm_drones_known", "gauge", "Drones configured or seen.",

@@ -48,6 +48,8 @@ class Event(StrEnum):
     EXCLUDED = "excluded"          # failure memory: not built on some drones any more
     GROUNDED = "grounded"          # a drone, not a package: failed too often in a row
     UNGROUNDED = "ungrounded"
+    WANTED = "wanted"              # another profile wants the same build (shared)
+    UNWANTED = "unwanted"          # one profile no longer does; others still do
 
 
 class FailureKind(StrEnum):
@@ -74,7 +76,7 @@ _COLUMNS = frozenset({
     "cp", "slot", "cpv", "subslot", "repo", "use", "status", "active", "scan_order",
     "priority", "drone", "lease_until", "attempts", "retry_after", "build_id", "file",
     "size", "digest", "first_seen", "updated_at", "binhost_path", "resolved",
-    "expected_seconds", "waits_for"})
+    "expected_seconds", "waits_for", "binhost"})
 
 
 def _checked(columns) -> None:

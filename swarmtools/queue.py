@@ -10,6 +10,7 @@ leaves it and its state alone.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +21,10 @@ from .binhost import Index
 from .emerge import MergeList, Row
 from .errors import SwarmError
 from .identity import differences
+from .config import DEFAULT
 from .packages import NO_BUILD, Event, State
+
+log = logging.getLogger(__name__)
 
 ACTOR = "swarm-fresh"
 # A scan that would retire more than half of the queue, and more than this
@@ -29,7 +33,7 @@ ACTOR = "swarm-fresh"
 MASS_RETIRE_MIN = 5
 # What swarm-fresh counts, by the event that records it.
 _COUNTED = {Event.ADDED: "added", Event.REQUEUED: "requeued", Event.RETIRED: "retired",
-            Event.ON_BINHOST: "binary"}
+            Event.ON_BINHOST: "binary", Event.WANTED: "shared"}
 
 
 @dataclass
@@ -48,6 +52,7 @@ class ScanResult:
     total: int = 0
     unchanged: int = 0
     rejected: int = 0  # published builds Portage would not use
+    conflicts: int = 0  # wanted with other USE than another profile's build on the binhost
     events: Counter = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)
 
@@ -65,7 +70,8 @@ class ScanResult:
         counted = {name: self.events[event] for event, name in _COUNTED.items()}
         return {"added": counted["added"], "requeued": counted["requeued"],
                 "retired": counted["retired"], "unchanged": self.unchanged,
-                "binary": counted["binary"], "total": self.total}
+                "binary": counted["binary"], "shared": counted["shared"],
+                "conflicts": self.conflicts, "total": self.total}
 
 
 class _DryRun(Exception):
@@ -128,8 +134,13 @@ NO_VERDICT = Verdict(None, False)
 
 def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now: datetime,
                dry_run: bool = False, force: bool = False,
-               verdict: Verdict = NO_VERDICT) -> ScanResult:
-    """Bring the queue in line with a scan in one transaction; return what changed."""
+               verdict: Verdict = NO_VERDICT, profile: str = DEFAULT,
+               binhost: str = DEFAULT, profiles: tuple[str, ...] = (DEFAULT,)) -> ScanResult:
+    """Bring what PROFILE wants in line with its scan in one transaction; return what changed.
+
+    Its builds are on BINHOST. PROFILES: every profile of the config; wants
+    of another (a profile removed from the config) no longer count.
+    """
     rows = merge_list.packages()
     seen: dict[tuple[str, str], Row] = {}
     for row in rows:
@@ -143,9 +154,12 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now
     at = clock.iso(now)
     try:
         with db.write(conn):
-            synced = conn.execute("SELECT count(*) FROM packages WHERE active = 1 AND status = ?",
-                                  (State.SYNCED,)).fetchone()[0]
-            active = _reconcile(conn, rows, result, at, verdict)
+            synced = conn.execute(
+                "SELECT count(*) FROM packages p JOIN wants w ON w.package_id = p.id"
+                " WHERE w.profile = ? AND w.active = 1 AND p.status = ?",
+                (profile, State.SYNCED)).fetchone()[0]
+            wants = _Wants(conn, profile, binhost, profiles, at)
+            active = _reconcile(conn, rows, result, at, verdict, wants)
             if result.retired > MASS_RETIRE_MIN and result.retired * 2 > active and not force:
                 raise SwarmError(
                     f"this scan would retire {result.retired} of {active} queued packages; "
@@ -156,68 +170,168 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now
                     f"Portage would rebuild {rejected} of {synced} published packages; check that "
                     "the scan uses the profile's settings and the binhost is the right one, "
                     "or use --force")
+            wants.retire_unwanted(result)
             if dry_run:
                 raise _DryRun
             conn.execute(
-                "INSERT INTO scans (at, source, rows, summary) VALUES (?, ?, ?, ?)",
-                (at, source, len(rows), json.dumps(result.counts(), sort_keys=True)))
+                "INSERT INTO scans (at, source, rows, summary, profile) VALUES (?, ?, ?, ?, ?)",
+                (at, source, len(rows), json.dumps(result.counts(), sort_keys=True), profile))
     except _DryRun:
         pass
     return result
 
 
+class _Wants:
+    """One profile's wants while its scan is applied (inside the write).
+
+    A package row is a build on one binhost; the profiles publishing there
+    share it when they want the same identity. A build changes only when
+    no other profile wants it; a package row stays active while any
+    profile wants it.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, profile: str, binhost: str,
+                 profiles: tuple[str, ...], at: str):
+        self.conn, self.profile, self.binhost, self.at = conn, profile, binhost, at
+        # A profile gone from the config wants nothing any more.
+        marks = ", ".join("?" * len(profiles))
+        conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN ({marks})",
+                     profiles)
+        self.before = {pid for (pid,) in conn.execute(
+            "SELECT package_id FROM wants WHERE profile = ? AND active = 1", (profile,))}
+        # Builds other profiles want, with who wants them.
+        self.others: dict[int, list[str]] = {}
+        for pid, name in conn.execute(
+                "SELECT package_id, profile FROM wants WHERE active = 1 AND profile != ?",
+                (profile,)):
+            self.others.setdefault(pid, []).append(name)
+        self.now: dict[int, int] = {}  # package id -> order in this scan
+
+    def mine(self) -> dict[tuple[str, str], sqlite3.Row]:
+        """Active builds on this binhost this profile wanted, or nobody does."""
+        return {(p["cp"], p["slot"]): p for p in self.conn.execute(
+            "SELECT * FROM packages WHERE active = 1 AND binhost = ?", (self.binhost,))
+            if p["id"] in self.before or p["id"] not in self.others}
+
+    def shared(self) -> dict[tuple[str, str], sqlite3.Row]:
+        """Active builds on this binhost only other profiles want."""
+        return {(p["cp"], p["slot"]): p for p in self.conn.execute(
+            "SELECT * FROM packages WHERE active = 1 AND binhost = ?", (self.binhost,))
+            if p["id"] in self.others and p["id"] not in self.before}
+
+    def shared_with(self, package_id: int) -> list[str]:
+        return self.others.get(package_id, [])
+
+    def want(self, package_id: int, order: int) -> None:
+        self.now[package_id] = order
+        self.conn.execute(
+            "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
+            " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
+            (self.profile, package_id, order))
+        # The build's place: the earliest any profile gives it.
+        self.conn.execute(
+            "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
+            " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+
+    def drop(self, package_id: int) -> None:
+        self.conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
+                          (self.profile, package_id))
+
+    def retire_unwanted(self, result: "ScanResult") -> None:
+        """Retire active builds no profile wants (their profile left the config)."""
+        for pkg in self.conn.execute(
+                "SELECT * FROM packages p WHERE active = 1 AND NOT EXISTS (SELECT 1 FROM wants w"
+                " WHERE w.package_id = p.id AND w.active = 1)").fetchall():
+            _retire(self.conn, pkg, result, self.at, "no profile of the config wants it")
+
+
 def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str,
-               verdict: Verdict) -> int:
-    """Apply the scan's rows; return how many packages were active before."""
-    active = {(p["cp"], p["slot"]): p for p in conn.execute("SELECT * FROM packages WHERE active = 1")}
-    active_before = len(active)
+               verdict: Verdict, wants: "_Wants") -> int:
+    """Apply the scan's rows; return how many packages the profile wanted before."""
+    active = wants.mine()
+    shared = wants.shared()
+    active_before = len(wants.before)
+    binhost = wants.binhost
     # The newest retired row of each (cp, slot): one read, not one a row.
     retired = {(p["cp"], p["slot"]): p for p in conn.execute(
-        "SELECT * FROM packages WHERE active = 0 ORDER BY id")}
+        "SELECT * FROM packages WHERE active = 0 AND binhost = ? ORDER BY id", (binhost,))}
     unmatched_rows = []
     for order, row in enumerate(rows):
         pkg = active.pop((row.cp, row.slot), None)
         if pkg is None:
             unmatched_rows.append((order, row))
+        elif (others := wants.shared_with(pkg["id"])) and identity(row) != _stored_identity(pkg):
+            wants.drop(pkg["id"])
+            _conflict(row, pkg, others, result)
         else:
             _update(conn, pkg, row, order, result, at, verdict)
+            wants.want(pkg["id"], order)
     # A slot change keeps the package's row: pair what is left by category/package.
     leftover_by_cp: dict[str, list[sqlite3.Row]] = {}
     for pkg in active.values():
-        leftover_by_cp.setdefault(pkg["cp"], []).append(pkg)
+        if not wants.shared_with(pkg["id"]):
+            leftover_by_cp.setdefault(pkg["cp"], []).append(pkg)
     for order, row in unmatched_rows:
         candidates = leftover_by_cp.get(row.cp)
-        if candidates:
+        if (theirs := shared.get((row.cp, row.slot))) is not None:
+            if identity(row) == _stored_identity(theirs):
+                # Another profile wants this very build: one build serves both.
+                packages.record(conn, theirs["id"], Event.WANTED, ACTOR, at, theirs["status"],
+                                theirs["status"], f"wanted by profile {wants.profile} too")
+                wants.want(theirs["id"], order)
+                result.note(Event.WANTED, row.cpv, "shared with profile "
+                            + ", ".join(wants.shared_with(theirs["id"])))
+            else:
+                _conflict(row, theirs, wants.shared_with(theirs["id"]), result)
+        elif candidates:
             pkg = candidates.pop(0)
             del active[(pkg["cp"], pkg["slot"])]
             _update(conn, pkg, row, order, result, at, verdict)
+            wants.want(pkg["id"], order)
         else:
-            _add(conn, row, order, retired.get((row.cp, row.slot)), result, at, verdict)
+            package_id = _add(conn, row, order, retired.get((row.cp, row.slot)), result, at,
+                              verdict, binhost)
+            wants.want(package_id, order)
     for pkg in active.values():
-        _retire(conn, pkg, result, at)
+        wants.drop(pkg["id"])
+        if others := wants.shared_with(pkg["id"]):
+            packages.record(conn, pkg["id"], Event.UNWANTED, ACTOR, at, pkg["status"],
+                            pkg["status"], f"profile {wants.profile} no longer wants it; "
+                            f"{', '.join(others)} still do")
+        else:
+            _retire(conn, pkg, result, at)
     return active_before
 
 
-def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str) -> None:
+def _conflict(row: Row, pkg: sqlite3.Row, others: list[str], result: ScanResult) -> None:
+    # One binhost holds one build of a (category/package, SLOT): another USE
+    # for it needs another binhost.
+    detail = (f"profile {', '.join(others)} wants {pkg['cpv']} USE=\"{pkg['use']}\" on the same "
+              f"binhost; give the profiles binhosts of their own; not queued")
+    log.warning("%s (USE=\"%s\"): %s", row.cpv, row.enabled_use(), detail)
+    result.conflicts += 1
+    result.changes.append(Change("conflict", row.cpv, detail))
+
+
+def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str,
+            why: str = "no longer in the merge list") -> None:
     # A lease on a package nobody wants any more ends here: its drone's
     # report is refused, and no heartbeat keeps it alive.
     if pkg["status"] == State.DELEGATED:
         packages.move(conn, pkg["id"], expect=State.DELEGATED, to=State.NEEDED,
                       event=Event.RETIRED, actor=ACTOR, at=at, active=0,
-                      detail=f"no longer in the merge list; lease of {pkg['drone']} ended",
+                      detail=f"{why}; lease of {pkg['drone']} ended",
                       event_drone=pkg["drone"], **packages.NO_LEASE)
     else:
         packages.update(conn, pkg["id"], active=0, updated_at=at)
         packages.record(conn, pkg["id"], Event.RETIRED, ACTOR, at, pkg["status"], pkg["status"],
-                        "no longer in the merge list")
+                        why)
     result.note(Event.RETIRED, pkg["cpv"])
 
 
 def _update(conn, pkg: sqlite3.Row, row: Row, order: int, result: ScanResult, at: str,
             verdict: Verdict) -> None:
     old, new = _stored_identity(pkg), identity(row)
-    if order != pkg["scan_order"]:
-        packages.update(conn, pkg["id"], scan_order=order)
     published = verdict.lists(row)
     if old == new:
         if published and pkg["status"] in (State.NEEDED, State.FAILED):
@@ -258,7 +372,8 @@ def _rebuild(conn, pkg, row: Row, to: State, event: Event, detail: str, result: 
 
 
 def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanResult,
-         at: str, verdict: Verdict) -> None:
+         at: str, verdict: Verdict, binhost: str) -> int:
+    """Queue a package no build on the binhost is for; its row's id."""
     published = verdict.lists(row)
     if retired and _stored_identity(retired) == identity(row) and not published:
         # Back unchanged (after a bad scan, say): it keeps its state too.
@@ -266,7 +381,7 @@ def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanRe
         packages.record(conn, retired["id"], Event.ADDED, ACTOR, at, retired["status"],
                         retired["status"], "back in the merge list, unchanged")
         result.note(Event.ADDED, row.cpv, "back, unchanged")
-        return
+        return retired["id"]
     status, event = ((State.SYNCED, Event.ON_BINHOST) if published
                      else (State.NEEDED, Event.ADDED))
     detail = (_on_binhost(row) if published else
@@ -275,11 +390,12 @@ def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanRe
         # Back in the world: the same row, so its history stays in one place.
         _rebuild(conn, retired, row, status, event, detail or "back in the merge list", result,
                  at, active=1, scan_order=order)
-        return
+        return retired["id"]
     package_id = packages.insert(conn, at=at, cp=row.cp, status=status, scan_order=order,
-                                 build_id=row.build_id, **_identity_columns(row))
+                                 build_id=row.build_id, binhost=binhost, **_identity_columns(row))
     packages.record(conn, package_id, event, ACTOR, at, None, status, detail)
     result.note(event, row.cpv, detail)
+    return package_id
 
 
 def _on_binhost(row: Row) -> str:

@@ -67,6 +67,7 @@ class Node:
     resolved: str | None = None
     priority: int = 0
     expected: int | None = None
+    binhost: str = "default"  # a dependency is matched among the builds of its binhost
 
 
 @dataclass
@@ -108,10 +109,11 @@ def run(config: Config, now: datetime, env: dict | None = None) -> Result:
 
 def queue_nodes(conn: sqlite3.Connection) -> list[Node]:
     """The active packages, in merge order."""
-    return [Node(pid, cpv, cp, slot, subslot or "", repo, use, order, resolved, priority, expected)
-            for pid, cpv, cp, slot, subslot, repo, use, order, resolved, priority, expected
+    return [Node(pid, cpv, cp, slot, subslot or "", repo, use, order, resolved, priority, expected,
+                 binhost)
+            for pid, cpv, cp, slot, subslot, repo, use, order, resolved, priority, expected, binhost
             in _plain_rows(conn, "SELECT id, cpv, cp, slot, subslot, repo, use, scan_order,"
-                                 " resolved, priority, expected_seconds FROM packages"
+                                 " resolved, priority, expected_seconds, binhost FROM packages"
                                  " WHERE active = 1 ORDER BY scan_order, id")]
 
 
@@ -123,8 +125,11 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
     nodes = queue_nodes(conn)
     result.packages = len(nodes)
     state = _State(conn)
-    portage = _Portage(env or portageenv.scan_environment(config), state)
-    by_cp = None  # Portage package strings, made only if something must be matched
+    # The ebuilds' dependencies as the first profile's Portage reads them
+    # (each package's own USE is applied to them).
+    first = config.for_profile(config.profile_names()[0])
+    portage = _Portage(env or portageenv.scan_environment(first), state)
+    by_cp = {}  # per binhost: Portage package strings, made only if something must be matched
     fingerprints = _fingerprints(nodes)
     # Only the names each cached entry matches against: its reduced
     # dependencies are read only for a package whose edges must be matched again.
@@ -143,7 +148,7 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
             names = new_cache[key][1]
         else:
             result.cached += 1
-        named = " ".join(fingerprints.get(cp, "-") for cp in names.split())
+        named = " ".join(fingerprints.get((node.binhost, cp), "-") for cp in names.split())
         new_keys[node.id] = f"{key}:{_hash(named)}"
         if new_keys[node.id] != node.resolved:
             changed.append((node, key))
@@ -160,10 +165,11 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
     for node, key in changed:
         deps = new_cache[key][0] if key in new_cache else json.loads(conn.execute(
             "SELECT deps FROM dep_cache WHERE key = ?", (key,)).fetchone()[0])
-        by_cp = by_cp or _LazyIndex(nodes)
+        if node.binhost not in by_cp:
+            by_cp[node.binhost] = _LazyIndex([n for n in nodes if n.binhost == node.binhost])
         for dep in stored.get(node.id, {}):
             edges.pop((node.id, dep), None)
-        mine = match_edges(node, deps, by_cp)
+        mine = match_edges(node, deps, by_cp[node.binhost])
         edges_changed |= mine != stored.get(node.id, {})
         for dep_id, kinds in mine.items():
             edges[(node.id, dep_id)] = kinds
@@ -311,10 +317,10 @@ class _Portage:
         return _hash(" ".join(stamps))
 
 
-def _fingerprints(nodes: list[Node]) -> dict[str, str]:
+def _fingerprints(nodes: list[Node]) -> dict[tuple[str, str], str]:
     by_cp = defaultdict(list)
     for node in nodes:
-        by_cp[node.cp].append(f"{node.cpv}:{node.slot}/{node.subslot}::{node.repo}")
+        by_cp[(node.binhost, node.cp)].append(f"{node.cpv}:{node.slot}/{node.subslot}::{node.repo}")
     return {cp: _hash(" ".join(sorted(group))) for cp, group in by_cp.items()}
 
 

@@ -37,14 +37,26 @@ def features(facts: dict, configured: list[str] = (), mandatory: list[str] = ())
     return found
 
 
-def target(conn: sqlite3.Connection) -> tuple[str | None, str | None]:
-    """The (ARCH, CHOST) packages are built for: the build profile's (swarm-fresh records
-    it), else the ARCH swarm-resolve learnt from the scan's Portage."""
-    row = conn.execute("SELECT arch, chost FROM profiles WHERE name = 'default'").fetchone()
-    if row is not None:
-        return row[0] or None, row[1] or None
+def targets(conn: sqlite3.Connection) -> dict[int, set[tuple[str, str]]]:
+    """Per active package, the (ARCH, CHOST) of each build profile that wants it
+    (swarm-fresh records them)."""
+    found: dict[int, set[tuple[str, str]]] = {}
+    for package_id, arch, chost in conn.execute(
+            "SELECT w.package_id, p.arch, p.chost FROM wants w JOIN profiles p ON p.name = w.profile"
+            " WHERE w.active = 1"):
+        found.setdefault(package_id, set()).add((arch, chost))
+    return found
+
+
+def fallback_arch(conn: sqlite3.Connection) -> str | None:
+    """The ARCH swarm-resolve learnt from the scan's Portage (a scan --from records no profile)."""
     row = conn.execute("SELECT value FROM resolve_state WHERE key = 'arch'").fetchone()
-    return (row[0] if row and row[0] else None), None
+    return row[0] if row and row[0] else None
+
+
+# What the profiles are built for, as one value (exclude's staleness key).
+FINGERPRINT = ("SELECT group_concat(name || ':' || arch || ':' || chost, ' ')"
+               " FROM (SELECT * FROM profiles ORDER BY name)")
 
 
 def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
@@ -56,16 +68,18 @@ def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
 
     conn.execute("DELETE FROM requirements")
     rows = []
-    arch, chost = target(conn)
+    built_for = targets(conn)
+    fallback = {(fallback_arch(conn), None)}
     for item in queued:
         flags = set(item.use.split())
         for flag, feature in USE_FEATURES.items():
             if flag in flags:
                 rows.append((item.id, feature, f"USE {flag}"))
-        if arch:
-            rows.append((item.id, f"arch:{arch}", "the profile's ARCH"))
-        if chost:
-            rows.append((item.id, f"chost:{chost}", "the profile's CHOST"))
+        for arch, chost in built_for.get(item.id, fallback):
+            if arch:
+                rows.append((item.id, f"arch:{arch}", "the profile's ARCH"))
+            if chost:
+                rows.append((item.id, f"chost:{chost}", "the profile's CHOST"))
     pools = Pools(queued)
     for route in config.route:
         atom = parse_atom(route.match)

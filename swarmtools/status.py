@@ -20,6 +20,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
     DRONES and KEPT: drone_table's and kept_back's answers, when the caller has them.
     """
     drones = drone_table(conn, config, now) if drones is None else drones
+    kept = kept_back(conn, config, now, drones) if kept is None else kept
     states = dict.fromkeys(STATES, 0)
     for status, count in conn.execute(
             "SELECT status, count(*) FROM packages WHERE active = 1 GROUP BY status"):
@@ -40,20 +41,47 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
         "retired": retired,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
                       **json.loads(scan["summary"])} if scan else None,
-        # What drones build with: the scan's Portage configuration and tree.
-        "profile": profile.current(conn),
+        # What drones build with: the scan's Portage configuration and tree
+        # (of the first profile; each one's is under "profiles").
+        "profile": profile.current(conn, config.profile_names()[0]),
+        "profiles": by_profile(conn, config, kept),
         "last_sync": last_run(conn, "swarm-sync"),
         "channels": release.channels(config, now),
         "waiting": waiting(conn),
-        "blocked": {rule: len(ids) for rule, ids in
-                    (kept or kept_back(conn, config, now, drones)).items()},
+        "blocked": {rule: len(ids) for rule, ids in kept.items()},
         **staging_backlog(config, conn, now),
         "drones": drones,
     }
 
 
-def waiting(conn: sqlite3.Connection) -> dict:
-    """Needed packages that wait for dependencies to be published; of them, those a failure blocks."""
+def by_profile(conn: sqlite3.Connection, config: Config,
+               kept: dict[str, set[int]]) -> dict[str, dict]:
+    """Each profile's share: its binhost, what it wants by state, what it no longer wants,
+    what waits and what rules keep back (KEPT: kept_back's answer)."""
+    answer = {}
+    for name in config.profile_names():
+        states = dict.fromkeys(STATES, 0)
+        members = set()
+        for package_id, status in conn.execute(
+                "SELECT p.id, p.status FROM wants w JOIN packages p ON p.id = w.package_id"
+                " WHERE w.profile = ? AND w.active = 1", (name,)):
+            states[status] += 1
+            members.add(package_id)
+        retired = conn.execute("SELECT count(*) FROM wants WHERE profile = ? AND active = 0",
+                               (name,)).fetchone()[0]
+        answer[name] = {"binhost": config.binhost_of(name), "states": states,
+                        "packages": len(members), "retired": retired,
+                        "waiting": waiting(conn, members),
+                        "blocked": {rule: len(ids & members) for rule, ids in kept.items()},
+                        "profile": profile.current(conn, name)}
+    return answer
+
+
+def waiting(conn: sqlite3.Connection, only: set[int] | None = None) -> dict:
+    """Needed packages that wait for dependencies to be published; of them, those a failure blocks.
+
+    ONLY: count these packages only (one profile's).
+    """
     needs = defaultdict(set)
     for pkg, dep in conn.execute(
             "SELECT r.package_id, r.dep_id FROM requires r JOIN packages d ON d.id = r.dep_id"
@@ -70,7 +98,8 @@ def waiting(conn: sqlite3.Connection) -> dict:
                                for dep in needs.get(pkg, ()))
         return blocked[pkg]
 
-    waiting_ids = [p for p in needs if status.get(p) == State.NEEDED]
+    waiting_ids = [p for p in needs if status.get(p) == State.NEEDED
+                   and (only is None or p in only)]
     return {"on_dependencies": len(waiting_ids),
             "on_failure": sum(on_failure(p) for p in waiting_ids)}
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from . import clock, db, gpkg, identity, packages, staging
 from .crashpoints import crashpoint
 from .binhost import Binhost, Index, PortageIndex, mirror, portage_config, read_index
-from .config import Config
+from .config import DEFAULT, Config
 from .errors import SwarmError, TryLater
 from .packages import Event, State
 
@@ -80,9 +80,29 @@ def _publish_locked(config: Config, now: datetime, dry_run: bool = False,
                     progress=None) -> SyncResult:
     conn = db.connect(config.database)
     try:
-        return Publisher(config, conn, now, dry_run, progress).run()
+        result = SyncResult()
+        names = config.binhost_names()
+        for name in names:
+            # Each binhost by itself, with the Portage settings of a profile
+            # that publishes there; staging, which they share, is swept last.
+            publisher = Publisher(publisher_config(config, name), conn, now, dry_run, progress,
+                                  binhost=name, last=name == names[-1])
+            done = publisher.run()
+            for field in vars(result):
+                getattr(result, field).extend(getattr(done, field))
+        if not dry_run:
+            publisher.record_run(result)
+        return result
     finally:
         conn.close()
+
+
+def publisher_config(config: Config, binhost: str) -> Config:
+    """CONFIG as binhost BINHOST is published: a profile of it's view, else its own."""
+    for name in config.profile_names():
+        if config.binhost_of(name) == binhost:
+            return config.for_profile(name)
+    return config.for_binhost(binhost)
 
 
 def pending_path(config: Config) -> Path:
@@ -149,7 +169,7 @@ class Publisher:
     """One run of swarm-sync."""
 
     def __init__(self, config: Config, conn: sqlite3.Connection, now: datetime, dry_run: bool,
-                 progress=None):
+                 progress=None, binhost: str = DEFAULT, last: bool = True):
         """PROGRESS(done, total, cpv), when given, is called as each received package is checked."""
         self.config = config
         self.progress = progress
@@ -158,6 +178,8 @@ class Publisher:
         self.at = clock.iso(now)
         self.dry_run = dry_run
         self.binhost = Binhost(Path(config.binhost.path))
+        self.name = binhost  # the binhost's name: its packages, publications, superseded files
+        self.last = last  # the last binhost of the run sweeps the staging area all share
         self.staging = config.staging_dir
         self.result = SyncResult()
         self._settings = None
@@ -185,7 +207,8 @@ class Publisher:
         # Rows as read now: every later write is guarded by what was read, so
         # a rescan or a claim that changes a row meanwhile wins over this run.
         received = self.conn.execute(
-            "SELECT * FROM packages WHERE status = ? ORDER BY id", (State.RECEIVED,)).fetchall()
+            "SELECT * FROM packages WHERE status = ? AND binhost = ? ORDER BY id",
+            (State.RECEIVED, self.name)).fetchall()
         _hook("start")
         lost, reindex, stale = self._check_synced(published)
         log.info("%d received package(s) to publish", len(received))
@@ -207,17 +230,16 @@ class Publisher:
             _hook("marked")
         self._requeue_lost(lost)
         self._delete_superseded()
-        self._sweep_orphans()
+        if self.last:
+            self._sweep_orphans()
         if not self.dry_run and self.config.binhost.rsync_target:
             mirror(self.binhost.path, self.config.binhost.rsync_target,
                    self.config.binhost.rsync_ssh_command)
-        if not self.dry_run:
-            self._record_run()
         return self.result
 
-    def _record_run(self) -> None:
+    def record_run(self, result: SyncResult) -> None:
         # The status page's "last sync": a run with nothing to do leaves no event.
-        counts = {name: len(value) for name, value in vars(self.result).items()}
+        counts = {name: len(value) for name, value in vars(result).items()}
         with db.write(self.conn):
             self.conn.execute("INSERT OR REPLACE INTO runs (command, at, summary) VALUES (?, ?, ?)",
                               (ACTOR, self.at, json.dumps(counts, sort_keys=True)))
@@ -231,8 +253,9 @@ class Publisher:
         """
         paths = published.paths() if published else set()
         lost, reindex = [], []
-        for pkg in self.conn.execute("SELECT * FROM packages WHERE status = ? AND active = 1",
-                                     (State.SYNCED,)):
+        for pkg in self.conn.execute(
+                "SELECT * FROM packages WHERE status = ? AND active = 1 AND binhost = ?",
+                (State.SYNCED, self.name)):
             path = pkg["binhost_path"]
             if path is None:  # marked synced by a scan that found it on the binhost
                 entries = published.by_cpv(pkg["cpv"]) if published else []
@@ -300,9 +323,9 @@ class Publisher:
                                        guard={"status": State.RECEIVED, "digest": pkg["digest"]})
             if recorded:
                 self.conn.execute(
-                    "INSERT OR IGNORE INTO publications (path, cpv, build_id, package_id, at)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (target, pkg["cpv"], gpkg.parse_name(Path(target).name).build_id,
+                    "INSERT OR IGNORE INTO publications (binhost, path, cpv, build_id,"
+                    " package_id, at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.name, target, pkg["cpv"], gpkg.parse_name(Path(target).name).build_id,
                      pkg["id"], self.at))
         if not recorded:
             log.warning("%s changed during this run; left for the next", pkg["cpv"])
@@ -321,7 +344,7 @@ class Publisher:
         pn = catpkgsplit(cpv)[1]
         used = {0} | self.binhost.build_ids(category, pn, pf) | self.index.build_ids(cpv)
         used |= {row[0] for row in self.conn.execute(
-            "SELECT build_id FROM publications WHERE cpv = ?", (cpv,))}
+            "SELECT build_id FROM publications WHERE binhost = ? AND cpv = ?", (self.name, cpv))}
         wanted = gpkg.parse_name(staged_name)
         build_id = (wanted.build_id if wanted and wanted.build_id and wanted.build_id not in used
                     else max(used) + 1)
@@ -394,8 +417,8 @@ class Publisher:
                     # pkg["cpv"]; a newer build of the package supersedes it.
                     log.warning("%s changed during this run; published, not marked", pkg["cpv"])
             for path in superseded:
-                self.conn.execute("INSERT OR IGNORE INTO superseded (path, since) VALUES (?, ?)",
-                                  (path, self.at))
+                self.conn.execute("INSERT OR IGNORE INTO superseded (binhost, path, since)"
+                                  " VALUES (?, ?, ?)", (self.name, path, self.at))
         for pkg in published:  # only what was published: a newer upload stays
             (self.staging / pkg["file"]).unlink(missing_ok=True)
         self.result.superseded = superseded
@@ -403,14 +426,14 @@ class Publisher:
     def _delete_superseded(self) -> None:
         limit = clock.iso(self.now - timedelta(seconds=self.config.binhost.grace_seconds))
         due = [row[0] for row in self.conn.execute(
-            "SELECT path FROM superseded WHERE since <= ?", (limit,))]
+            "SELECT path FROM superseded WHERE binhost = ? AND since <= ?", (self.name, limit))]
         if not due:
             return
         published = read_index(self.binhost.path)
         # Never a file the index lists, nor one a package is published as.
         keep = (published.paths() if published else set()) | {row[0] for row in self.conn.execute(
-            "SELECT binhost_path FROM packages WHERE binhost_path IS NOT NULL AND status IN (?, ?)",
-            (State.SYNCED, State.RECEIVED))}
+            "SELECT binhost_path FROM packages WHERE binhost_path IS NOT NULL AND status IN (?, ?)"
+            " AND binhost = ?", (State.SYNCED, State.RECEIVED, self.name))}
         for path in due:
             if path not in keep:
                 self.result.deleted.append(path)
@@ -420,7 +443,8 @@ class Publisher:
                 self.binhost.delete(path)
             if not self.dry_run:
                 with db.write(self.conn):
-                    self.conn.execute("DELETE FROM superseded WHERE path = ?", (path,))
+                    self.conn.execute("DELETE FROM superseded WHERE binhost = ? AND path = ?",
+                                      (self.name, path))
 
     def _sweep_orphans(self) -> None:
         """Staged files no received package names: log them, quarantine after a grace."""

@@ -44,8 +44,9 @@ def test_claims_go_in_merge_order_to_one_drone_each(queue):
     assert (first["cpv"], second["cpv"]) == ("app-test/pkg0-1.0", "app-test/pkg1-1.0")
     assert first["lease_until"] == (T0 + timedelta(seconds=3600)).isoformat()
     assert set(first) == {"cpv", "slot", "subslot", "repo", "use", "lease_until", "attempts",
-                          "profile"}  # null: no scan ran emerge (a saved --from scan)
+                          "profile", "binhost"}  # null: no scan ran emerge (a saved --from scan)
     assert first["profile"] is None
+    assert first["binhost"] == {"name": "default", "url": config.binhost.url}
     events = conn.execute("SELECT actor, event, from_status, to_status FROM events"
                           " WHERE event = 'claimed' ORDER BY id").fetchall()
     assert [tuple(e) for e in events] == [("d1", "claimed", "needed", "delegated"),

@@ -284,3 +284,59 @@ def test_a_profile_that_cannot_be_recorded_changes_nothing(emerge_swarm, prefix)
     assert r.returncode == 1 and "cannot be recorded as the build profile" in r.stderr, r.stderr
     assert "nothing was changed" in r.stderr
     assert emerge_swarm.dump() == before
+
+
+def test_two_profiles_build_a_shared_package_once_and_other_use_again_on_its_binhost(tmp_path):
+    pytest.importorskip("portage")
+    swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/flavour", "app-misc/plain"],
+                       extra_ebuilds={"app-misc/flavour/flavour-1.ebuild": ebuild('IUSE="+feature"\n'),
+                                      "app-misc/plain/plain-1.ebuild": ebuild()}, publish=True)
+    other = HttpServer(tmp_path / "binhost-other")
+    try:
+        # Two profiles of the same settings (twin: a copy of the scan's /etc/portage).
+        twin = tmp_path / "twin"
+        shutil.copytree(swarm.prefixes["orchestrator"].root / "etc", twin / "etc", symlinks=True)
+        edit(swarm.config, {"profiles": {"main": {}, "twin": {"config_root": str(twin)}}})
+        r = swarm.run("swarm-fresh", "--json")
+        assert r.returncode == 0, r.stderr
+        counts = json.loads(r.stdout)["profiles"]
+        assert (counts["main"]["added"], counts["twin"]["added"], counts["twin"]["shared"]) == (2, 0, 2)
+        drone = swarm.drone("d1", "--drain")
+        _, err = drone.communicate(timeout=300)
+        assert drone.returncode == 0, err
+        assert swarm.run("swarm-sync", "-q").returncode == 0
+        built = swarm.query("SELECT p.binhost, p.cpv FROM events e JOIN packages p"
+                            " ON p.id = e.package_id WHERE e.event = 'built' ORDER BY p.cpv")
+        assert built == [("default", "app-misc/flavour-1"), ("default", "app-misc/plain-1")]
+        assert "feature" in index_entries(swarm.root / "binhost")["app-misc/flavour-1"]["USE"].split()
+        shares = json.loads(swarm.run("swarm-status", "--json").stdout)["profiles"]
+        assert {n: s["states"]["synced"] for n, s in shares.items()} == {"main": 2, "twin": 2}
+
+        # twin turns the flag off: on a binhost of its own, it gets builds of its own.
+        (twin / "etc/portage/package.use").write_text("app-misc/flavour -feature\n")
+        edit(swarm.config, {"binhosts": {"other": {"path": str(tmp_path / "binhost-other"),
+                                                   "url": other.url}},
+                            "profiles": {"twin": {"binhost": "other"}}})
+        r = swarm.run("swarm-fresh", "--json")
+        assert r.returncode == 0, r.stderr
+        counts = json.loads(r.stdout)["profiles"]
+        assert (counts["main"]["unchanged"], counts["twin"]["added"]) == (2, 2)
+        drone = swarm.drone("d1", "--drain")
+        _, err = drone.communicate(timeout=300)
+        assert drone.returncode == 0, err
+        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert sorted(swarm.query("SELECT binhost, cpv, status FROM packages")) == [
+            ("default", "app-misc/flavour-1", "synced"), ("default", "app-misc/plain-1", "synced"),
+            ("other", "app-misc/flavour-1", "synced"), ("other", "app-misc/plain-1", "synced")]
+        theirs = index_entries(tmp_path / "binhost-other")
+        assert set(theirs) == {"app-misc/flavour-1", "app-misc/plain-1"}
+        assert "feature" not in theirs["app-misc/flavour-1"].get("USE", "").split()
+        assert "feature" in index_entries(swarm.root / "binhost")["app-misc/flavour-1"]["USE"].split()
+        assert not swarm.query("SELECT * FROM events WHERE event IN ('quarantined', 'build-failed')")
+        # Each profile's scan now finds all it wants on its own binhost.
+        r = swarm.run("swarm-fresh", "--json")
+        counts = json.loads(r.stdout)["profiles"]
+        assert (counts["main"]["unchanged"], counts["twin"]["unchanged"]) == (2, 2), counts
+    finally:
+        other.stop()
+        swarm.stop()

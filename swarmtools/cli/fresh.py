@@ -39,10 +39,13 @@ log = logging.getLogger(__name__)
               help="Scan only when the Portage configuration, the world file or a repository "
                    "changed since the last scan (cron, postsync); exit 0 quietly while another "
                    "scan runs.")
+@click.option("--profile", "profile_names", metavar="NAME", multiple=True,
+              help="Scan only this build profile ([profiles.NAME]; repeatable). Default: every "
+                   "profile, one after the other.")
 @verbosity_options
 @pass_run
 def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, if_changed,
-        verbose, quiet):
+        profile_names, verbose, quiet):
     """Queue every package the world needs, from a full emerge scan.
 
     Runs the config's scan.command (by default `emerge --pretend --emptytree
@@ -89,6 +92,16 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     it, or with --if-changed leaves the work to it and exits 0. A scan whose
     build profile cannot be recorded changes nothing (exit 1).
 
+    Several build profiles ([profiles.NAME] tables: a PORTAGE_CONFIGROOT,
+    the sets it wants, the binhost it publishes to) are scanned one after
+    the other; each changes only what it wants. Profiles that publish to one
+    binhost share a build they want with the same identity (counted
+    "shared"); one that wants another USE for a package another profile has
+    on that binhost is told to use a binhost of its own, and that package is
+    not queued for it (counted "conflicts", exit 1 after the other changes).
+    With several profiles, --json adds "profiles": {NAME: counts}. A saved
+    scan (--from) is one profile's: name it with --profile.
+
     Exit codes: 0 done (or, with --if-changed, nothing changed or another scan
     runs), 1 scan failed or not understood, 2 usage or config error, 75
     database busy (try again).
@@ -104,6 +117,12 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     if if_changed and source:
         raise SwarmError("--if-changed looks at what a scan would read; it does not go with "
                          "--from", ExitCode.USAGE)
+    names = list(dict.fromkeys(profile_names)) or config.profile_names()
+    for name in names:
+        config.for_profile(name)  # an unknown name is a config error before anything runs
+    if source and len(names) > 1:
+        raise SwarmError(f"--from is the scan of one profile; name it with --profile (one of "
+                         f"{', '.join(names)})", ExitCode.USAGE)
     # Open the database first: a config or schema problem should not wait for emerge.
     conn = run_.database(create=True)
     with contextlib.ExitStack() as held:
@@ -118,9 +137,13 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
                 raise
             log.info("%s: that scan will do", exc)
             return
-        result = _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed,
-                        quiet)
-    if result is None:  # --if-changed, and nothing changed
+        results = {}
+        for name in names:
+            result = _fresh(config.for_profile(name), conn, source, dry_run, force,
+                            consulted_binhost, if_changed, quiet, tuple(config.profile_names()))
+            if result is not None:
+                results[name] = result
+    if not results:  # --if-changed, and nothing changed
         if as_json:
             emit_json({"scanned": False})
         return
@@ -130,20 +153,36 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
             log.info("resolved: %s", resolved.to_dict())
         except TryLater as exc:
             log.warning("%s: the running swarm-resolve started before this scan; run it again", exc)
+    conflicts = sum(r.conflicts for r in results.values())
+    several = len(config.profile_names()) > 1
     if as_json:
-        emit_json({**result.counts(), "dry_run": dry_run} if dry_run else result.counts())
-        return
-    if quiet:
-        return
-    if result.changes:
-        emit_table([[c.event, c.cpv, c.detail] for c in result.changes],
-                   ["change", "cpv", "detail"])
-    counts = ", ".join(f"{v} {k}" for k, v in result.counts().items())
-    click.echo(("would change: " if dry_run else "") + counts)
+        answer = _summed([r.counts() for r in results.values()])
+        if several:
+            answer["profiles"] = {name: r.counts() for name, r in results.items()}
+        emit_json({**answer, "dry_run": dry_run} if dry_run else answer)
+    elif not quiet:
+        for name, result in results.items():
+            if result.changes:
+                emit_table([[c.event, c.cpv, c.detail] for c in result.changes],
+                           ["change", "cpv", "detail"])
+            counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()
+                               if v or k not in ("shared", "conflicts"))
+            click.echo(("would change: " if dry_run else "")
+                       + (f"profile {name}: " if several else "") + counts)
+    if conflicts:
+        raise SwarmError(f"{conflicts} package(s) wanted with other USE than another profile's "
+                         "build on the same binhost were not queued (see above); give those "
+                         "profiles binhosts of their own")
 
 
-def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet):
-    """One scan under the lock: the ScanResult, or None when --if-changed found no change."""
+def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    return {key: sum(c[key] for c in counts) for key in counts[0]}
+
+
+def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet,
+           profiles: tuple[str, ...]):
+    """One profile's scan under the lock (CONFIG: its view, Config.for_profile): the
+    ScanResult, or None when --if-changed found no change."""
     snap = inputs = unrecorded = None
     complaints: list[str] = []
     if not source:
@@ -153,14 +192,15 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
         # succeeded: when it fails, emerge's own error says it better.
         with _held_back(logging.getLogger(portageenv.__name__)) as complaints:
             try:
-                snap = profile.snapshot(portageenv.scan_environment(config))
+                snap = profile.snapshot(portageenv.scan_environment(config), config.profile)
             except (SwarmError, OSError) as exc:
                 unrecorded = exc
         if snap is not None:
             inputs = snap.inputs(config.scan.command, config.scan.environment)
             last = profile.last_inputs(conn, snap.name)
             if if_changed and last and last[0] == inputs:
-                log.info("nothing changed since the scan at %s: not scanning", last[1])
+                log.info("profile %s: nothing changed since the scan at %s: not scanning",
+                         config.profile, last[1])
                 return None
     published = read_index(Path(config.binhost.path))  # refuses an index it cannot trust
     merge_list, consulted = _scan(config, source, quiet, published is not None)
@@ -173,7 +213,9 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
                          f"profile drones build with: {unrecorded}; nothing was changed")
     result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
                         clock.utcnow(), dry_run=dry_run, force=force,
-                        verdict=Verdict(published, consulted or consulted_binhost))
+                        verdict=Verdict(published, consulted or consulted_binhost),
+                        profile=config.profile, binhost=config.binhost_of(config.profile),
+                        profiles=profiles)
     if not dry_run:
         with db.write(conn):  # what the rules match and packages require, for the new queue
             exclude.refresh(conn, config, clock.utcnow())

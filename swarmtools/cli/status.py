@@ -196,6 +196,11 @@ def _print_summary(figures: dict) -> None:
                    f"({built_with['chost']}, {built_with['arch']}; "
                    + ", ".join(f"{repo} {state[:30]}" for repo, state in
                                sorted(built_with["tree"].items())) + ")")
+    if len(figures["profiles"]) > 1:
+        for name, share in figures["profiles"].items():
+            states = "  ".join(f"{k} {v}" for k, v in share["states"].items())
+            click.echo(f"  {name} (binhost {share['binhost']}): {share['packages']} "
+                       f"({states}; {share['retired']} retired)")
     sync = figures["last_sync"]
     if sync:
         click.echo(f"last sync:     {sync['at']}: {sync['published']} published")

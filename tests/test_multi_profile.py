@@ -1,0 +1,178 @@
+"""Several build profiles: what each wants, builds shared on one binhost, split on two.
+
+Scans are saved emerge output (--from) here; tests/test_profiles.py runs the
+same with the real emerge and drones.
+"""
+
+import json
+import sqlite3
+
+import pytest
+
+from conftest import HandDrone, add_drones
+from swarmtools import db
+from swarmtools.config import edit
+from swarmtools.errors import ConfigError
+
+
+def scan(*rows: tuple[str, str]) -> str:
+    """emerge --pretend --verbose output of (cpv, USE) rows."""
+    lines = ["", "These are the packages that would be merged, in order:", "",
+             "Calculating dependencies... done!"]
+    for cpv, use in rows:
+        lines.append(f'[ebuild  N     ] {cpv}::swarm-example  USE="{use}" 0 KiB')
+    return "\n".join(lines + ["", f"Total: {len(rows)} packages ({len(rows)} new), Size of "
+                              "downloads: 0 KiB", ""])
+
+
+PLAIN = ("app-misc/plain-1", "")
+WITH = ("app-misc/flavour-1", "feature")
+WITHOUT = ("app-misc/flavour-1", "-feature")
+
+
+def fresh(swarm, profile: str, text: str, code: int = 0) -> dict:
+    r = swarm.run("swarm-fresh", "--profile", profile, "--from", "-", "--json", input=text)
+    assert r.returncode == code, r.stderr
+    return json.loads(r.stdout)
+
+
+def two_profiles(swarm, tmp_path, second_binhost: bool = False) -> None:
+    add_drones(swarm.config, {name: {"transport": "local"} for name in ("d1", "d2", "d3", "d4")})
+    changes = {"profiles": {"main": {}, "twin": {}}}
+    if second_binhost:
+        (tmp_path / "binhost-other").mkdir()
+        changes["binhosts"] = {"other": {"path": str(tmp_path / "binhost-other"),
+                                         "url": "http://127.0.0.1:9/other"}}
+        changes["profiles"]["twin"] = {"binhost": "other"}
+    edit(swarm.config, changes)
+
+
+def builds(swarm) -> list[tuple]:
+    return swarm.query("SELECT binhost, cpv, use, active FROM packages ORDER BY binhost, cpv")
+
+
+def test_profiles_sharing_a_binhost_share_a_build_of_the_same_identity(swarm, tmp_path):
+    two_profiles(swarm, tmp_path)
+    assert fresh(swarm, "main", scan(PLAIN, WITH))["added"] == 2
+    counts = fresh(swarm, "twin", scan(WITH, PLAIN))
+    assert (counts["added"], counts["shared"], counts["conflicts"]) == (0, 2, 0)
+    assert builds(swarm) == [("default", "app-misc/flavour-1", "feature", 1),
+                             ("default", "app-misc/plain-1", "", 1)]
+    assert sorted(swarm.query("SELECT profile, count(*) FROM wants WHERE active = 1"
+                              " GROUP BY profile")) == [("main", 2), ("twin", 2)]
+    # One build serves both: a drone builds each once.
+    done = HandDrone(swarm, tmp_path).claim(), HandDrone(swarm, tmp_path, "d2").claim()
+    assert sorted(done) == ["app-misc/flavour-1", "app-misc/plain-1"]
+    assert HandDrone(swarm, tmp_path, "d3").claim() is None
+    shares = json.loads(swarm.run("swarm-status", "--json").stdout)["profiles"]
+    assert {name: (s["binhost"], s["packages"], s["states"]["delegated"])
+            for name, s in shares.items()} == {"main": ("default", 2, 2),
+                                               "twin": ("default", 2, 2)}
+    # One profile dropping a shared build keeps it for the other.
+    counts = fresh(swarm, "twin", scan(PLAIN))
+    assert counts["retired"] == 0
+    assert [r[3] for r in builds(swarm)] == [1, 1]
+    assert swarm.query("SELECT e.event FROM events e JOIN packages p ON p.id = e.package_id"
+                       " WHERE p.cpv = 'app-misc/flavour-1' ORDER BY e.id") == [
+        ("added",), ("wanted",), ("claimed",), ("unwanted",)]
+    # ...until the last profile wanting it drops it.
+    assert fresh(swarm, "main", scan(PLAIN))["retired"] == 1
+    assert [r[3] for r in builds(swarm)] == [0, 1]
+
+
+def test_other_use_on_a_shared_binhost_is_a_conflict_not_a_rebuild(swarm, tmp_path):
+    two_profiles(swarm, tmp_path)
+    fresh(swarm, "main", scan(PLAIN, WITH))
+    before = builds(swarm)
+    r = swarm.run("swarm-fresh", "--profile", "twin", "--from", "-", input=scan(PLAIN, WITHOUT))
+    assert r.returncode == 1
+    assert "app-misc/flavour-1" in r.stderr and "binhosts of their own" in r.stderr
+    assert "conflict" in r.stdout and "1 shared" in r.stdout
+    assert builds(swarm) == before  # main's build is untouched; twin wants plain only
+    assert swarm.query("SELECT p.cpv FROM wants w JOIN packages p ON p.id = w.package_id"
+                       " WHERE w.profile = 'twin' AND w.active = 1") == [("app-misc/plain-1",)]
+
+
+def test_other_use_on_a_binhost_of_its_own_builds_twice(swarm, tmp_path):
+    two_profiles(swarm, tmp_path, second_binhost=True)
+    fresh(swarm, "main", scan(PLAIN, WITH))
+    counts = fresh(swarm, "twin", scan(PLAIN, WITHOUT))
+    assert (counts["added"], counts["shared"]) == (2, 0)
+    assert builds(swarm) == [("default", "app-misc/flavour-1", "feature", 1),
+                             ("default", "app-misc/plain-1", "", 1),
+                             ("other", "app-misc/flavour-1", "", 1),
+                             ("other", "app-misc/plain-1", "", 1)]
+    # Each claim says which binhost the build is for (the drone's PORTAGE_BINHOST).
+    claims = []
+    for name in ("d1", "d2", "d3", "d4"):
+        r = swarm.run("swarm-delegate", "claim", "--drone", name, "--json")
+        assert r.returncode == 0, r.stderr
+        claims.append(json.loads(r.stdout))
+    assert sorted((c["cpv"], c["use"], c["binhost"]["name"], c["binhost"]["url"]) for c in claims) == [
+        ("app-misc/flavour-1", "", "other", "http://127.0.0.1:9/other"),
+        ("app-misc/flavour-1", "feature", "default", "http://127.0.0.1:8080"),
+        ("app-misc/plain-1", "", "default", "http://127.0.0.1:8080"),
+        ("app-misc/plain-1", "", "other", "http://127.0.0.1:9/other")]
+    metrics = swarm.run("swarm-status", "--prometheus").stdout
+    assert 'swarm_packages{profile="twin",state="delegated"} 2' in metrics
+    assert 'swarm_packages{profile="main",state="delegated"} 2' in metrics
+    # A profile taken out of the config wants nothing: its builds retire at the next scan.
+    edit(swarm.config, {"profiles": {"twin": None}})
+    assert fresh(swarm, "main", scan(PLAIN, WITH))["retired"] == 2
+    assert [r[3] for r in builds(swarm)] == [1, 1, 0, 0]
+
+
+def test_a_database_of_one_profile_migrates_to_wants_and_binhosts(tmp_path):
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in db.MIGRATIONS[:9]:  # the schema before profiles (version 9)
+        if callable(migration):
+            migration(conn)
+        else:
+            for statement in db._statements(migration):
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 9")
+    conn.execute("INSERT INTO packages (id, cp, slot, cpv, status, active, scan_order, first_seen,"
+                 " updated_at, binhost_path) VALUES (1, 'a/b', '0', 'a/b-1', 'synced', 1, 3, 't',"
+                 " 't', 'a/b/b-1-1.gpkg.tar'), (2, 'a/c', '0', 'a/c-1', 'needed', 0, 0, 't', 't',"
+                 " NULL)")
+    conn.execute("INSERT INTO publications (path, cpv, build_id, package_id, at)"
+                 " VALUES ('a/b/b-1-1.gpkg.tar', 'a/b-1', 1, 1, 't')")
+    conn.execute("INSERT INTO superseded (path, since) VALUES ('a/b/b-0-1.gpkg.tar', 't')")
+    conn.close()
+    conn = db.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    assert [tuple(r) for r in conn.execute("SELECT profile, package_id, scan_order, active"
+                                           " FROM wants ORDER BY package_id")] == [
+        ("default", 1, 3, 1), ("default", 2, 0, 0)]
+    assert [tuple(r) for r in conn.execute("SELECT binhost FROM packages")] == [
+        ("default",), ("default",)]
+    assert [tuple(r) for r in conn.execute("SELECT binhost, path FROM publications")] == [
+        ("default", "a/b/b-1-1.gpkg.tar")]
+    assert [tuple(r) for r in conn.execute("SELECT binhost, path FROM superseded")] == [
+        ("default", "a/b/b-0-1.gpkg.tar")]
+    # One active build per binhost and slot still holds.
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("INSERT INTO packages (cp, slot, cpv, status, first_seen, updated_at)"
+                     " VALUES ('a/b', '0', 'a/b-2', 'needed', 't', 't')")
+    conn.execute("INSERT INTO packages (cp, slot, cpv, status, first_seen, updated_at, binhost)"
+                 " VALUES ('a/b', '0', 'a/b-1', 'needed', 't', 't', 'other')")
+    conn.close()
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"profiles": {"p": {"binhost": "nowhere"}}}, "'profiles.p.binhost' is 'nowhere'"),
+    ({"binhosts": {"b": {"path": "binhost", "url": "http://x/"}}}, "both have path"),
+    ({"binhosts": {"b": {"path": "/tmp/b"}}}, "must set path and url"),
+    ({"binhosts": {"default": {"path": "/tmp/b", "url": "http://x/"}}}, "[binhosts.default]"),
+])
+def test_profile_and_binhost_mistakes_are_config_errors(swarm, changes, message):
+    with pytest.raises(ConfigError, match=None) as caught:
+        edit(swarm.config, changes)
+    assert message in str(caught.value)
+
+
+def test_unknown_profile_is_a_usage_error_before_any_scan(swarm):
+    r = swarm.run("swarm-fresh", "--profile", "nope", "--from", "-", input=scan(PLAIN))
+    assert r.returncode == 2 and "no profile 'nope'" in r.stderr
+    assert not swarm.db.exists() or not swarm.query("SELECT * FROM packages")
