@@ -118,10 +118,14 @@ class PortageIndex:
                     self._indexed_ids.setdefault(entry["CPV"], set()).add(int(entry["BUILD_ID"]))
         return self._indexed_ids.get(cpv, set())
 
-    def publish(self, new: list[tuple[str, str]], drop: list[str] = ()) -> list[str]:
+    def publish(self, new: list[tuple[str, str]], drop: list[str] = (),
+                keep: set[str] = frozenset()) -> list[str]:
         """Add the new files' entries (CPV, path), drop superseded ones and DROP, write once.
 
-        Returns the paths the index no longer lists (to delete after the grace).
+        A new build supersedes the other entries of its category/package and
+        SLOT but those in KEEP (builds of that slot other profiles want, with
+        other USE or versions). Returns the paths the index no longer lists
+        (to delete after the grace).
         """
         from portage.locks import lockfile, unlockfile
         from portage.versions import _pkg_str, cpv_getkey
@@ -146,7 +150,8 @@ class PortageIndex:
                 key = (cpv_getkey(entry["CPV"]), entry.get("SLOT", "0").split("/")[0])
                 if entry.get("PATH") in drop:
                     continue  # its file is gone: no client may be sent to fetch it
-                if any(key == (cp, slot) and entry.get("PATH") != path for cp, slot, path in added):
+                if entry.get("PATH") not in keep and any(
+                        key == (cp, slot) and entry.get("PATH") != path for cp, slot, path in added):
                     dropped.append(entry["PATH"])
                 else:
                     kept.append(entry)

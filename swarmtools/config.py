@@ -196,6 +196,17 @@ class Profile:
                                   "[binhosts.NAME]; profiles sharing one share their builds")
 
 
+@dataclass(frozen=True)
+class OtherBinhost:
+    """One [binhosts.NAME] table: another binhost a profile may publish to."""
+
+    path: str = key("", "its PKGDIR served to clients (on the orchestrator)", kind="path",
+                    required=True)
+    url: str = key("", "the URL clients of its profiles put in PORTAGE_BINHOST", required=True)
+    rsync_target: str = key("", "when it is on another host: [user@]host:/path to mirror to")
+    gpg_key: str = key("", "sign its packages with this GnuPG key (empty: [binhost]'s)")
+
+
 DEFAULT = "default"  # the profile without [profiles], and the binhost [binhost]
 
 # The file's top level: single tables, then collections of named tables.
@@ -207,7 +218,7 @@ SECTIONS: dict[str, type] = {
     "resolve": Resolve,
     "exclude": Exclude,
 }
-NAMED_TABLES: dict[str, type] = {"drones": Drone, "profiles": Profile, "binhosts": Binhost}
+NAMED_TABLES: dict[str, type] = {"drones": Drone, "profiles": Profile, "binhosts": OtherBinhost}
 ARRAYS_OF_TABLES: dict[str, type] = {"route": Route}
 
 _DRONE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -227,7 +238,7 @@ class Config:
     exclude: Exclude
     drones: dict[str, Drone]
     profiles: dict[str, Profile]
-    binhosts: dict[str, Binhost]
+    binhosts: dict[str, OtherBinhost]
     route: list[Route]
     # A view for one profile (for_profile): its scan and binhost in place of
     # [scan] and [binhost], so one profile's code reads config.scan as ever.
@@ -254,13 +265,18 @@ class Config:
         return [DEFAULT, *sorted(self.binhosts)]
 
     def binhost_named(self, name: str) -> Binhost:
+        """Binhost NAME: [binhost], or a [binhosts.NAME] with [binhost]'s other settings
+        (grace, ssh for the mirror, GnuPG home; releases are [binhost]'s alone)."""
         if name == DEFAULT:
             return self.binhost
         try:
-            return self.binhosts[name]
+            other = self.binhosts[name]
         except KeyError:
             raise ConfigError(f"{self.path}: no binhost '{name}' (binhosts: "
                               f"{', '.join(self.binhost_names())})") from None
+        return dataclasses.replace(self.binhost, path=other.path, url=other.url,
+                                   rsync_target=other.rsync_target,
+                                   gpg_key=other.gpg_key or self.binhost.gpg_key)
 
     def binhost_of(self, profile: str) -> str:
         """The name of the binhost PROFILE publishes to."""
@@ -358,8 +374,6 @@ def from_text(text: str, path: Path, environ) -> Config:
                     f"'_' or '-' (and not {' or '.join(sorted(_RESERVED_NAMES))})")
             if not isinstance(table, dict):
                 raise ConfigError(f"{path}: '{name}.{entry}' must be a table")
-            if name == "binhosts" and not {"path", "url"} <= set(table):
-                raise ConfigError(f"{path}: [{name}.{entry}] must set path and url")
             values[name][entry] = _table(cls, table, f"{name}.{entry}", path, base, {})
     for name, cls in ARRAYS_OF_TABLES.items():
         tables = raw.get(name, [])

@@ -251,14 +251,16 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     );
     """,
     # 10: several profiles, several binhosts. A package row is now one
-    # build on one binhost; what each profile wants (its merge list) is a
-    # row of wants, so profiles sharing a binhost share a build of the same
-    # identity. Publications and superseded files are per binhost. Until
-    # now there was one profile and one binhost, both 'default'.
+    # build (identity) on one binhost; what each profile wants (its merge
+    # list) is a row of wants, so profiles sharing a binhost share a build
+    # of the same identity, and builds of one slot with other USE or
+    # versions sit side by side. Publications and superseded files are per
+    # binhost. Until now there was one profile and one binhost, 'default'.
     """
     ALTER TABLE packages ADD COLUMN binhost TEXT NOT NULL DEFAULT 'default';
     DROP INDEX packages_active_identity;
-    CREATE UNIQUE INDEX packages_active_identity ON packages (binhost, cp, slot) WHERE active = 1;
+    CREATE UNIQUE INDEX packages_active_identity ON packages
+        (binhost, cp, slot, cpv, ifnull(subslot, ''), repo, use) WHERE active = 1;
     CREATE TABLE wants (
         profile     TEXT NOT NULL,
         package_id  INTEGER NOT NULL REFERENCES packages (id),

@@ -52,7 +52,6 @@ class ScanResult:
     total: int = 0
     unchanged: int = 0
     rejected: int = 0  # published builds Portage would not use
-    conflicts: int = 0  # wanted with other USE than another profile's build on the binhost
     events: Counter = field(default_factory=Counter)
     changes: list[Change] = field(default_factory=list)
 
@@ -71,7 +70,7 @@ class ScanResult:
         return {"added": counted["added"], "requeued": counted["requeued"],
                 "retired": counted["retired"], "unchanged": self.unchanged,
                 "binary": counted["binary"], "shared": counted["shared"],
-                "conflicts": self.conflicts, "total": self.total}
+                "total": self.total}
 
 
 class _DryRun(Exception):
@@ -184,10 +183,12 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now
 class _Wants:
     """One profile's wants while its scan is applied (inside the write).
 
-    A package row is a build on one binhost; the profiles publishing there
-    share it when they want the same identity. A build changes only when
-    no other profile wants it; a package row stays active while any
-    profile wants it.
+    A package row is one build (identity) on one binhost. Profiles that
+    publish to one binhost share a build they want with the same identity;
+    with another USE or version they get builds of their own there, side by
+    side (Portage's multi-instance binhost: a client takes the one that
+    matches its settings). A build changes only when no other profile wants
+    it; it stays active while any profile wants it.
     """
 
     def __init__(self, conn: sqlite3.Connection, profile: str, binhost: str,
@@ -205,25 +206,13 @@ class _Wants:
                 "SELECT package_id, profile FROM wants WHERE active = 1 AND profile != ?",
                 (profile,)):
             self.others.setdefault(pid, []).append(name)
-        self.now: dict[int, int] = {}  # package id -> order in this scan
-
-    def mine(self) -> dict[tuple[str, str], sqlite3.Row]:
-        """Active builds on this binhost this profile wanted, or nobody does."""
-        return {(p["cp"], p["slot"]): p for p in self.conn.execute(
-            "SELECT * FROM packages WHERE active = 1 AND binhost = ?", (self.binhost,))
-            if p["id"] in self.before or p["id"] not in self.others}
-
-    def shared(self) -> dict[tuple[str, str], sqlite3.Row]:
-        """Active builds on this binhost only other profiles want."""
-        return {(p["cp"], p["slot"]): p for p in self.conn.execute(
-            "SELECT * FROM packages WHERE active = 1 AND binhost = ?", (self.binhost,))
-            if p["id"] in self.others and p["id"] not in self.before}
+        self.kept: set[int] = set()  # builds this scan wants
 
     def shared_with(self, package_id: int) -> list[str]:
         return self.others.get(package_id, [])
 
     def want(self, package_id: int, order: int) -> None:
-        self.now[package_id] = order
+        self.kept.add(package_id)
         self.conn.execute(
             "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
             " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
@@ -248,51 +237,68 @@ class _Wants:
 def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str,
                verdict: Verdict, wants: "_Wants") -> int:
     """Apply the scan's rows; return how many packages the profile wanted before."""
-    active = wants.mine()
-    shared = wants.shared()
-    active_before = len(wants.before)
-    binhost = wants.binhost
-    # The newest retired row of each (cp, slot): one read, not one a row.
-    retired = {(p["cp"], p["slot"]): p for p in conn.execute(
-        "SELECT * FROM packages WHERE active = 0 AND binhost = ? ORDER BY id", (binhost,))}
+    builds: dict[tuple[str, str], list[sqlite3.Row]] = {}  # active, on this binhost
+    for pkg in conn.execute("SELECT * FROM packages WHERE active = 1 AND binhost = ?",
+                            (wants.binhost,)):
+        builds.setdefault((pkg["cp"], pkg["slot"]), []).append(pkg)
+    # What the profile wanted, by (cp, slot): one each (its merge list has one a slot).
+    mine = {key: pkg for key, group in builds.items() for pkg in group
+            if pkg["id"] in wants.before}
+    # Retired rows by (cp, slot), oldest first: one read, not one a row.
+    retired: dict[tuple[str, str], list[sqlite3.Row]] = {}
+    for pkg in conn.execute("SELECT * FROM packages WHERE active = 0 AND binhost = ? ORDER BY id",
+                            (wants.binhost,)):
+        retired.setdefault((pkg["cp"], pkg["slot"]), []).append(pkg)
+    keys = {(row.cp, row.slot) for row in rows}
     unmatched_rows = []
     for order, row in enumerate(rows):
-        pkg = active.pop((row.cp, row.slot), None)
-        if pkg is None:
-            unmatched_rows.append((order, row))
-        elif (others := wants.shared_with(pkg["id"])) and identity(row) != _stored_identity(pkg):
-            wants.drop(pkg["id"])
-            _conflict(row, pkg, others, result)
+        key = (row.cp, row.slot)
+        same = next((p for p in builds.get(key, ()) if _stored_identity(p) == identity(row)), None)
+        own = mine.get(key)
+        if same is not None and own is not None and same["id"] == own["id"]:
+            _update(conn, own, row, order, result, at, verdict)
+            wants.want(own["id"], order)
+        elif same is not None and wants.shared_with(same["id"]):
+            # Another profile wants this very build: one build serves both.
+            packages.record(conn, same["id"], Event.WANTED, ACTOR, at, same["status"],
+                            same["status"], f"wanted by profile {wants.profile} too")
+            wants.want(same["id"], order)
+            result.note(Event.WANTED, row.cpv,
+                        "shared with profile " + ", ".join(wants.shared_with(same["id"])))
+        elif same is not None:  # a build nobody wants any more (its profile left): adopted
+            _update(conn, same, row, order, result, at, verdict)
+            wants.want(same["id"], order)
+        elif own is not None and not wants.shared_with(own["id"]):
+            _update(conn, own, row, order, result, at, verdict)  # its identity changed
+            wants.want(own["id"], order)
         else:
-            _update(conn, pkg, row, order, result, at, verdict)
-            wants.want(pkg["id"], order)
+            unmatched_rows.append((order, row))
     # A slot change keeps the package's row: pair what is left by category/package.
     leftover_by_cp: dict[str, list[sqlite3.Row]] = {}
-    for pkg in active.values():
-        if not wants.shared_with(pkg["id"]):
+    for key, pkg in mine.items():
+        if key not in keys and not wants.shared_with(pkg["id"]):
             leftover_by_cp.setdefault(pkg["cp"], []).append(pkg)
     for order, row in unmatched_rows:
         candidates = leftover_by_cp.get(row.cp)
-        if (theirs := shared.get((row.cp, row.slot))) is not None:
-            if identity(row) == _stored_identity(theirs):
-                # Another profile wants this very build: one build serves both.
-                packages.record(conn, theirs["id"], Event.WANTED, ACTOR, at, theirs["status"],
-                                theirs["status"], f"wanted by profile {wants.profile} too")
-                wants.want(theirs["id"], order)
-                result.note(Event.WANTED, row.cpv, "shared with profile "
-                            + ", ".join(wants.shared_with(theirs["id"])))
-            else:
-                _conflict(row, theirs, wants.shared_with(theirs["id"]), result)
-        elif candidates:
+        if candidates:
             pkg = candidates.pop(0)
-            del active[(pkg["cp"], pkg["slot"])]
             _update(conn, pkg, row, order, result, at, verdict)
             wants.want(pkg["id"], order)
         else:
-            package_id = _add(conn, row, order, retired.get((row.cp, row.slot)), result, at,
-                              verdict, binhost)
+            gone = retired.get((row.cp, row.slot), [])
+            back = next((p for p in gone if _stored_identity(p) == identity(row)),
+                        gone[-1] if gone else None)
+            if back is not None:
+                gone.remove(back)
+            package_id = _add(conn, row, order, back, result, at, verdict, wants.binhost)
             wants.want(package_id, order)
-    for pkg in active.values():
+    # All it wanted, on any binhost: a profile moved to another binhost
+    # leaves its builds on the old one to the profiles still there.
+    for pkg in conn.execute("SELECT p.* FROM packages p JOIN wants w ON w.package_id = p.id"
+                            " WHERE w.profile = ? AND w.active = 1 ORDER BY p.id",
+                            (wants.profile,)).fetchall():
+        if pkg["id"] in wants.kept:
+            continue
         wants.drop(pkg["id"])
         if others := wants.shared_with(pkg["id"]):
             packages.record(conn, pkg["id"], Event.UNWANTED, ACTOR, at, pkg["status"],
@@ -300,17 +306,7 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
                             f"{', '.join(others)} still do")
         else:
             _retire(conn, pkg, result, at)
-    return active_before
-
-
-def _conflict(row: Row, pkg: sqlite3.Row, others: list[str], result: ScanResult) -> None:
-    # One binhost holds one build of a (category/package, SLOT): another USE
-    # for it needs another binhost.
-    detail = (f"profile {', '.join(others)} wants {pkg['cpv']} USE=\"{pkg['use']}\" on the same "
-              f"binhost; give the profiles binhosts of their own; not queued")
-    log.warning("%s (USE=\"%s\"): %s", row.cpv, row.enabled_use(), detail)
-    result.conflicts += 1
-    result.changes.append(Change("conflict", row.cpv, detail))
+    return len(wants.before)
 
 
 def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str,

@@ -67,7 +67,10 @@ class Node:
     resolved: str | None = None
     priority: int = 0
     expected: int | None = None
-    binhost: str = "default"  # a dependency is matched among the builds of its binhost
+    binhost: str = "default"
+    # The profiles that want it: a dependency is matched among the builds
+    # each of them wants (else among its binhost's).
+    profiles: tuple[str, ...] = ()
 
 
 @dataclass
@@ -110,10 +113,13 @@ def run(config: Config, now: datetime, env: dict | None = None) -> Result:
 def queue_nodes(conn: sqlite3.Connection) -> list[Node]:
     """The active packages, in merge order."""
     return [Node(pid, cpv, cp, slot, subslot or "", repo, use, order, resolved, priority, expected,
-                 binhost)
-            for pid, cpv, cp, slot, subslot, repo, use, order, resolved, priority, expected, binhost
+                 binhost, tuple(sorted((wanted or "").split())))
+            for pid, cpv, cp, slot, subslot, repo, use, order, resolved, priority, expected, binhost,
+            wanted
             in _plain_rows(conn, "SELECT id, cpv, cp, slot, subslot, repo, use, scan_order,"
-                                 " resolved, priority, expected_seconds, binhost FROM packages"
+                                 " resolved, priority, expected_seconds, binhost, (SELECT"
+                                 " group_concat(profile, ' ') FROM wants WHERE package_id ="
+                                 " packages.id AND active = 1) FROM packages"
                                  " WHERE active = 1 ORDER BY scan_order, id")]
 
 
@@ -129,7 +135,7 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
     # (each package's own USE is applied to them).
     first = config.for_profile(config.profile_names()[0])
     portage = _Portage(env or portageenv.scan_environment(first), state)
-    by_cp = {}  # per binhost: Portage package strings, made only if something must be matched
+    pools = _Pools(nodes)  # Portage package strings, made only if something must be matched
     fingerprints = _fingerprints(nodes)
     # Only the names each cached entry matches against: its reduced
     # dependencies are read only for a package whose edges must be matched again.
@@ -149,6 +155,7 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
         else:
             result.cached += 1
         named = " ".join(fingerprints.get((node.binhost, cp), "-") for cp in names.split())
+        named += " " + " ".join(node.profiles)
         new_keys[node.id] = f"{key}:{_hash(named)}"
         if new_keys[node.id] != node.resolved:
             changed.append((node, key))
@@ -165,11 +172,12 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
     for node, key in changed:
         deps = new_cache[key][0] if key in new_cache else json.loads(conn.execute(
             "SELECT deps FROM dep_cache WHERE key = ?", (key,)).fetchone()[0])
-        if node.binhost not in by_cp:
-            by_cp[node.binhost] = _LazyIndex([n for n in nodes if n.binhost == node.binhost])
         for dep in stored.get(node.id, {}):
             edges.pop((node.id, dep), None)
-        mine = match_edges(node, deps, by_cp[node.binhost])
+        mine: dict[int, set[str]] = {}
+        for by_cp in pools.of(node):
+            for dep_id, kinds in match_edges(node, deps, by_cp).items():
+                mine.setdefault(dep_id, set()).update(kinds)
         edges_changed |= mine != stored.get(node.id, {})
         for dep_id, kinds in mine.items():
             edges[(node.id, dep_id)] = kinds
@@ -320,8 +328,29 @@ class _Portage:
 def _fingerprints(nodes: list[Node]) -> dict[tuple[str, str], str]:
     by_cp = defaultdict(list)
     for node in nodes:
-        by_cp[(node.binhost, node.cp)].append(f"{node.cpv}:{node.slot}/{node.subslot}::{node.repo}")
+        by_cp[(node.binhost, node.cp)].append(
+            f"{node.cpv}:{node.slot}/{node.subslot}::{node.repo}@{','.join(node.profiles)}")
     return {cp: _hash(" ".join(sorted(group))) for cp, group in by_cp.items()}
+
+
+class _Pools:
+    """Where a package's dependencies are matched: among the builds each profile
+    that wants it wants (profiles of one binhost may want other builds of a
+    slot), else among its binhost's."""
+
+    def __init__(self, nodes: list[Node]):
+        self.nodes = nodes
+        self.indexes: dict[tuple[str, str], _LazyIndex] = {}
+
+    def of(self, node: Node) -> list["_LazyIndex"]:
+        keys = [("profile", name) for name in node.profiles] or [("binhost", node.binhost)]
+        for key in keys:
+            if key not in self.indexes:
+                kind, name = key
+                self.indexes[key] = _LazyIndex([
+                    n for n in self.nodes
+                    if (name in n.profiles if kind == "profile" else n.binhost == name)])
+        return [self.indexes[key] for key in keys]
 
 
 class _LazyIndex(dict):

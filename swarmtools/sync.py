@@ -223,7 +223,8 @@ class Publisher:
         _hook("copied")
         if (ready or reindex or stale) and not self.dry_run:
             superseded = self.index.publish(
-                [(pkg["cpv"], path) for pkg, path in ready + reindex], drop=stale)
+                [(pkg["cpv"], path) for pkg, path in ready + reindex], drop=stale,
+                keep=self._wanted_builds())
             log.info("wrote %s and Packages.gz", self.binhost.path / "Packages")
             _hook("indexed")
             self._mark_synced(ready, reindex, superseded)
@@ -236,6 +237,13 @@ class Publisher:
             mirror(self.binhost.path, self.config.binhost.rsync_target,
                    self.config.binhost.rsync_ssh_command)
         return self.result
+
+    def _wanted_builds(self) -> set[str]:
+        """The published files of this binhost's active builds: kept beside a newer build
+        of their slot (another profile's, with other USE or version)."""
+        return {path for (path,) in self.conn.execute(
+            "SELECT binhost_path FROM packages WHERE binhost = ? AND active = 1"
+            " AND status = ? AND binhost_path IS NOT NULL", (self.name, State.SYNCED))}
 
     def record_run(self, result: SyncResult) -> None:
         # The status page's "last sync": a run with nothing to do leaves no event.

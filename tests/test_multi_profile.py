@@ -48,14 +48,15 @@ def two_profiles(swarm, tmp_path, second_binhost: bool = False) -> None:
 
 
 def builds(swarm) -> list[tuple]:
-    return swarm.query("SELECT binhost, cpv, use, active FROM packages ORDER BY binhost, cpv")
+    return swarm.query("SELECT binhost, cpv, use, active FROM packages"
+                       " ORDER BY binhost, cpv, use, active")
 
 
 def test_profiles_sharing_a_binhost_share_a_build_of_the_same_identity(swarm, tmp_path):
     two_profiles(swarm, tmp_path)
     assert fresh(swarm, "main", scan(PLAIN, WITH))["added"] == 2
     counts = fresh(swarm, "twin", scan(WITH, PLAIN))
-    assert (counts["added"], counts["shared"], counts["conflicts"]) == (0, 2, 0)
+    assert (counts["added"], counts["shared"]) == (0, 2)
     assert builds(swarm) == [("default", "app-misc/flavour-1", "feature", 1),
                              ("default", "app-misc/plain-1", "", 1)]
     assert sorted(swarm.query("SELECT profile, count(*) FROM wants WHERE active = 1"
@@ -80,17 +81,32 @@ def test_profiles_sharing_a_binhost_share_a_build_of_the_same_identity(swarm, tm
     assert [r[3] for r in builds(swarm)] == [0, 1]
 
 
-def test_other_use_on_a_shared_binhost_is_a_conflict_not_a_rebuild(swarm, tmp_path):
+def test_other_use_on_a_shared_binhost_is_a_second_build_beside_the_first(swarm, tmp_path):
     two_profiles(swarm, tmp_path)
     fresh(swarm, "main", scan(PLAIN, WITH))
-    before = builds(swarm)
-    r = swarm.run("swarm-fresh", "--profile", "twin", "--from", "-", input=scan(PLAIN, WITHOUT))
-    assert r.returncode == 1
-    assert "app-misc/flavour-1" in r.stderr and "binhosts of their own" in r.stderr
-    assert "conflict" in r.stdout and "1 shared" in r.stdout
-    assert builds(swarm) == before  # main's build is untouched; twin wants plain only
-    assert swarm.query("SELECT p.cpv FROM wants w JOIN packages p ON p.id = w.package_id"
-                       " WHERE w.profile = 'twin' AND w.active = 1") == [("app-misc/plain-1",)]
+    counts = fresh(swarm, "twin", scan(PLAIN, WITHOUT))
+    assert (counts["added"], counts["shared"]) == (1, 1)
+    assert builds(swarm) == [("default", "app-misc/flavour-1", "", 1),
+                             ("default", "app-misc/flavour-1", "feature", 1),
+                             ("default", "app-misc/plain-1", "", 1)]
+    wanted = swarm.query("SELECT w.profile, p.cpv, p.use FROM wants w JOIN packages p"
+                         " ON p.id = w.package_id WHERE w.active = 1 ORDER BY w.profile, p.cpv, p.use")
+    assert wanted == [("main", "app-misc/flavour-1", "feature"), ("main", "app-misc/plain-1", ""),
+                      ("twin", "app-misc/flavour-1", ""), ("twin", "app-misc/plain-1", "")]
+    # Rescans change nothing; twin taking main's USE again shares main's build.
+    assert fresh(swarm, "main", scan(PLAIN, WITH))["unchanged"] == 2
+    assert fresh(swarm, "twin", scan(PLAIN, WITHOUT))["unchanged"] == 2
+    counts = fresh(swarm, "twin", scan(PLAIN, WITH))
+    assert (counts["shared"], counts["retired"]) == (1, 1)
+    assert builds(swarm) == [("default", "app-misc/flavour-1", "", 0),
+                             ("default", "app-misc/flavour-1", "feature", 1),
+                             ("default", "app-misc/plain-1", "", 1)]
+    # A profile alone on a build changes it in place (its history stays in one row).
+    fresh(swarm, "twin", scan(PLAIN))
+    assert fresh(swarm, "main", scan(PLAIN, WITHOUT))["requeued"] == 1
+    assert builds(swarm) == [("default", "app-misc/flavour-1", "", 0),
+                             ("default", "app-misc/flavour-1", "", 1),
+                             ("default", "app-misc/plain-1", "", 1)]
 
 
 def test_other_use_on_a_binhost_of_its_own_builds_twice(swarm, tmp_path):
@@ -151,19 +167,20 @@ def test_a_database_of_one_profile_migrates_to_wants_and_binhosts(tmp_path):
         ("default", "a/b/b-1-1.gpkg.tar")]
     assert [tuple(r) for r in conn.execute("SELECT binhost, path FROM superseded")] == [
         ("default", "a/b/b-0-1.gpkg.tar")]
-    # One active build per binhost and slot still holds.
+    # One active row a build (binhost and identity): another USE is another build.
     with pytest.raises(sqlite3.IntegrityError):
         conn.execute("INSERT INTO packages (cp, slot, cpv, status, first_seen, updated_at)"
-                     " VALUES ('a/b', '0', 'a/b-2', 'needed', 't', 't')")
-    conn.execute("INSERT INTO packages (cp, slot, cpv, status, first_seen, updated_at, binhost)"
-                 " VALUES ('a/b', '0', 'a/b-1', 'needed', 't', 't', 'other')")
+                     " VALUES ('a/b', '0', 'a/b-1', 'needed', 't', 't')")
+    for binhost, use in (("other", ""), ("default", "x")):
+        conn.execute("INSERT INTO packages (cp, slot, cpv, status, first_seen, updated_at, binhost,"
+                     " use) VALUES ('a/b', '0', 'a/b-1', 'needed', 't', 't', ?, ?)", (binhost, use))
     conn.close()
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"profiles": {"p": {"binhost": "nowhere"}}}, "'profiles.p.binhost' is 'nowhere'"),
     ({"binhosts": {"b": {"path": "binhost", "url": "http://x/"}}}, "both have path"),
-    ({"binhosts": {"b": {"path": "/tmp/b"}}}, "must set path and url"),
+    ({"binhosts": {"b": {"path": "/tmp/b"}}}, "'binhosts.b.url' must not be empty"),
     ({"binhosts": {"default": {"path": "/tmp/b", "url": "http://x/"}}}, "[binhosts.default]"),
 ])
 def test_profile_and_binhost_mistakes_are_config_errors(swarm, changes, message):

@@ -286,57 +286,75 @@ def test_a_profile_that_cannot_be_recorded_changes_nothing(emerge_swarm, prefix)
     assert emerge_swarm.dump() == before
 
 
-def test_two_profiles_build_a_shared_package_once_and_other_use_again_on_its_binhost(tmp_path):
+def test_two_profiles_build_a_shared_package_once_and_other_use_again(tmp_path):
     pytest.importorskip("portage")
     swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/flavour", "app-misc/plain"],
                        extra_ebuilds={"app-misc/flavour/flavour-1.ebuild": ebuild('IUSE="+feature"\n'),
                                       "app-misc/plain/plain-1.ebuild": ebuild()}, publish=True)
     other = HttpServer(tmp_path / "binhost-other")
+
+    def scan_and_build() -> dict:
+        r = swarm.run("swarm-fresh", "--json")
+        assert r.returncode == 0, r.stderr
+        drone = swarm.drone("d1", "--drain")
+        _, err = drone.communicate(timeout=300)
+        assert drone.returncode == 0, err
+        assert swarm.run("swarm-sync", "-q").returncode == 0
+        return json.loads(r.stdout)["profiles"]
+
+    def built() -> list[tuple]:
+        return swarm.query("SELECT p.binhost, p.cpv, p.use FROM events e JOIN packages p"
+                           " ON p.id = e.package_id WHERE e.event = 'built'"
+                           " ORDER BY p.binhost, p.cpv, p.use")
+
+    def flavours(binhost: Path) -> list[str]:
+        blocks = (binhost / "Packages").read_text().split("\n\n")[1:]
+        entries = [dict(line.split(": ", 1) for line in b.splitlines()) for b in blocks if b.strip()]
+        return sorted(e.get("USE", "") for e in entries if e["CPV"] == "app-misc/flavour-1")
+
     try:
         # Two profiles of the same settings (twin: a copy of the scan's /etc/portage).
         twin = tmp_path / "twin"
         shutil.copytree(swarm.prefixes["orchestrator"].root / "etc", twin / "etc", symlinks=True)
         edit(swarm.config, {"profiles": {"main": {}, "twin": {"config_root": str(twin)}}})
-        r = swarm.run("swarm-fresh", "--json")
-        assert r.returncode == 0, r.stderr
-        counts = json.loads(r.stdout)["profiles"]
+        counts = scan_and_build()
         assert (counts["main"]["added"], counts["twin"]["added"], counts["twin"]["shared"]) == (2, 0, 2)
-        drone = swarm.drone("d1", "--drain")
-        _, err = drone.communicate(timeout=300)
-        assert drone.returncode == 0, err
-        assert swarm.run("swarm-sync", "-q").returncode == 0
-        built = swarm.query("SELECT p.binhost, p.cpv FROM events e JOIN packages p"
-                            " ON p.id = e.package_id WHERE e.event = 'built' ORDER BY p.cpv")
-        assert built == [("default", "app-misc/flavour-1"), ("default", "app-misc/plain-1")]
-        assert "feature" in index_entries(swarm.root / "binhost")["app-misc/flavour-1"]["USE"].split()
+        assert built() == [("default", "app-misc/flavour-1", "feature"),
+                           ("default", "app-misc/plain-1", "")]
         shares = json.loads(swarm.run("swarm-status", "--json").stdout)["profiles"]
         assert {n: s["states"]["synced"] for n, s in shares.items()} == {"main": 2, "twin": 2}
 
-        # twin turns the flag off: on a binhost of its own, it gets builds of its own.
+        # twin turns the flag off: only that package is built again, and both
+        # builds are published side by side.
         (twin / "etc/portage/package.use").write_text("app-misc/flavour -feature\n")
-        edit(swarm.config, {"binhosts": {"other": {"path": str(tmp_path / "binhost-other"),
-                                                   "url": other.url}},
-                            "profiles": {"twin": {"binhost": "other"}}})
-        r = swarm.run("swarm-fresh", "--json")
-        assert r.returncode == 0, r.stderr
-        counts = json.loads(r.stdout)["profiles"]
-        assert (counts["main"]["unchanged"], counts["twin"]["added"]) == (2, 2)
-        drone = swarm.drone("d1", "--drain")
-        _, err = drone.communicate(timeout=300)
-        assert drone.returncode == 0, err
-        assert swarm.run("swarm-sync", "-q").returncode == 0
-        assert sorted(swarm.query("SELECT binhost, cpv, status FROM packages")) == [
-            ("default", "app-misc/flavour-1", "synced"), ("default", "app-misc/plain-1", "synced"),
-            ("other", "app-misc/flavour-1", "synced"), ("other", "app-misc/plain-1", "synced")]
-        theirs = index_entries(tmp_path / "binhost-other")
-        assert set(theirs) == {"app-misc/flavour-1", "app-misc/plain-1"}
-        assert "feature" not in theirs["app-misc/flavour-1"].get("USE", "").split()
-        assert "feature" in index_entries(swarm.root / "binhost")["app-misc/flavour-1"]["USE"].split()
+        counts = scan_and_build()
+        assert (counts["twin"]["added"], counts["twin"]["shared"], counts["twin"]["unchanged"],
+                counts["main"]["unchanged"]) == (1, 0, 1, 2)
+        assert built() == [("default", "app-misc/flavour-1", ""),
+                           ("default", "app-misc/flavour-1", "feature"),
+                           ("default", "app-misc/plain-1", "")]
+        assert flavours(swarm.root / "binhost") == ["", "feature"]
         assert not swarm.query("SELECT * FROM events WHERE event IN ('quarantined', 'build-failed')")
-        # Each profile's scan now finds all it wants on its own binhost.
+        # Each profile's scan finds its own build on the binhost (Portage's verdict).
         r = swarm.run("swarm-fresh", "--json")
         counts = json.loads(r.stdout)["profiles"]
         assert (counts["main"]["unchanged"], counts["twin"]["unchanged"]) == (2, 2), counts
+        assert swarm.query("SELECT count(*) FROM packages WHERE status != 'synced' AND active = 1"
+                           ) == [(0,)]
+
+        # On a binhost of its own, twin gets builds of its own there.
+        edit(swarm.config, {"binhosts": {"other": {"path": str(tmp_path / "binhost-other"),
+                                                   "url": other.url}},
+                            "profiles": {"twin": {"binhost": "other"}}})
+        counts = scan_and_build()
+        assert (counts["main"]["unchanged"], counts["twin"]["added"]) == (2, 2)
+        assert sorted(swarm.query("SELECT binhost, cpv, use, status FROM packages WHERE active = 1")) == [
+            ("default", "app-misc/flavour-1", "feature", "synced"),
+            ("default", "app-misc/plain-1", "", "synced"),
+            ("other", "app-misc/flavour-1", "", "synced"),
+            ("other", "app-misc/plain-1", "", "synced")]
+        assert flavours(tmp_path / "binhost-other") == [""]
+        assert "app-misc/plain-1" in index_entries(tmp_path / "binhost-other")
     finally:
         other.stop()
         swarm.stop()

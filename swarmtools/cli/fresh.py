@@ -96,11 +96,11 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     the sets it wants, the binhost it publishes to) are scanned one after
     the other; each changes only what it wants. Profiles that publish to one
     binhost share a build they want with the same identity (counted
-    "shared"); one that wants another USE for a package another profile has
-    on that binhost is told to use a binhost of its own, and that package is
-    not queued for it (counted "conflicts", exit 1 after the other changes).
-    With several profiles, --json adds "profiles": {NAME: counts}. A saved
-    scan (--from) is one profile's: name it with --profile.
+    "shared"); a package one of them wants with another USE or version is
+    built again, and both builds are published there side by side (a client
+    gets the one that matches its settings). With several profiles, --json
+    adds "profiles": {NAME: counts}. A saved scan (--from) is one profile's:
+    name it with --profile.
 
     Exit codes: 0 done (or, with --if-changed, nothing changed or another scan
     runs), 1 scan failed or not understood, 2 usage or config error, 75
@@ -153,7 +153,6 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
             log.info("resolved: %s", resolved.to_dict())
         except TryLater as exc:
             log.warning("%s: the running swarm-resolve started before this scan; run it again", exc)
-    conflicts = sum(r.conflicts for r in results.values())
     several = len(config.profile_names()) > 1
     if as_json:
         answer = _summed([r.counts() for r in results.values()])
@@ -166,13 +165,9 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
                 emit_table([[c.event, c.cpv, c.detail] for c in result.changes],
                            ["change", "cpv", "detail"])
             counts = ", ".join(f"{v} {k}" for k, v in result.counts().items()
-                               if v or k not in ("shared", "conflicts"))
+                               if v or k != "shared")
             click.echo(("would change: " if dry_run else "")
                        + (f"profile {name}: " if several else "") + counts)
-    if conflicts:
-        raise SwarmError(f"{conflicts} package(s) wanted with other USE than another profile's "
-                         "build on the same binhost were not queued (see above); give those "
-                         "profiles binhosts of their own")
 
 
 def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
