@@ -22,7 +22,10 @@ building it, and it is published, superseding the old build; the binhost is
 frozen as a release before and after it (swarm-release: the first promoted
 to the channel stable, then a diff). The new package, added to the world
 file, is picked up by the next `swarm-fresh --if-changed` (a second run
-finds nothing changed and runs no emerge). swarm-config check --remote
+finds nothing changed and runs no emerge). A second build profile, lean
+(example-app without compress, on the same binhost), builds only that one
+package; both builds are published side by side, and a client with lean's
+settings gets its own as a binary. swarm-config check --remote
 compares each drone and the binhost with the config, and swarm-status
 writes the status page (www/index.html) and prints the metrics.
 Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
@@ -144,6 +147,7 @@ def main() -> None:
         build(env)
         show("swarm-sync", "-v", env=env)
         show("swarm-fresh", "--if-changed", "-v", env=env)  # nothing changed: no emerge
+        second_profile(prefix, config, url, env)
         show("swarm-config", "render", "drone", "d1", env=env)
         show("swarm-config", "check", "--remote", env=env)
         show("swarm-status", env=env)
@@ -157,6 +161,37 @@ def main() -> None:
         server.terminate()
         server.wait()
     print(f"\ndemo: done; everything is under {DEMO}")
+
+
+def second_profile(prefix, config: Path, url: str, env: dict) -> None:
+    """A second build profile on the same binhost: example-app without compress.
+
+    Only what differs is built: the one package, published beside the first
+    build of it; a client with that profile's settings gets it as a binary.
+    """
+    root = DEMO / "profile-lean"
+    shutil.copytree(prefix.root / "etc", root / "etc", symlinks=True)
+    (root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
+    print(f"\ndemo: a second build profile, lean (PORTAGE_CONFIGROOT {root}): the same "
+          "settings but app-misc/example-app -compress, published to the same binhost",
+          flush=True)
+    edit(config, {"profiles": {"default": {}, "lean": {"config_root": str(root)}}})
+    show("swarm-fresh", "--profile", "lean", "--resolve", env=env)
+    build(env)
+    show("swarm-sync", "-v", env=env)
+    index = (DEMO / "swarm" / "binhost" / "Packages").read_text()
+    uses = re.findall(r"CPV: app-misc/example-app-1.0\n(?:.+\n)*?USE: (.*)", index)
+    print(f"demo: the binhost lists app-misc/example-app-1.0 twice, USE {uses}")
+    client = create_prefix(DEMO / "lean-client", binhost_url=url)
+    (client.root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
+    proc = client.run(["emerge", "--pretend", "--getbinpkgonly", "--oneshot", "--color=n",
+                       "--verbose", "app-misc/example-app"])
+    row = next((line for line in proc.stdout.splitlines()
+                if "app-misc/example-app-1.0" in line), "")
+    print(f"demo: a client with lean's settings would install: {row.strip()}")
+    if not row.startswith("[binary") or "-compress" not in row:
+        sys.exit("demo: a client of the second profile would not get its binary")
+    show("swarm-status", env=env)
 
 
 def serve(directory: Path) -> tuple[subprocess.Popen, str]:

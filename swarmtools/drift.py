@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import Config
+from .config import DEFAULT, Config
 
 REMOTE_TIMEOUT = 60  # seconds for one drone's facts (an ssh login and portageq)
 
@@ -135,8 +135,15 @@ def check_drones(config: Config, current_profile: dict | None) -> list[Finding]:
     return findings
 
 
-def check_binhost(config: Config) -> list[Finding]:
-    """The binhost as clients see it: its URL answers, with the index swarm-sync wrote."""
+def check_binhosts(config: Config) -> list[Finding]:
+    """Every binhost as clients see it: its URL answers, with the index swarm-sync wrote."""
+    return [finding for name in config.binhost_names()
+            for finding in check_binhost(config.for_binhost(name),
+                                         "binhost" if name == DEFAULT else f"binhost {name}")]
+
+
+def check_binhost(config: Config, host: str = "binhost") -> list[Finding]:
+    """The binhost ([binhost] of CONFIG) as clients see it (HOST: its name in findings)."""
     import urllib.error  # here: swarm-status imports this module every minute
     import urllib.request
 
@@ -149,15 +156,15 @@ def check_binhost(config: Config) -> list[Finding]:
         # Nothing published yet: no index on disk, none served. Anything
         # else means the URL is not the binhost swarm-sync writes.
         empty = exc.code == 404 and not local.exists()
-        return [Finding("binhost", "reachable", url, f"HTTP {exc.code}"
+        return [Finding(host, "reachable", url, f"HTTP {exc.code}"
                         + (" (nothing published yet)" if empty else ""), empty)]
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return [Finding("binhost", "reachable", url, f"unreachable: {reason}", False)]
-    findings = [Finding("binhost", "reachable", url, "yes", True)]
+        return [Finding(host, "reachable", url, f"unreachable: {reason}", False)]
+    findings = [Finding(host, "reachable", url, "yes", True)]
     if local.is_file():
         want, got = _timestamp(local.read_bytes()), _timestamp(served)
-        findings.append(Finding("binhost", "index TIMESTAMP", want, got or "(none)", want == got))
+        findings.append(Finding(host, "index TIMESTAMP", want, got or "(none)", want == got))
     return findings
 
 

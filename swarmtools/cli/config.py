@@ -150,7 +150,8 @@ def check(run_, remote, as_json):
         return
     from .. import drift
 
-    findings = drift.check_drones(config, _recorded_profile(run_)) + drift.check_binhost(config)
+    findings = drift.check_drones(config, _recorded_profile(run_, config.profile_names()[0]))
+    findings += drift.check_binhosts(config)
     if as_json:
         emit_json([f.to_dict() for f in findings])
     else:
@@ -165,21 +166,29 @@ def check(run_, remote, as_json):
 @config_option
 @click.argument("role", type=click.Choice(["drone", "client"]))
 @click.argument("name", required=False)
+@click.option("--profile", "profile_name", metavar="P",
+              help="For a client of build profile P ([profiles.P]): its binhost and CHOST "
+                   "(default: the first profile).")
 @pass_run
-def render(run_, role, name):
+def render(run_, role, name, profile_name):
     """Print the make.conf lines and binrepos.conf entry a drone or client must have.
 
     Drawn from the config (binhost.url, signing) and the build profile the
     last scan recorded (CHOST, ARCH). A drone keeps only host-local values
-    of its own make.conf (swarm-drone builds with the profile's); a client
-    must keep the profile's settings for Portage to take its binaries.
+    of its own make.conf (swarm-drone builds with the profile's, and each
+    claim names the binhost its build is for); a client must keep the
+    profile's settings for Portage to take its binaries.
 
     \b
     Examples:
       swarm-config render drone d1
+      swarm-config render client --profile desktop
       ssh orchestrator swarm-config render client >> /etc/portage/make.conf  # then split it
     """
     config = run_.config()
+    profile_name = profile_name or config.profile_names()[0]
+    if role == "drone" and profile_name != config.profile_names()[0]:
+        raise ConfigError("render drone takes no --profile: a drone builds for every profile")
     if role == "drone":
         if not name:
             raise ConfigError("render drone takes the drone's NAME")
@@ -188,19 +197,19 @@ def render(run_, role, name):
         check_drone(config, name)
     elif name:
         raise ConfigError("render client takes no NAME")
-    current = _recorded_profile(run_)
+    current = _recorded_profile(run_, profile_name)
     text = (config_mod.render_drone(config, name, current) if role == "drone"
-            else config_mod.render_client(config, current))
+            else config_mod.render_client(config.for_profile(profile_name), current))
     click.echo(text, nl=False)
 
 
-def _recorded_profile(run_) -> dict | None:
-    """The build profile the last scan recorded (None: no queue, or no scan ran emerge yet)."""
+def _recorded_profile(run_, name: str) -> dict | None:
+    """Build profile NAME as its last scan recorded it (None: no queue, or no scan ran emerge yet)."""
     if not run_.config().database.exists():
         return None
     from .. import profile
 
-    return profile.current(run_.database(writer=False))
+    return profile.current(run_.database(writer=False), name)
 
 
 @cli.command(context_settings=CONTEXT)
