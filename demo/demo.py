@@ -179,9 +179,15 @@ def second_profile(prefix, config: Path, url: str, env: dict) -> None:
     show("swarm-fresh", "--profile", "lean", "--resolve", env=env)
     build(env)
     show("swarm-sync", "-v", env=env)
-    index = (DEMO / "swarm" / "binhost" / "Packages").read_text()
-    uses = re.findall(r"CPV: app-misc/example-app-1.0\n(?:.+\n)*?USE: (.*)", index)
-    print(f"demo: the binhost lists app-misc/example-app-1.0 twice, USE {uses}")
+    blocks = (DEMO / "swarm" / "binhost" / "Packages").read_text().split("\n\n")[1:]
+    entries = [dict(line.split(": ", 1) for line in block.splitlines()) for block in blocks
+               if block.strip()]
+    builds = [(e["PATH"], e.get("USE") or "(none)") for e in entries
+              if e["CPV"] == "app-misc/example-app-1.0"]
+    print(f"demo: the binhost lists app-misc/example-app-1.0 {len(builds)} times: "
+          + ", ".join(f"{path} USE={use}" for path, use in builds))
+    if len(builds) != 2:
+        sys.exit("demo: the two profiles' builds are not both published")
     client = create_prefix(DEMO / "lean-client", binhost_url=url)
     (client.root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
     proc = client.run(["emerge", "--pretend", "--getbinpkgonly", "--oneshot", "--color=n",

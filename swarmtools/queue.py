@@ -198,8 +198,9 @@ class _Wants:
         marks = ", ".join("?" * len(profiles))
         conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN ({marks})",
                      profiles)
-        self.before = {pid for (pid,) in conn.execute(
-            "SELECT package_id FROM wants WHERE profile = ? AND active = 1", (profile,))}
+        self.before = dict(conn.execute(  # package id -> its place in the last scan
+            "SELECT package_id, scan_order FROM wants WHERE profile = ? AND active = 1",
+            (profile,)).fetchall())
         # Builds other profiles want, with who wants them.
         self.others: dict[int, list[str]] = {}
         for pid, name in conn.execute(
@@ -211,16 +212,20 @@ class _Wants:
     def shared_with(self, package_id: int) -> list[str]:
         return self.others.get(package_id, [])
 
-    def want(self, package_id: int, order: int) -> None:
+    def want(self, package_id: int, order: int, current: int | None = None) -> None:
+        """This profile wants the build at place ORDER (CURRENT: the build's place now)."""
         self.kept.add(package_id)
-        self.conn.execute(
-            "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
-            " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
-            (self.profile, package_id, order))
-        # The build's place: the earliest any profile gives it.
-        self.conn.execute(
-            "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
-            " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+        # A rescan changes few places: what did not change is not written.
+        if self.before.get(package_id) != order:
+            self.conn.execute(
+                "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
+                " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
+                (self.profile, package_id, order))
+        if package_id in self.others or current != order:
+            # The build's place: the earliest any profile gives it.
+            self.conn.execute(
+                "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
+                " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
 
     def drop(self, package_id: int) -> None:
         self.conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
@@ -257,20 +262,20 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
         own = mine.get(key)
         if same is not None and own is not None and same["id"] == own["id"]:
             _update(conn, own, row, order, result, at, verdict)
-            wants.want(own["id"], order)
+            wants.want(own["id"], order, own["scan_order"])
         elif same is not None and wants.shared_with(same["id"]):
             # Another profile wants this very build: one build serves both.
             packages.record(conn, same["id"], Event.WANTED, ACTOR, at, same["status"],
                             same["status"], f"wanted by profile {wants.profile} too")
-            wants.want(same["id"], order)
+            wants.want(same["id"], order, same["scan_order"])
             result.note(Event.WANTED, row.cpv,
                         "shared with profile " + ", ".join(wants.shared_with(same["id"])))
         elif same is not None:  # a build nobody wants any more (its profile left): adopted
             _update(conn, same, row, order, result, at, verdict)
-            wants.want(same["id"], order)
+            wants.want(same["id"], order, same["scan_order"])
         elif own is not None and not wants.shared_with(own["id"]):
             _update(conn, own, row, order, result, at, verdict)  # its identity changed
-            wants.want(own["id"], order)
+            wants.want(own["id"], order, own["scan_order"])
         else:
             unmatched_rows.append((order, row))
     # A slot change keeps the package's row: pair what is left by category/package.
@@ -283,7 +288,7 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
         if candidates:
             pkg = candidates.pop(0)
             _update(conn, pkg, row, order, result, at, verdict)
-            wants.want(pkg["id"], order)
+            wants.want(pkg["id"], order, pkg["scan_order"])
         else:
             gone = retired.get((row.cp, row.slot), [])
             back = next((p for p in gone if _stored_identity(p) == identity(row)),
@@ -291,7 +296,7 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
             if back is not None:
                 gone.remove(back)
             package_id = _add(conn, row, order, back, result, at, verdict, wants.binhost)
-            wants.want(package_id, order)
+            wants.want(package_id, order, order)
     # All it wanted, on any binhost: a profile moved to another binhost
     # leaves its builds on the old one to the profiles still there.
     for pkg in conn.execute("SELECT p.* FROM packages p JOIN wants w ON w.package_id = p.id"

@@ -28,8 +28,8 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
     retired = conn.execute("SELECT count(*) FROM packages WHERE active = 0").fetchone()[0]
     built = sum(d["built"] for d in drones)
     failed = sum(d["failed"] for d in drones)
-    scan = conn.execute("SELECT at, source, rows, summary FROM scans ORDER BY id DESC LIMIT 1"
-                        ).fetchone()
+    scan = conn.execute("SELECT at, source, rows, summary, profile FROM scans ORDER BY id DESC"
+                        " LIMIT 1").fetchone()
     return {
         "drones_online": sum(d["online"] for d in drones),
         "drones_known": len(drones),
@@ -40,7 +40,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
         "packages": sum(states.values()),
         "retired": retired,
         "last_scan": {"at": scan["at"], "source": scan["source"], "rows": scan["rows"],
-                      **json.loads(scan["summary"])} if scan else None,
+                      "profile": scan["profile"], **json.loads(scan["summary"])} if scan else None,
         # What drones build with: the scan's Portage configuration and tree
         # (of the first profile; each one's is under "profiles").
         "profile": profile.current(conn, config.profile_names()[0]),

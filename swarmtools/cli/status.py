@@ -188,7 +188,8 @@ def _print_summary(figures: dict) -> None:
                + (f", oldest received {age} s ago{flag}" if age is not None else ""))
     scan = figures["last_scan"]
     if scan:
-        click.echo(f"last scan:     {scan['at']}: {scan['rows']} rows, {scan['added']} added, "
+        of = f" (profile {scan['profile']})" if len(figures["profiles"]) > 1 else ""
+        click.echo(f"last scan:     {scan['at']}{of}: {scan['rows']} rows, {scan['added']} added, "
                    f"{scan['requeued']} requeued, {scan['retired']} retired")
     built_with = figures["profile"]
     if built_with:
