@@ -200,8 +200,12 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
         if pkg["status"] == State.NEEDED and pkg["active"] and not online:
             general.append({"rule": "no drone", "why": "no drone is online"})
         takers = [d["drone"] for d in drones if not d["reasons"]] if not general else []
+        wanted_by = [name for (name,) in conn.execute(
+            "SELECT profile FROM wants WHERE package_id = ? AND active = 1 ORDER BY profile",
+            (pkg["id"],))]
         answers.append({"cpv": pkg["cpv"], "status": pkg["status"], "active": bool(pkg["active"]),
-                        "drone": pkg["drone"], "reasons": general, "drones": drones,
+                        "drone": pkg["drone"], "binhost": pkg["binhost"], "use": pkg["use"],
+                        "profiles": wanted_by, "reasons": general, "drones": drones,
                         "eligible_for": takers})
     return answers
 
@@ -221,7 +225,7 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
         building[drone].append({"cpv": cpv, "since": since})
     online = eligibility.online_drones(conn, config.delegate.online_seconds, now)
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
-    expected = drift.expected_of_drones(config, profile.current(conn))
+    expected = drift.expected_of_drones(config, profile.current(conn, config.profile_names()[0]))
     names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
     drones = []
     for name in names:

@@ -93,6 +93,13 @@ def test_other_use_on_a_shared_binhost_is_a_second_build_beside_the_first(swarm,
                          " ON p.id = w.package_id WHERE w.active = 1 ORDER BY w.profile, p.cpv, p.use")
     assert wanted == [("main", "app-misc/flavour-1", "feature"), ("main", "app-misc/plain-1", ""),
                       ("twin", "app-misc/flavour-1", ""), ("twin", "app-misc/plain-1", "")]
+    r = swarm.run("swarm-status", "--why", "app-misc/flavour", "--json")
+    assert r.returncode == 0, r.stderr
+    answers = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted((a["use"], a["binhost"], a["profiles"]) for a in answers) == [
+        ("", "default", ["twin"]), ("feature", "default", ["main"])]
+    text = swarm.run("swarm-status", "--why", "app-misc/flavour").stdout
+    assert 'app-misc/flavour-1: needed (binhost default, USE="feature", wanted by main)' in text
     # Rescans change nothing; twin taking main's USE again shares main's build.
     assert fresh(swarm, "main", scan(PLAIN, WITH))["unchanged"] == 2
     assert fresh(swarm, "twin", scan(PLAIN, WITHOUT))["unchanged"] == 2

@@ -157,7 +157,12 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
 def _print_why(answers: list[dict]) -> None:
     for answer in answers:
         holder = f" by {answer['drone']}" if answer["drone"] else ""
-        click.echo(f"{answer['cpv']}: {answer['status']}{holder}"
+        # Which build, when profiles have builds of their own.
+        build = (f" (binhost {answer['binhost']}, USE=\"{answer['use']}\", wanted by "
+                 f"{', '.join(answer['profiles']) or 'no profile'})"
+                 if answer["binhost"] != "default" or answer["profiles"] not in ([], ["default"])
+                 else "")
+        click.echo(f"{answer['cpv']}: {answer['status']}{holder}{build}"
                    + ("" if answer["active"] else " (retired: not in the latest scan)"))
         for reason in answer["reasons"]:
             click.echo(f"  {reason['rule']}: {reason['why']}")
