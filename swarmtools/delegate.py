@@ -141,9 +141,17 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
                             lease_until=lease_until)
             return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
                     **built_with(conn, config, held["id"])}
-        choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
-        if choice is None:
-            return None
+        while True:
+            choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
+            if choice is None:
+                return None
+            # A build only removed profiles (or a removed binhost) want, before
+            # swarm-fresh retires it: retired here instead of built.
+            if (why := unwanted(conn, config, choice["id"])) is None:
+                break
+            packages.update(conn, choice["id"], active=0, updated_at=at)
+            packages.record(conn, choice["id"], Event.RETIRED, ACTOR, at, State.NEEDED,
+                            State.NEEDED, why)
         row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
                             actor=drone, at=at, detail=f"lease until {lease_until}")
         if row is not None:
@@ -153,6 +161,24 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     claimed = dict(row)
     del claimed["id"]
     return {**claimed, **with_what}
+
+
+def unwanted(conn: sqlite3.Connection, config: Config, package_id: int) -> str | None:
+    """Why no profile of the config wants a build any more (None: one does).
+
+    A build on a binhost gone from the config, or wanted only by profiles
+    gone from it. (A build with no wants at all is one made before profiles
+    and counts as wanted.)
+    """
+    binhost = conn.execute("SELECT binhost FROM packages WHERE id = ?",
+                           (package_id,)).fetchone()[0]
+    if binhost not in config.binhost_names():
+        return f"its binhost {binhost} is no longer in the config"
+    wanted_by = [name for (name,) in conn.execute(
+        "SELECT profile FROM wants WHERE package_id = ? AND active = 1", (package_id,))]
+    if wanted_by and not set(wanted_by) & set(config.profile_names()):
+        return f"only profiles no longer in the config wanted it ({', '.join(sorted(wanted_by))})"
+    return None
 
 
 def built_with(conn: sqlite3.Connection, config: Config, package_id: int) -> dict:
@@ -252,7 +278,8 @@ def _last_word(conn: sqlite3.Connection, drone: str, cpv: str) -> sqlite3.Row | 
         " JOIN events e ON e.id = (SELECT max(id) FROM events WHERE package_id = p.id)"
         " WHERE p.cpv = ? AND p.active = 1 AND e.drone = ? AND NOT EXISTS (SELECT 1 FROM"
         " packages h INDEXED BY packages_delegated WHERE h.status = 'delegated' AND h.drone = ?"
-        " AND h.cpv = p.cpv AND h.active = 1)", (cpv, drone, drone)).fetchone()
+        " AND h.cpv = p.cpv AND h.active = 1) ORDER BY e.id DESC LIMIT 1",
+        (cpv, drone, drone)).fetchone()
 
 
 def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str, file: str,

@@ -234,6 +234,8 @@ class Drone:
             # there (a binary of another binhost with other USE is not taken:
             # Portage's --binpkg-respect-use), and the build is published there.
             self.job_env = {**self.job_env, "PORTAGE_BINHOST": binhost["url"]}
+            if binhost.get("name") != "default" and "PORTAGE_CONFIGROOT" in self.job_env:
+                profile.only_binhost_from_environment(Path(self.job_env["PORTAGE_CONFIGROOT"]))
         self.working_on = cpv
         log.info("building %s", cpv)
         started = time.monotonic()

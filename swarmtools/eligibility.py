@@ -114,7 +114,7 @@ class DependenciesPublished(Rule):
                 " WHERE r.package_id = packages.id AND d.active = 1 AND d.status != 'synced')"
                 " AND (waits_for IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(waits_for) w"
                 " JOIN packages m ON m.cpv = w.value WHERE m.active = 1"
-                " AND m.status != 'synced'))", ())
+                " AND m.binhost = packages.binhost AND m.status != 'synced'))", ())
 
     def explain(self, conn, package, claimant):
         waiting = conn.execute(
@@ -122,7 +122,7 @@ class DependenciesPublished(Rule):
             " WHERE r.package_id = ? AND d.active = 1 AND d.status != 'synced'"
             " UNION SELECT m.cpv, m.status FROM packages p, json_each(p.waits_for) w"
             " JOIN packages m ON m.cpv = w.value WHERE p.id = ? AND m.active = 1"
-            " AND m.status != 'synced' ORDER BY 1", (package["id"], package["id"])).fetchall()
+            " AND m.binhost = p.binhost AND m.status != 'synced' ORDER BY 1", (package["id"], package["id"])).fetchall()
         if not waiting:
             return None
         failed = [cpv for cpv, status in waiting if status == State.FAILED]

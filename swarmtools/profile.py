@@ -76,11 +76,13 @@ class Snapshot:
     arch: str
     world: str  # the world file and world_sets, as read
 
-    def inputs(self, scan_command: list[str], scan_environment: dict[str, str]) -> str:
-        """A digest of everything the scan's answer depends on (swarm-fresh --if-changed)."""
+    def inputs(self, scan_command: list[str], scan_environment: dict[str, str],
+               binhost: str = "") -> str:
+        """A digest of everything the scan's answer depends on (swarm-fresh --if-changed);
+        BINHOST: where the profile publishes (name and URL)."""
         text = json.dumps({"digest": self.digest, "tree": self.tree, "world": self.world,
-                           "command": scan_command, "environment": scan_environment},
-                          sort_keys=True)
+                           "command": scan_command, "environment": scan_environment,
+                           "binhost": binhost}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def claim_info(self) -> dict:
@@ -330,6 +332,22 @@ def assemble(bundle: Path, target: Path, repositories: dict[str, Path], own_root
     with open(make_conf, "a") as f:
         f.write("\n# swarm-drone: this drone's own host-local settings\n" + "\n".join(lines) + "\n")
     return target
+
+
+def only_binhost_from_environment(root: Path) -> None:
+    """Drop this host's binrepos.conf from an assembled config root.
+
+    For a claim whose build is for another binhost than the drone's own:
+    its dependencies must come from that binhost alone (PORTAGE_BINHOST in
+    the environment), and Portage prefers binrepos.conf's entries.
+    """
+    import shutil
+
+    target = Path(root) / "etc" / "portage" / "binrepos.conf"
+    if target.is_dir() and not target.is_symlink():
+        shutil.rmtree(target)
+    else:
+        target.unlink(missing_ok=True)
 
 
 def _escaped(value: str) -> str:

@@ -159,9 +159,11 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now
                 (profile, State.SYNCED)).fetchone()[0]
             wants = _Wants(conn, profile, binhost, profiles, at)
             active = _reconcile(conn, rows, result, at, verdict, wants)
-            if result.retired > MASS_RETIRE_MIN and result.retired * 2 > active and not force:
+            # Builds left on another binhost (the profile moved) are not a broken scan.
+            retired = result.retired - wants.moved
+            if retired > MASS_RETIRE_MIN and retired * 2 > active and not force:
                 raise SwarmError(
-                    f"this scan would retire {result.retired} of {active} queued packages; "
+                    f"this scan would retire {retired} of {active} queued packages; "
                     "check the scan (emerge's warnings, the world file) or use --force")
             rejected = result.rejected
             if rejected > MASS_RETIRE_MIN and rejected * 2 > synced and not force:
@@ -169,7 +171,6 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now
                     f"Portage would rebuild {rejected} of {synced} published packages; check that "
                     "the scan uses the profile's settings and the binhost is the right one, "
                     "or use --force")
-            wants.retire_unwanted(result)
             if dry_run:
                 raise _DryRun
             conn.execute(
@@ -208,6 +209,7 @@ class _Wants:
                 (profile,)):
             self.others.setdefault(pid, []).append(name)
         self.kept: set[int] = set()  # builds this scan wants
+        self.moved = 0  # builds retired on another binhost than the profile's
 
     def shared_with(self, package_id: int) -> list[str]:
         return self.others.get(package_id, [])
@@ -230,13 +232,41 @@ class _Wants:
     def drop(self, package_id: int) -> None:
         self.conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
                           (self.profile, package_id))
+        if package_id in self.others:  # its place: the other profiles' earliest
+            self.conn.execute(
+                "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
+                " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
 
-    def retire_unwanted(self, result: "ScanResult") -> None:
-        """Retire active builds no profile wants (their profile left the config)."""
-        for pkg in self.conn.execute(
-                "SELECT * FROM packages p WHERE active = 1 AND NOT EXISTS (SELECT 1 FROM wants w"
-                " WHERE w.package_id = p.id AND w.active = 1)").fetchall():
-            _retire(self.conn, pkg, result, self.at, "no profile of the config wants it")
+def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], now: datetime,
+           dry_run: bool = False) -> ScanResult:
+    """Retire the builds no profile of the config wants: on a binhost gone from the config,
+    or wanted only by profiles gone from it (their wants end too). A profile
+    of the config that wants the same build again brings it back, state and
+    history kept. Builds with no wants at all (made before profiles) stay.
+    """
+    result, at = ScanResult(), clock.iso(now)
+    profile_marks, binhost_marks = ", ".join("?" * len(profiles)), ", ".join("?" * len(binhosts))
+    try:
+        with db.write(conn):
+            gone = conn.execute(
+                f"SELECT * FROM packages p WHERE active = 1 AND (binhost NOT IN ({binhost_marks})"
+                " OR (EXISTS (SELECT 1 FROM wants w WHERE w.package_id = p.id AND w.active = 1)"
+                " AND NOT EXISTS (SELECT 1 FROM wants w WHERE w.package_id = p.id"
+                f" AND w.active = 1 AND w.profile IN ({profile_marks}))))",
+                (*binhosts, *profiles)).fetchall()
+            conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN"
+                         f" ({profile_marks})", profiles)
+            for pkg in gone:
+                why = (f"its binhost {pkg['binhost']} is no longer in the config"
+                       if pkg["binhost"] not in binhosts else
+                       "no profile of the config wants it any more")
+                conn.execute("UPDATE wants SET active = 0 WHERE package_id = ?", (pkg["id"],))
+                _retire(conn, pkg, result, at, why)
+            if dry_run:
+                raise _DryRun
+    except _DryRun:
+        pass
+    return result
 
 
 def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str,
@@ -249,6 +279,7 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
     # What the profile wanted, by (cp, slot): one each (its merge list has one a slot).
     mine = {key: pkg for key, group in builds.items() for pkg in group
             if pkg["id"] in wants.before}
+    wanted_here = {pkg["id"] for pkg in mine.values()}
     # Retired rows by (cp, slot), oldest first: one read, not one a row.
     retired: dict[tuple[str, str], list[sqlite3.Row]] = {}
     for pkg in conn.execute("SELECT * FROM packages WHERE active = 0 AND binhost = ? ORDER BY id",
@@ -261,7 +292,8 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
         same = next((p for p in builds.get(key, ()) if _stored_identity(p) == identity(row)), None)
         own = mine.get(key)
         if same is not None and own is not None and same["id"] == own["id"]:
-            _update(conn, own, row, order, result, at, verdict)
+            _update(conn, own, row, order, result, at, verdict,
+                    shared=bool(wants.shared_with(own["id"])))
             wants.want(own["id"], order, own["scan_order"])
         elif same is not None and wants.shared_with(same["id"]):
             # Another profile wants this very build: one build serves both.
@@ -311,7 +343,8 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
                             f"{', '.join(others)} still do")
         else:
             _retire(conn, pkg, result, at)
-    return len(wants.before)
+            wants.moved += pkg["binhost"] != wants.binhost
+    return len(wanted_here)
 
 
 def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str,
@@ -331,12 +364,18 @@ def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: 
 
 
 def _update(conn, pkg: sqlite3.Row, row: Row, order: int, result: ScanResult, at: str,
-            verdict: Verdict) -> None:
+            verdict: Verdict, shared: bool = False) -> None:
     old, new = _stored_identity(pkg), identity(row)
     published = verdict.lists(row)
     if old == new:
         if published and pkg["status"] in (State.NEEDED, State.FAILED):
             _rebuild(conn, pkg, row, State.SYNCED, Event.ON_BINHOST, _on_binhost(row), result, at)
+        elif verdict.consulted and not published and pkg["status"] == State.SYNCED and shared:
+            # Another profile wants this build as it is: one profile's scan
+            # does not take it from the other (each scan would rebuild it).
+            log.warning("%s: %s (for this profile; another profile shares the build, so it "
+                        "is not rebuilt)", row.cpv, verdict.why_not_usable(pkg))
+            result.unchanged += 1
         elif verdict.consulted and not published and pkg["status"] == State.SYNCED:
             # Portage's verdict wins over the queue's word "synced".
             _rebuild(conn, pkg, row, State.NEEDED, Event.REQUEUED, verdict.why_not_usable(pkg),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import clock, db, gpkg, identity
 from .binhost import CLIENT_TOLERANCE, Index, portage_config, read_index
-from .config import Config
+from .config import DEFAULT, Config
 from .crashpoints import crashpoint
 from .errors import ExitCode, SwarmError
 from .output import fsync_path, write_atomic
@@ -198,8 +198,8 @@ def write_index(directory: Path, index: Index, timestamp: int | None = None) -> 
 def _identities(conn: sqlite3.Connection, index: Index) -> list[dict]:
     """The queue's identity of each package the release holds (when the queue has it)."""
     listed = {e["CPV"]: e for e in index.entries}
-    rows = conn.execute("SELECT cpv, slot, subslot, repo, use, build_id"
-                        " FROM packages WHERE active = 1 ORDER BY cpv").fetchall()
+    rows = conn.execute("SELECT cpv, slot, subslot, repo, use, build_id FROM packages"
+                        " WHERE active = 1 AND binhost = ? ORDER BY cpv, id", (DEFAULT,)).fetchall()
     return [dict(row) for row in rows if row["cpv"] in listed]
 
 
@@ -243,8 +243,11 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
         return [f"{name} has no Packages index"]
     problems = []
     settings = portage_config(config)  # the profile's: its CHOST, its signing key's home
-    queue = {row["cpv"]: row for row in conn.execute(
-        "SELECT cpv, slot, subslot, repo, use FROM packages WHERE active = 1")}
+    # Releases are of [binhost]: its builds, several a CPV when profiles want other USE.
+    queue: dict[str, list] = {}
+    for row in conn.execute("SELECT cpv, slot, subslot, repo, use FROM packages"
+                            " WHERE active = 1 AND binhost = ? ORDER BY id", (DEFAULT,)):
+        queue.setdefault(row["cpv"], []).append(row)
     chost = settings.get("CHOST")
     hidden = identity.hidden_prefixes(settings)
     for entry in index.entries:
@@ -265,12 +268,10 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
                 gpkg.verify_signature(file, settings)
             except SwarmError as exc:
                 problems.append(str(exc))
-        queued = queue.get(entry["CPV"])
-        if queued is not None:
-            differs = identity.differences(
-                queued, {"CHOST": index.header.get("CHOST", ""), **entry}, chost, hidden)
-            if differs:
-                problems.append(f"{entry['CPV']}: not the queue's build: " + "; ".join(differs))
+        found = [identity.differences(queued, {"CHOST": index.header.get("CHOST", ""), **entry},
+                                      chost, hidden) for queued in queue.get(entry["CPV"], [])]
+        if found and all(found):
+            problems.append(f"{entry['CPV']}: not the queue's build: " + "; ".join(found[0]))
     return problems
 
 

@@ -82,16 +82,30 @@ def _publish_locked(config: Config, now: datetime, dry_run: bool = False,
     try:
         result = SyncResult()
         names = config.binhost_names()
+        failed = []
         for name in names:
             # Each binhost by itself, with the Portage settings of a profile
             # that publishes there; staging, which they share, is swept last.
+            # One binhost's trouble (an index it cannot trust, a dead mirror)
+            # does not keep the others from being published.
             publisher = Publisher(publisher_config(config, name), conn, now, dry_run, progress,
                                   binhost=name, last=name == names[-1])
-            done = publisher.run()
+            try:
+                done = publisher.run()
+            except SwarmError as exc:
+                if len(names) == 1:
+                    raise
+                log.error("binhost %s: %s", name, exc)
+                failed.append(f"binhost {name}: {exc}")
+                done = publisher.result
+                if publisher.last:
+                    publisher.sweep()
             for field in vars(result):
                 getattr(result, field).extend(getattr(done, field))
         if not dry_run:
             publisher.record_run(result)
+        if failed:
+            raise SwarmError("; ".join(failed))
         return result
     finally:
         conn.close()
@@ -222,9 +236,9 @@ class Publisher:
                 ready.append((pkg, path))
         _hook("copied")
         if (ready or reindex or stale) and not self.dry_run:
+            new = [(pkg["cpv"], path) for pkg, path in ready + reindex]
             superseded = self.index.publish(
-                [(pkg["cpv"], path) for pkg, path in ready + reindex], drop=stale,
-                keep=self._wanted_builds())
+                new, drop=stale, keep=self._wanted_builds(published) | {path for _, path in new})
             log.info("wrote %s and Packages.gz", self.binhost.path / "Packages")
             _hook("indexed")
             self._mark_synced(ready, reindex, superseded)
@@ -232,18 +246,29 @@ class Publisher:
         self._requeue_lost(lost)
         self._delete_superseded()
         if self.last:
-            self._sweep_orphans()
+            self.sweep()
         if not self.dry_run and self.config.binhost.rsync_target:
             mirror(self.binhost.path, self.config.binhost.rsync_target,
                    self.config.binhost.rsync_ssh_command)
         return self.result
 
-    def _wanted_builds(self) -> set[str]:
+    def sweep(self) -> None:
+        """Staged files no received package names (the staging area all binhosts share)."""
+        self._sweep_orphans()
+
+    def _wanted_builds(self, published: Index | None) -> set[str]:
         """The published files of this binhost's active builds: kept beside a newer build
         of their slot (another profile's, with other USE or version)."""
-        return {path for (path,) in self.conn.execute(
-            "SELECT binhost_path FROM packages WHERE binhost = ? AND active = 1"
-            " AND status = ? AND binhost_path IS NOT NULL", (self.name, State.SYNCED))}
+        keep = set()
+        for path, cpv, build_id in self.conn.execute(
+                "SELECT binhost_path, cpv, build_id FROM packages WHERE binhost = ? AND active = 1"
+                " AND status = ?", (self.name, State.SYNCED)):
+            if path is not None:
+                keep.add(path)
+            elif published is not None:  # a scan found it on the binhost: as the index lists it
+                keep |= {e["PATH"] for e in published.by_cpv(cpv)
+                         if build_id in (None, _int(e.get("BUILD_ID")))}
+        return keep
 
     def record_run(self, result: SyncResult) -> None:
         # The status page's "last sync": a run with nothing to do leaves no event.
@@ -428,7 +453,11 @@ class Publisher:
                 self.conn.execute("INSERT OR IGNORE INTO superseded (binhost, path, since)"
                                   " VALUES (?, ?, ?)", (self.name, path, self.at))
         for pkg in published:  # only what was published: a newer upload stays
-            (self.staging / pkg["file"]).unlink(missing_ok=True)
+            # The same file may stand for a build of another binhost (a drone
+            # reused its binary of that identity): it stays for that one.
+            if not self.conn.execute("SELECT 1 FROM packages WHERE file = ? AND status = ?",
+                                     (pkg["file"], State.RECEIVED)).fetchone():
+                (self.staging / pkg["file"]).unlink(missing_ok=True)
         self.result.superseded = superseded
 
     def _delete_superseded(self) -> None:

@@ -24,7 +24,7 @@ def test_real_scan_queues_every_ebuild_in_merge_order(emerge_swarm):
     counts = scan(emerge_swarm)
     assert counts == {"added": ebuild_count(), "requeued": 0, "retired": 0,
                       "unchanged": 0, "binary": 0, "shared": 0,
-                      "total": ebuild_count()}
+                      "total": ebuild_count(), "forgotten": 0}
     rows = emerge_swarm.query("SELECT cp, slot, repo, scan_order FROM packages ORDER BY scan_order")
     assert {r[2] for r in rows} == {"swarm-example"}
     assert {(cp, slot) for cp, slot, _, _ in rows} >= {("dev-lang/example-lang", "1"),

@@ -141,8 +141,46 @@ def test_other_use_on_a_binhost_of_its_own_builds_twice(swarm, tmp_path):
     assert 'swarm_packages{profile="main",state="delegated"} 2' in metrics
     # A profile taken out of the config wants nothing: its builds retire at the next scan.
     edit(swarm.config, {"profiles": {"twin": None}})
-    assert fresh(swarm, "main", scan(PLAIN, WITH))["retired"] == 2
+    assert fresh(swarm, "main", scan(PLAIN, WITH))["forgotten"] == 2
     assert [r[3] for r in builds(swarm)] == [1, 1, 0, 0]
+
+
+def test_a_build_only_a_removed_profile_wants_is_retired_not_claimed(swarm, tmp_path):
+    two_profiles(swarm, tmp_path, second_binhost=True)
+    fresh(swarm, "main", scan(PLAIN))
+    fresh(swarm, "twin", scan(WITHOUT))
+    edit(swarm.config, {"profiles": {"twin": None}, "binhosts": {"other": None}})
+    # Before any scan: the claim retires twin's build instead of handing it out.
+    first = json.loads(swarm.run("swarm-delegate", "claim", "--drone", "d1", "--json").stdout)
+    assert (first["cpv"], first["binhost"]["name"]) == ("app-misc/plain-1", "default")
+    assert swarm.run("swarm-delegate", "claim", "--drone", "d2", "--json").stdout == ""
+    assert swarm.query("SELECT p.binhost, p.active, e.detail FROM packages p JOIN events e"
+                       " ON e.package_id = p.id WHERE e.event = 'retired'") == [
+        ("other", 0, "its binhost other is no longer in the config")]
+    # A renamed profile: the old name's builds are forgotten before the scan,
+    # and the new name's scan brings them back with their state and history.
+    edit(swarm.config, {"profiles": {"main": None, "renamed": {}}})
+    counts = fresh(swarm, "renamed", scan(PLAIN))
+    assert (counts["forgotten"], counts["added"]) == (1, 1)
+    assert swarm.query("SELECT cpv, status, active, drone FROM packages WHERE binhost = 'default'"
+                       ) == [("app-misc/plain-1", "needed", 1, None)]
+    assert swarm.query("SELECT e.event FROM events e JOIN packages p ON p.id = e.package_id"
+                       " WHERE p.binhost = 'default' ORDER BY e.id") == [
+        ("added",), ("claimed",), ("retired",), ("added",)]
+
+
+def test_a_profile_moved_to_another_binhost_leaves_its_builds_without_force(swarm, tmp_path):
+    many = [(f"app-misc/p{i}-1", "") for i in range(8)]
+    two_profiles(swarm, tmp_path)
+    fresh(swarm, "twin", scan(*many))
+    (tmp_path / "binhost-other").mkdir()
+    edit(swarm.config, {"binhosts": {"other": {"path": str(tmp_path / "binhost-other"),
+                                               "url": "http://127.0.0.1:9/other"}},
+                        "profiles": {"twin": {"binhost": "other"}}})
+    counts = fresh(swarm, "twin", scan(*many))
+    assert (counts["added"], counts["retired"]) == (8, 8)
+    assert swarm.query("SELECT binhost, count(*) FROM packages WHERE active = 1"
+                       " GROUP BY binhost") == [("other", 8)]
 
 
 def test_a_database_of_one_profile_migrates_to_wants_and_binhosts(tmp_path):

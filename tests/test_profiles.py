@@ -293,12 +293,15 @@ def test_two_profiles_build_a_shared_package_once_and_other_use_again(tmp_path):
                                       "app-misc/plain/plain-1.ebuild": ebuild()}, publish=True)
     other = HttpServer(tmp_path / "binhost-other")
 
-    def scan_and_build() -> dict:
+    def scan_and_build(builds: int) -> dict:
+        """Scan, build BUILDS packages one claim at a time, then one swarm-sync."""
         r = swarm.run("swarm-fresh", "--json")
         assert r.returncode == 0, r.stderr
-        drone = swarm.drone("d1", "--drain")
-        _, err = drone.communicate(timeout=300)
-        assert drone.returncode == 0, err
+        for _ in range(builds):
+            drone = swarm.drone("d1", "--once")
+            _, err = drone.communicate(timeout=120)
+            assert drone.returncode == 0, err
+        assert swarm.query("SELECT count(*) FROM packages WHERE status = 'needed'") == [(0,)]
         assert swarm.run("swarm-sync", "-q").returncode == 0
         return json.loads(r.stdout)["profiles"]
 
@@ -313,28 +316,27 @@ def test_two_profiles_build_a_shared_package_once_and_other_use_again(tmp_path):
         return sorted(e.get("USE", "") for e in entries if e["CPV"] == "app-misc/flavour-1")
 
     try:
-        # Two profiles of the same settings (twin: a copy of the scan's /etc/portage).
+        # main has the scan's settings; twin a copy of them with the flag off.
         twin = tmp_path / "twin"
         shutil.copytree(swarm.prefixes["orchestrator"].root / "etc", twin / "etc", symlinks=True)
-        edit(swarm.config, {"profiles": {"main": {}, "twin": {"config_root": str(twin)}}})
-        counts = scan_and_build()
-        assert (counts["main"]["added"], counts["twin"]["added"], counts["twin"]["shared"]) == (2, 0, 2)
-        assert built() == [("default", "app-misc/flavour-1", "feature"),
-                           ("default", "app-misc/plain-1", "")]
-        shares = json.loads(swarm.run("swarm-status", "--json").stdout)["profiles"]
-        assert {n: s["states"]["synced"] for n, s in shares.items()} == {"main": 2, "twin": 2}
-
-        # twin turns the flag off: only that package is built again, and both
-        # builds are published side by side.
         (twin / "etc/portage/package.use").write_text("app-misc/flavour -feature\n")
-        counts = scan_and_build()
-        assert (counts["twin"]["added"], counts["twin"]["shared"], counts["twin"]["unchanged"],
-                counts["main"]["unchanged"]) == (1, 0, 1, 2)
+        # One swarm-sync publishes both new builds of flavour-1 at once.
+        edit(swarm.config, {"profiles": {"main": {}, "twin": {"config_root": str(twin)}},
+                            "binhost": {"publish_on_report": False}})
+        counts = scan_and_build(3)
+        assert (counts["main"]["added"], counts["twin"]["added"], counts["twin"]["shared"]) == (2, 1, 1)
+        # plain-1 is built once for both; flavour-1 twice, both published side by side.
         assert built() == [("default", "app-misc/flavour-1", ""),
                            ("default", "app-misc/flavour-1", "feature"),
                            ("default", "app-misc/plain-1", "")]
         assert flavours(swarm.root / "binhost") == ["", "feature"]
         assert not swarm.query("SELECT * FROM events WHERE event IN ('quarantined', 'build-failed')")
+        shares = json.loads(swarm.run("swarm-status", "--json").stdout)["profiles"]
+        assert {n: s["states"]["synced"] for n, s in shares.items()} == {"main": 2, "twin": 2}
+        # A release holds both, and verifies (each is a build the queue wants).
+        for args in (("create", "2026.01.01"), ("promote", "2026.01.01")):
+            r = swarm.run("swarm-release", *args)
+            assert r.returncode == 0, r.stderr
         # Each profile's scan finds its own build on the binhost (Portage's verdict).
         r = swarm.run("swarm-fresh", "--json")
         counts = json.loads(r.stdout)["profiles"]
@@ -346,8 +348,9 @@ def test_two_profiles_build_a_shared_package_once_and_other_use_again(tmp_path):
         edit(swarm.config, {"binhosts": {"other": {"path": str(tmp_path / "binhost-other"),
                                                    "url": other.url}},
                             "profiles": {"twin": {"binhost": "other"}}})
-        counts = scan_and_build()
-        assert (counts["main"]["unchanged"], counts["twin"]["added"]) == (2, 2)
+        counts = scan_and_build(2)
+        assert (counts["main"]["unchanged"], counts["twin"]["added"], counts["twin"]["retired"]
+                ) == (2, 2, 1)
         assert sorted(swarm.query("SELECT binhost, cpv, use, status FROM packages WHERE active = 1")) == [
             ("default", "app-misc/flavour-1", "feature", "synced"),
             ("default", "app-misc/plain-1", "", "synced"),

@@ -15,7 +15,7 @@ from ..binhost import read_index
 from ..emerge import BINHOST_UNREADABLE, ParseError, consults_binhost, parse_merge_list, run_emerge
 from ..errors import ExitCode, SwarmError, TryLater
 from ..output import emit_json, emit_table
-from ..queue import Verdict, apply_scan
+from ..queue import Verdict, apply_scan, forget
 from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run, run, verbosity_options
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,11 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
                 raise
             log.info("%s: that scan will do", exc)
             return
+        # What the config no longer wants goes first, scan or not.
+        forgotten = forget(conn, config.profile_names(), config.binhost_names(),
+                           clock.utcnow(), dry_run=dry_run)
+        for change in forgotten.changes:
+            log.warning("retired %s: %s", change.cpv, change.detail)
         results = {}
         for name in names:
             result = _fresh(config.for_profile(name), conn, source, dry_run, force,
@@ -145,7 +150,8 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
                 results[name] = result
     if not results:  # --if-changed, and nothing changed
         if as_json:
-            emit_json({"scanned": False})
+            emit_json({"scanned": False, **({"forgotten": forgotten.retired}
+                                            if forgotten.retired else {})})
         return
     if then_resolve and not dry_run:
         try:
@@ -155,7 +161,8 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
             log.warning("%s: the running swarm-resolve started before this scan; run it again", exc)
     several = len(config.profile_names()) > 1
     if as_json:
-        answer = _summed([r.counts() for r in results.values()])
+        answer = {**_summed([r.counts() for r in results.values()]),
+                  "forgotten": forgotten.retired}
         if several:
             answer["profiles"] = {name: r.counts() for name, r in results.items()}
         emit_json({**answer, "dry_run": dry_run} if dry_run else answer)
@@ -191,7 +198,9 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
             except (SwarmError, OSError) as exc:
                 unrecorded = exc
         if snap is not None:
-            inputs = snap.inputs(config.scan.command, config.scan.environment)
+            _same_build_target(conn, config, snap)
+            inputs = snap.inputs(config.scan.command, config.scan.environment,
+                                 f"{config.binhost_of(config.profile)} {config.binhost.url}")
             last = profile.last_inputs(conn, snap.name)
             if if_changed and last and last[0] == inputs:
                 log.info("profile %s: nothing changed since the scan at %s: not scanning",
@@ -217,6 +226,21 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
             if snap is not None:
                 profile.record(conn, config.state_dir, snap, inputs, clock.iso(clock.utcnow()))
     return result
+
+
+def _same_build_target(conn, config, snap) -> None:
+    """Refuse a profile whose CHOST or ARCH is not that of another profile on its binhost:
+    swarm-sync checks a binhost's builds against one CHOST, and a build both
+    want could go to no drone."""
+    binhost = config.binhost_of(config.profile)
+    for other in conn.execute("SELECT name, chost, arch FROM profiles WHERE name != ?",
+                              (config.profile,)):
+        if (other["name"] in config.profile_names() and config.binhost_of(other["name"]) == binhost
+                and (other["chost"], other["arch"]) != (snap.chost, snap.arch)):
+            raise SwarmError(
+                f"profile {config.profile} is for {snap.chost} ({snap.arch}) but profile "
+                f"{other['name']}, on the same binhost {binhost}, is for {other['chost']} "
+                f"({other['arch']}): give one of them a binhost of its own ([binhosts.NAME])")
 
 
 @contextlib.contextmanager
