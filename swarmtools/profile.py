@@ -16,8 +16,8 @@ a digest of its files. The same tree gives the same state on every host,
 however it got there: not a git commit, which a copy synced with rsync
 (Portage leaves ``.git`` out) does not have.
 
-Today there is one profile, ``default``: the scan's own configuration (the
-[profiles.NAME] tables of issue 11 will add more).
+There is one profile a [profiles.NAME] table, or without them one,
+``default``: the scan's own configuration. Each scan records its own.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ CHANNEL_NAME = re.compile(r"[a-z][a-z0-9_-]*")      # stable, testing, latest
 LIVE = "latest"                                     # the channel that is the binhost itself
 VIEWS = ".views"
 DIGESTS = {"SHA1": "sha1", "MD5": "md5"}  # what Portage's index lists: hashlib's names
-PROFILE = "default"  # one profile until [profiles] tables exist
+PROFILE = "default"  # releases are of [binhost], the binhost named default
 
 
 def root(config: Config) -> Path:
