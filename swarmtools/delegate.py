@@ -140,57 +140,46 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
             return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
-                    **built_with(conn, config, held["id"])}
+                    **built_with(conn, config, *_wanted(conn, held["id"]))}
         while True:
             choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
             if choice is None:
                 return None
+            binhost, wanted_by = _wanted(conn, choice["id"])
             # A build only removed profiles (or a removed binhost) want, before
             # swarm-fresh retires it: retired here instead of built.
-            if (why := unwanted(conn, config, choice["id"])) is None:
+            why = packages.unwanted(binhost, wanted_by, config.profile_names(),
+                                    config.binhost_names())
+            if why is None:
                 break
             packages.update(conn, choice["id"], active=0, updated_at=at)
             packages.record(conn, choice["id"], Event.RETIRED, ACTOR, at, State.NEEDED,
                             State.NEEDED, why)
         row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
                             actor=drone, at=at, detail=f"lease until {lease_until}")
-        if row is not None:
-            with_what = built_with(conn, config, row["id"])
-    if row is None:  # cannot happen inside the transaction; a policy bug otherwise
-        raise SwarmError(f"{choice['cpv']} was not needed when claimed")
+        if row is None:  # cannot happen inside the transaction; a policy bug otherwise
+            raise SwarmError(f"{choice['cpv']} was not needed when claimed")
+        with_what = built_with(conn, config, binhost, wanted_by)
     claimed = dict(row)
     del claimed["id"]
     return {**claimed, **with_what}
 
 
-def unwanted(conn: sqlite3.Connection, config: Config, package_id: int) -> str | None:
-    """Why no profile of the config wants a build any more (None: one does).
-
-    A build on a binhost gone from the config, or wanted only by profiles
-    gone from it. (A build with no wants at all is one made before profiles
-    and counts as wanted.)
-    """
-    binhost = conn.execute("SELECT binhost FROM packages WHERE id = ?",
-                           (package_id,)).fetchone()[0]
-    if binhost not in config.binhost_names():
-        return f"its binhost {binhost} is no longer in the config"
-    wanted_by = [name for (name,) in conn.execute(
-        "SELECT profile FROM wants WHERE package_id = ? AND active = 1", (package_id,))]
-    if wanted_by and not set(wanted_by) & set(config.profile_names()):
-        return f"only profiles no longer in the config wanted it ({', '.join(sorted(wanted_by))})"
-    return None
+def _wanted(conn: sqlite3.Connection, package_id: int) -> tuple[str, list[str]]:
+    """A build's binhost, and the profiles that want it (sorted)."""
+    binhost, wanted_by = conn.execute(
+        "SELECT binhost, (SELECT group_concat(profile, ' ') FROM wants WHERE package_id = ?"
+        " AND active = 1) FROM packages WHERE id = ?", (package_id, package_id)).fetchone()
+    return binhost, sorted((wanted_by or "").split())
 
 
-def built_with(conn: sqlite3.Connection, config: Config, package_id: int) -> dict:
+def built_with(conn: sqlite3.Connection, config: Config, binhost: str,
+               wanted_by: list[str]) -> dict:
     """What a claim says to build a package with: the profile (configuration and
     repositories its scan saw) and the binhost its build is for."""
-    binhost = conn.execute("SELECT binhost FROM packages WHERE id = ?",
-                           (package_id,)).fetchone()[0]
     # Profiles sharing a build want the same identity: any of them will do.
-    wanted_by = [name for (name,) in conn.execute(
-        "SELECT profile FROM wants WHERE package_id = ? AND active = 1 ORDER BY profile",
-        (package_id,)) if name in config.profile_names()]
-    return {"profile": profile.current(conn, wanted_by[0] if wanted_by else DEFAULT),
+    ours = [name for name in wanted_by if name in config.profile_names()]
+    return {"profile": profile.current(conn, ours[0] if ours else DEFAULT),
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 

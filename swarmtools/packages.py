@@ -160,3 +160,18 @@ def hold(conn: sqlite3.Connection, package_id: int, drone: str, until: str, reas
         "INSERT INTO holds (package_id, drone, until, reason) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (package_id, drone) DO UPDATE SET until = excluded.until,"
         " reason = excluded.reason", (package_id, drone, until, reason))
+
+
+def unwanted(binhost: str, wanted_by: list[str], profiles: list[str],
+             binhosts: list[str]) -> str | None:
+    """Why no profile of the config (PROFILES, BINHOSTS) wants a build any more; None: one does.
+
+    A build on a binhost gone from the config, or wanted (WANTED_BY: its
+    active wants) only by profiles gone from it. A build with no wants at
+    all was made before profiles, and counts as wanted.
+    """
+    if binhost not in binhosts:
+        return f"its binhost {binhost} is no longer in the config"
+    if wanted_by and not set(wanted_by) & set(profiles):
+        return f"only profiles no longer in the config wanted it ({', '.join(sorted(wanted_by))})"
+    return None

@@ -134,11 +134,11 @@ NO_VERDICT = Verdict(None, False)
 def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now: datetime,
                dry_run: bool = False, force: bool = False,
                verdict: Verdict = NO_VERDICT, profile: str = DEFAULT,
-               binhost: str = DEFAULT, profiles: tuple[str, ...] = (DEFAULT,)) -> ScanResult:
+               binhost: str = DEFAULT) -> ScanResult:
     """Bring what PROFILE wants in line with its scan in one transaction; return what changed.
 
-    Its builds are on BINHOST. PROFILES: every profile of the config; wants
-    of another (a profile removed from the config) no longer count.
+    Its builds are on BINHOST. What profiles gone from the config wanted is
+    forgotten first (forget()).
     """
     rows = merge_list.packages()
     seen: dict[tuple[str, str], Row] = {}
@@ -157,7 +157,7 @@ def apply_scan(conn: sqlite3.Connection, merge_list: MergeList, source: str, now
                 "SELECT count(*) FROM packages p JOIN wants w ON w.package_id = p.id"
                 " WHERE w.profile = ? AND w.active = 1 AND p.status = ?",
                 (profile, State.SYNCED)).fetchone()[0]
-            wants = _Wants(conn, profile, binhost, profiles, at)
+            wants = _Wants(conn, profile, binhost)
             active = _reconcile(conn, rows, result, at, verdict, wants)
             # Builds left on another binhost (the profile moved) are not a broken scan.
             retired = result.retired - wants.moved
@@ -192,13 +192,8 @@ class _Wants:
     it; it stays active while any profile wants it.
     """
 
-    def __init__(self, conn: sqlite3.Connection, profile: str, binhost: str,
-                 profiles: tuple[str, ...], at: str):
-        self.conn, self.profile, self.binhost, self.at = conn, profile, binhost, at
-        # A profile gone from the config wants nothing any more.
-        marks = ", ".join("?" * len(profiles))
-        conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN ({marks})",
-                     profiles)
+    def __init__(self, conn: sqlite3.Connection, profile: str, binhost: str):
+        self.conn, self.profile, self.binhost = conn, profile, binhost
         self.before = dict(conn.execute(  # package id -> its place in the last scan
             "SELECT package_id, scan_order FROM wants WHERE profile = ? AND active = 1",
             (profile,)).fetchall())
@@ -224,43 +219,42 @@ class _Wants:
                 " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
                 (self.profile, package_id, order))
         if package_id in self.others or current != order:
-            # The build's place: the earliest any profile gives it.
-            self.conn.execute(
-                "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
-                " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+            self._place(package_id)
 
     def drop(self, package_id: int) -> None:
         self.conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
                           (self.profile, package_id))
-        if package_id in self.others:  # its place: the other profiles' earliest
-            self.conn.execute(
-                "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
-                " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+        if package_id in self.others:
+            self._place(package_id)
+
+    def _place(self, package_id: int) -> None:
+        # A build's place in the queue: the earliest any profile gives it.
+        self.conn.execute(
+            "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
+            " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+
 
 def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], now: datetime,
            dry_run: bool = False) -> ScanResult:
-    """Retire the builds no profile of the config wants: on a binhost gone from the config,
-    or wanted only by profiles gone from it (their wants end too). A profile
-    of the config that wants the same build again brings it back, state and
-    history kept. Builds with no wants at all (made before profiles) stay.
+    """Retire the builds no profile of the config wants (packages.unwanted): on a binhost
+    gone from the config, or wanted only by profiles gone from it, whose
+    wants end too. A profile of the config that wants the same build again
+    brings it back, state and history kept.
     """
     result, at = ScanResult(), clock.iso(now)
-    profile_marks, binhost_marks = ", ".join("?" * len(profiles)), ", ".join("?" * len(binhosts))
+    marks = ", ".join("?" * len(profiles))
     try:
         with db.write(conn):
-            gone = conn.execute(
-                f"SELECT * FROM packages p WHERE active = 1 AND (binhost NOT IN ({binhost_marks})"
-                " OR (EXISTS (SELECT 1 FROM wants w WHERE w.package_id = p.id AND w.active = 1)"
-                " AND NOT EXISTS (SELECT 1 FROM wants w WHERE w.package_id = p.id"
-                f" AND w.active = 1 AND w.profile IN ({profile_marks}))))",
-                (*binhosts, *profiles)).fetchall()
+            gone = [(package_id, why) for package_id, binhost, wanted_by in conn.execute(
+                "SELECT id, binhost, (SELECT group_concat(profile, ' ') FROM wants"
+                " WHERE package_id = packages.id AND active = 1) FROM packages WHERE active = 1")
+                if (why := packages.unwanted(binhost, (wanted_by or "").split(), profiles,
+                                             binhosts))]
             conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN"
-                         f" ({profile_marks})", profiles)
-            for pkg in gone:
-                why = (f"its binhost {pkg['binhost']} is no longer in the config"
-                       if pkg["binhost"] not in binhosts else
-                       "no profile of the config wants it any more")
-                conn.execute("UPDATE wants SET active = 0 WHERE package_id = ?", (pkg["id"],))
+                         f" ({marks})", profiles)
+            for package_id, why in gone:
+                conn.execute("UPDATE wants SET active = 0 WHERE package_id = ?", (package_id,))
+                pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
                 _retire(conn, pkg, result, at, why)
             if dry_run:
                 raise _DryRun
@@ -279,7 +273,6 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
     # What the profile wanted, by (cp, slot): one each (its merge list has one a slot).
     mine = {key: pkg for key, group in builds.items() for pkg in group
             if pkg["id"] in wants.before}
-    wanted_here = {pkg["id"] for pkg in mine.values()}
     # Retired rows by (cp, slot), oldest first: one read, not one a row.
     retired: dict[tuple[str, str], list[sqlite3.Row]] = {}
     for pkg in conn.execute("SELECT * FROM packages WHERE active = 0 AND binhost = ? ORDER BY id",
@@ -344,7 +337,7 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
         else:
             _retire(conn, pkg, result, at)
             wants.moved += pkg["binhost"] != wants.binhost
-    return len(wanted_here)
+    return len(mine)
 
 
 def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str,

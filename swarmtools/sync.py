@@ -80,35 +80,42 @@ def _publish_locked(config: Config, now: datetime, dry_run: bool = False,
                     progress=None) -> SyncResult:
     conn = db.connect(config.database)
     try:
-        result = SyncResult()
         names = config.binhost_names()
-        failed = []
+        publishers, failed = [], []
         for name in names:
             # Each binhost by itself, with the Portage settings of a profile
-            # that publishes there; staging, which they share, is swept last.
-            # One binhost's trouble (an index it cannot trust, a dead mirror)
-            # does not keep the others from being published.
+            # that publishes there. One binhost's trouble (an index it cannot
+            # trust, a dead mirror) does not keep the others from being published.
             publisher = Publisher(publisher_config(config, name), conn, now, dry_run, progress,
-                                  binhost=name, last=name == names[-1])
+                                  binhost=name)
+            publishers.append(publisher)
             try:
-                done = publisher.run()
+                publisher.run()
             except SwarmError as exc:
                 if len(names) == 1:
                     raise
                 log.error("binhost %s: %s", name, exc)
                 failed.append(f"binhost {name}: {exc}")
-                done = publisher.result
-                if publisher.last:
-                    publisher.sweep()
+        publisher.sweep_orphans()  # the staging area they all share, once
+        result = SyncResult()
+        for done in publishers:
             for field in vars(result):
-                getattr(result, field).extend(getattr(done, field))
+                getattr(result, field).extend(getattr(done.result, field))
         if not dry_run:
-            publisher.record_run(result)
+            _record_run(conn, now, result)
         if failed:
             raise SwarmError("; ".join(failed))
         return result
     finally:
         conn.close()
+
+
+def _record_run(conn: sqlite3.Connection, now: datetime, result: SyncResult) -> None:
+    # The status page's "last sync": a run with nothing to do leaves no event.
+    counts = {name: len(value) for name, value in vars(result).items()}
+    with db.write(conn):
+        conn.execute("INSERT OR REPLACE INTO runs (command, at, summary) VALUES (?, ?, ?)",
+                     (ACTOR, clock.iso(now), json.dumps(counts, sort_keys=True)))
 
 
 def publisher_config(config: Config, binhost: str) -> Config:
@@ -183,7 +190,7 @@ class Publisher:
     """One run of swarm-sync."""
 
     def __init__(self, config: Config, conn: sqlite3.Connection, now: datetime, dry_run: bool,
-                 progress=None, binhost: str = DEFAULT, last: bool = True):
+                 progress=None, binhost: str = DEFAULT):
         """PROGRESS(done, total, cpv), when given, is called as each received package is checked."""
         self.config = config
         self.progress = progress
@@ -193,7 +200,6 @@ class Publisher:
         self.dry_run = dry_run
         self.binhost = Binhost(Path(config.binhost.path))
         self.name = binhost  # the binhost's name: its packages, publications, superseded files
-        self.last = last  # the last binhost of the run sweeps the staging area all share
         self.staging = config.staging_dir
         self.result = SyncResult()
         self._settings = None
@@ -245,16 +251,10 @@ class Publisher:
             _hook("marked")
         self._requeue_lost(lost)
         self._delete_superseded()
-        if self.last:
-            self.sweep()
         if not self.dry_run and self.config.binhost.rsync_target:
             mirror(self.binhost.path, self.config.binhost.rsync_target,
                    self.config.binhost.rsync_ssh_command)
         return self.result
-
-    def sweep(self) -> None:
-        """Staged files no received package names (the staging area all binhosts share)."""
-        self._sweep_orphans()
 
     def _wanted_builds(self, published: Index | None) -> set[str]:
         """The published files of this binhost's active builds: kept beside a newer build
@@ -269,13 +269,6 @@ class Publisher:
                 keep |= {e["PATH"] for e in published.by_cpv(cpv)
                          if build_id in (None, _int(e.get("BUILD_ID")))}
         return keep
-
-    def record_run(self, result: SyncResult) -> None:
-        # The status page's "last sync": a run with nothing to do leaves no event.
-        counts = {name: len(value) for name, value in vars(result).items()}
-        with db.write(self.conn):
-            self.conn.execute("INSERT OR REPLACE INTO runs (command, at, summary) VALUES (?, ?, ?)",
-                              (ACTOR, self.at, json.dumps(counts, sort_keys=True)))
 
     def _check_synced(self, published: Index | None):
         """What the index and disk say of every synced package.
@@ -483,8 +476,9 @@ class Publisher:
                     self.conn.execute("DELETE FROM superseded WHERE binhost = ? AND path = ?",
                                       (self.name, path))
 
-    def _sweep_orphans(self) -> None:
-        """Staged files no received package names: log them, quarantine after a grace."""
+    def sweep_orphans(self) -> None:
+        """Staged files no received package names (of any binhost): log them, quarantine
+        after a grace."""
         wanted = {row[0] for row in self.conn.execute(
             "SELECT file FROM packages WHERE status = ? AND file IS NOT NULL", (State.RECEIVED,))}
         # Left behind by a run stopped after marking: already published.

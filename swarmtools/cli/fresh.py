@@ -145,7 +145,7 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
         results = {}
         for name in names:
             result = _fresh(config.for_profile(name), conn, source, dry_run, force,
-                            consulted_binhost, if_changed, quiet, tuple(config.profile_names()))
+                            consulted_binhost, if_changed, quiet)
             if result is not None:
                 results[name] = result
     if not results:  # --if-changed, and nothing changed
@@ -181,8 +181,7 @@ def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return {key: sum(c[key] for c in counts) for key in counts[0]}
 
 
-def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet,
-           profiles: tuple[str, ...]):
+def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet):
     """One profile's scan under the lock (CONFIG: its view, Config.for_profile): the
     ScanResult, or None when --if-changed found no change."""
     snap = inputs = unrecorded = None
@@ -218,8 +217,7 @@ def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, 
     result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
                         clock.utcnow(), dry_run=dry_run, force=force,
                         verdict=Verdict(published, consulted or consulted_binhost),
-                        profile=config.profile, binhost=config.binhost_of(config.profile),
-                        profiles=profiles)
+                        profile=config.profile, binhost=config.binhost_of(config.profile))
     if not dry_run:
         with db.write(conn):  # what the rules match and packages require, for the new queue
             exclude.refresh(conn, config, clock.utcnow())
