@@ -4,7 +4,7 @@ PYTHON  ?= python3
 BIN     := $(CURDIR)/$(VENV)/bin
 RUN     := env PATH="$(BIN):$$PATH"
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	./scripts/system-deps
@@ -25,12 +25,20 @@ test: setup
 test-fast: setup
 	$(RUN) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
+# Every benchmark at full size (the fleet alone takes minutes; the scheduling
+# simulator's full figures are its --summary); the quick mode is what
+# tests/test_benchmarks.py runs.
+BENCHMARKS := $(filter-out benchmarks/timing.py,$(wildcard benchmarks/*.py))
+
 bench: setup
-	$(RUN) $(BIN)/python benchmarks/fresh.py
-	$(RUN) $(BIN)/python benchmarks/claim.py
-	$(RUN) $(BIN)/python benchmarks/sync.py
-	$(RUN) $(BIN)/python benchmarks/page.py
-	$(RUN) $(BIN)/python benchmarks/release.py
+	./scripts/system-deps --browser
+	set -e; for script in $(filter-out benchmarks/schedule.py,$(BENCHMARKS)); do \
+		$(RUN) $(BIN)/python $$script; done
+	$(RUN) $(BIN)/python benchmarks/schedule.py --summary
+
+bench-quick: setup
+	./scripts/system-deps --browser
+	set -e; for script in $(BENCHMARKS); do $(RUN) $(BIN)/python $$script --quick; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

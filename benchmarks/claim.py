@@ -10,31 +10,44 @@ On one 2,000-package queue (rebuilt for each measurement) prints:
   - claims per second through the installed `swarm-delegate claim` process;
   - the whole-process time of one `swarm-delegate claim` beside `python3 -c pass`.
 Targets: in-process within 2x of the floor; one CLI claim under 0.25 s.
+The last line is one JSON object of the figures. --quick: 200 packages, 40
+rules, 3 CLI runs.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate, exclude
+from timing import fresh_database, init_config, median_wall, quick_parser
+
+from swarmtools import clock, db, delegate, exclude
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
-from timing import init_config, fresh_database, median_wall
-
-PACKAGES = 2000
-CLI_RUNS = 40
 
 
-def fresh_queue(config) -> sqlite3.Connection:
+@dataclass(frozen=True)
+class Sizes:
+    packages: int
+    rules: int  # a multiple of 4 (four kinds of rules), a quarter of them at most packages / 7
+    cli_runs: int
+
+
+FULL, QUICK = Sizes(2000, 200, 40), Sizes(200, 40, 3)
+
+
+def fresh_queue(config, sizes: Sizes) -> sqlite3.Connection:
     fresh_database(config.database)
     conn = db.connect(config.database, create=True)
-    apply_scan(conn, parse_merge_list(synthetic_scan(PACKAGES)), "benchmark", clock.utcnow())
+    apply_scan(conn, parse_merge_list(synthetic_scan(sizes.packages)), "benchmark", clock.utcnow())
     return conn
 
 
@@ -49,22 +62,21 @@ def claim_all(conn, config) -> tuple[float, int]:
     return count / elapsed, count
 
 
-def in_process(config) -> float:
-    rate, count = claim_all(fresh_queue(config), config)
-    assert count == PACKAGES
+def in_process(config, sizes: Sizes) -> float:
+    rate, count = claim_all(fresh_queue(config, sizes), config)
+    assert count == sizes.packages
     return rate
 
 
-RULES = 200
 FACTS = {"chost": "x86_64-pc-linux-gnu", "cflags": "-O2 -pipe", "abi_x86": "64"}
 
 
-def with_rules(config) -> tuple[float, float, int]:
-    """(claims/s, seconds to match the rules, packages claimed) with RULES rules."""
-    conn = fresh_queue(config)
+def with_rules(config, sizes: Sizes) -> tuple[float, float, int]:
+    """(claims/s, seconds to match the rules, packages claimed) with sizes.rules rules."""
+    conn = fresh_queue(config, sizes)
     now = clock.utcnow()
     delegate.heartbeat(conn, config, "d1", FACTS, now)
-    quarter = RULES // 4
+    quarter = sizes.rules // 4
     atoms = ([(i, f"=app-test/pkg{i * 7}-1.0") for i in range(quarter)]      # every drone
              + [(i, f"app-test/pkg{i * 7 + 1}") for i in range(quarter)])   # d2 only
     exclude.add(conn, config, atoms[:quarter], "benchmark", "bench", now)
@@ -79,14 +91,14 @@ def with_rules(config) -> tuple[float, float, int]:
     with db.write(conn):
         exclude.refresh(conn, config, now)
     matching = time.perf_counter() - started
-    assert conn.execute("SELECT count(*) FROM exclusions").fetchone()[0] == RULES
+    assert conn.execute("SELECT count(*) FROM exclusions").fetchone()[0] == sizes.rules
     rate, count = claim_all(conn, config)
-    assert count == PACKAGES - quarter  # the global rules' packages stay
+    assert count == sizes.packages - quarter  # the global rules' packages stay
     return rate, matching, count
 
 
-def floor(config) -> float:
-    conn = fresh_queue(config)
+def floor(config, sizes: Sizes) -> float:
+    conn = fresh_queue(config, sizes)
     started = time.perf_counter()
     count = 0
     while True:
@@ -102,11 +114,12 @@ def floor(config) -> float:
         count += 1
     elapsed = time.perf_counter() - started
     conn.close()
-    assert count == PACKAGES
+    assert count == sizes.packages
     return count / elapsed
 
 
 def main() -> None:
+    sizes = QUICK if quick_parser(__doc__).parse_args().quick else FULL
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         path = init_config(tmp)
@@ -114,24 +127,30 @@ def main() -> None:
             "drones": {"d1": {"transport": "local"}, "d2": {"transport": "local"}},
             "route": [{"match": "sci-libs/*", "requires": ["big-memory"]}]})
         env = {**os.environ, "SWARM_CONFIG": str(path)}
-        rate_lib = in_process(config)
-        rate_floor = floor(config)
-        rate_rules, matching, claimed = with_rules(config)
-        fresh_queue(config).close()
+        rate_lib = in_process(config, sizes)
+        rate_floor = floor(config, sizes)
+        rate_rules, matching, claimed = with_rules(config, sizes)
+        fresh_queue(config, sizes).close()
         claim = [str(bindir / "swarm-delegate"), "claim", "--drone", "d1", "--json"]
-        cli = median_wall(claim, env, CLI_RUNS)
-        baseline = median_wall([sys.executable, "-c", "pass"], env, CLI_RUNS)
-    print(f"queue: {PACKAGES} packages; CLI figures are medians of {CLI_RUNS} runs")
+        cli = median_wall(claim, env, sizes.cli_runs)
+        baseline = median_wall([sys.executable, "-c", "pass"], env, sizes.cli_runs)
+    print(f"queue: {sizes.packages} packages; CLI figures are medians of {sizes.cli_runs} runs")
     print(f"{'bare SQLite UPDATE ... RETURNING (floor)':<44} {rate_floor:>9,.0f} claims/s")
     print(f"{'delegate.claim, in-process':<44} {rate_lib:>9,.0f} claims/s"
           f"   ({rate_floor / rate_lib:.2f}x the floor; target <= 2x)")
-    print(f"{f'delegate.claim, {RULES} rules':<44} {rate_rules:>9,.0f} claims/s"
+    print(f"{f'delegate.claim, {sizes.rules} rules':<44} {rate_rules:>9,.0f} claims/s"
           f"   ({rate_lib / rate_rules:.2f}x the cost with none; target <= 2x;"
           f" {claimed} claimable)")
-    print(f"{f'matching {RULES} rules to the queue':<44} {matching:>9.3f} s")
+    print(f"{f'matching {sizes.rules} rules to the queue':<44} {matching:>9.3f} s")
     print(f"{'swarm-delegate claim, one process each':<44} {1 / cli:>9,.1f} claims/s")
     print(f"{'python3 -c pass':<44} {baseline:>9.3f} s")
     print(f"{'swarm-delegate claim (whole process)':<44} {cli:>9.3f} s   (target < 0.25 s)")
+    print(json.dumps({"packages": sizes.packages, "rules": sizes.rules,
+                      "floor_claims_per_s": round(rate_floor),
+                      "claims_per_s": round(rate_lib),
+                      "rules_claims_per_s": round(rate_rules), "rules_claimable": claimed,
+                      "rules_match_s": round(matching, 4),
+                      "cli_claim_s": round(cli, 4), "python_start_s": round(baseline, 4)}))
 
 
 if __name__ == "__main__":

@@ -2,13 +2,13 @@
 
 N drones, each with its own ssh key, talk to one real sshd on loopback whose
 forced command is the real gateway (swarm-delegate gateway). Each drone is
-the real drone loop (swarmtools.drone.Drone: heartbeats, claims, uploads with
-rsync, reports, retries) in a thread; only emerge is simulated: a "build"
-waits its (compressed) time, heartbeating as the real one does, and leaves a
-small file to upload. Time is compressed by SPEED: every interval of the
-config (poll, idle ceiling, lease), ssh's ControlPersist and the build
-time are divided by it, so the session pattern is the real one, SPEED
-times faster.
+the real drone (swarmtools.drone.Drone: its settings read by portageq from a
+Portage prefix, its loop of heartbeats, claims, uploads with rsync, reports,
+retries) in a thread; only the build is simulated: it waits its (compressed)
+time, heartbeating as the real one does, and leaves a small file to upload.
+Time is compressed by SPEED: every interval of the config (poll, idle
+ceiling, lease), ssh's ControlPersist and the build time are divided by it,
+so the session pattern is the real one, SPEED times faster.
 
 Two mixes:
   idle  every drone asks an empty queue; measured once their back-off has
@@ -29,9 +29,12 @@ sshd's default MaxStartups unless --max-startups says otherwise.
 --no-multiplex gives every session its own connection, as before.
 
 The last line is one JSON object: idle_drones, busy_drones,
-cpu_ms_per_session, burst_failed_verbs.
+cpu_ms_per_session, burst_failed_verbs; and idle_sessions, busy_sessions,
+builds_reported (received by the orchestrator in the busy mix) and
+errors_logged. A drone whose loop crashes ends the run (exit 1).
 
     python benchmarks/fleet.py [--drones 24] [--duration 60] [--speed 10] [--burst 64]
+    python benchmarks/fleet.py --quick   # 2 drones, 300x, a burst of 4: seconds, same steps
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -48,52 +52,64 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # sshd.py
 
-from sshd import start_sshd  # noqa: E402
+from sshd import start_sshd
+from timing import init_config
 
-from swarmtools import config as config_mod, db  # noqa: E402
-from swarmtools.drone import WAIT_SLICE_SECONDS, Drone, Outcome  # noqa: E402
-from swarmtools.transport import CONTROL_PERSIST, for_drone  # noqa: E402
-from timing import init_config  # noqa: E402
+from swarmtools import config as config_mod
+from swarmtools import db
+from swarmtools.drone import WAIT_SLICE_SECONDS, Drone, Outcome
+from swarmtools.errors import SwarmError
+from swarmtools.prefix import create_prefix
+from swarmtools.transport import CONTROL_PERSIST, for_drone
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The config's defaults, uncompressed (a building drone beats every third of the lease).
 DEFAULTS = {"poll_seconds": 30, "idle_max_seconds": 300, "lease_seconds": 3600,
             "online_seconds": 900}
+QUICK = {"drones": 2, "duration": 1, "speed": 300, "burst": 4, "queue": 200}
+log = logging.getLogger("swarmtools.drone.simulated")  # counted with the drone's own
 
 
 class SimulatedDrone(Drone):
-    """The real drone loop; emerge replaced by a wait of the build time and a small file."""
+    """The real drone; its build (Drone.build) a wait of the build time and a small file.
+
+    Drone.build is the one call of the loop that builds (a claimed job in,
+    an Outcome to deliver out, None when stopped); everything else is
+    Drone's own, its settings read by portageq as on a real drone.
+    """
 
     def __init__(self, config, name: str, build_seconds: float, pkgdir: Path):
-        # Drone.__init__ asks portageq for the drone's settings: there is no
-        # Portage prefix a drone here, so the facts are given.
-        self.config, self.name = config, name
-        self.transport = for_drone(config, name)
-        self.env = {}
-        self.stop = threading.Event()
-        self.child = None
-        self.working_on = None
-        self.beat_due = 0.0
-        self.portage = {"PKGDIR": str(pkgdir), "ARCH": "amd64", "CHOST": "x86_64-pc-linux-gnu",
-                        "CFLAGS": "-O2 -pipe", "ABI_X86": "64", "MAKEOPTS": "-j2"}
-        self.build_seconds = build_seconds
+        super().__init__(config, name)
+        self.build_seconds, self.pkgdir = build_seconds, pkgdir
 
     def build(self, job: dict) -> Outcome | None:
         cpv = job["cpv"]
-        self.working_on = cpv
-        deadline = time.monotonic() + self.build_seconds
-        # As Drone._emerge: a heartbeat whenever one is due while the build runs.
+        self.working_on = cpv  # as Drone.build: every heartbeat names it
+        started = time.monotonic()
+        deadline = started + self.build_seconds
+        beat_due = started + self.config.delegate.beat_seconds()  # the claim was a heartbeat
         while not self.stop.wait(min(WAIT_SLICE_SECONDS, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
                 break
-            if time.monotonic() >= self.beat_due:
-                self._beat_while_building()
+            if time.monotonic() >= beat_due:
+                beat_due = self.beat()
         if self.stop.is_set():
             return None
         category, pf = cpv.split("/")
-        package = Path(self.portage["PKGDIR"]) / f"{pf}-1.gpkg.tar"
+        package = self.pkgdir / f"{pf}-1.gpkg.tar"
         package.write_bytes(b"simulated build " * 256)
         return Outcome(cpv, package=package, relative=f"{category}/x/{pf}-1.gpkg.tar")
+
+    def beat(self) -> float:
+        """A heartbeat while building, as the real build sends; when the next is due."""
+        delegate = self.config.delegate
+        try:
+            self.heartbeat()
+        except SwarmError as exc:
+            # As the real drone: try again sooner, the orchestrator may be back.
+            log.warning("heartbeat failed while building: %s", exc)
+            return time.monotonic() + min(delegate.poll_seconds, delegate.beat_seconds())
+        return time.monotonic() + delegate.beat_seconds()
 
 
 def orchestrator_cpu(pid: int) -> float:
@@ -160,20 +176,28 @@ class ErrorCount(logging.Handler):
         self.records.append(record.getMessage())
 
 
-def setup(root: Path, drones: int, speed: float, max_startups: str, multiplex: bool):
+def setup(root: Path, drones: int, fleet: int, speed: float, max_startups: str, multiplex: bool):
+    """Config, sshd and names of DRONES drones, the first FLEET of them run by Drone."""
     path = init_config(root / "swarm")
     names = [f"d{n:04d}" for n in range(drones)]
-    gateway = Path(sys.executable).parent / "swarm-delegate"
+    bindir = Path(sys.executable).parent
+    gateway = bindir / "swarm-delegate"
     server = start_sshd(root / "sshd", {name: f"{gateway} gateway --drone {name} --config {path}"
                                          for name in names},
                         ("LogLevel VERBOSE", f"MaxStartups {max_startups}"))  # a line a session
+    # Their Portage, for portageq: the least that finds it (the gateway reads
+    # the config at every session, and a real drone's entry names none).
+    prefix = create_prefix(root / "prefix")
+    portage = {"PORTAGE_OVERRIDE_EPREFIX": str(prefix.root),
+               "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
     config_mod.edit(path, {
         "orchestrator": {"ssh": server.destination},
         "binhost": {"publish_on_report": False},
         "delegate": {k: max(1, round(v / speed)) for k, v in DEFAULTS.items()},
         "drones": {name: {"transport": "ssh", "ssh_command": server.ssh_command(name) + (
             ["-o", f"ControlPersist={max(1, round(CONTROL_PERSIST / speed))}"] if multiplex
-            else ["-o", "ControlMaster=no"])} for name in names}})
+            else ["-o", "ControlMaster=no"]), **({"environment": portage} if n < fleet else {})}
+            for n, name in enumerate(names)}})
     return path, server, names
 
 
@@ -183,13 +207,11 @@ def run_mix(path: Path, server, names: list[str], root: Path, duration: float,
     config = config_mod.load(path)
     conn = db.connect(config.database, create=True)
     conn.close()
+    env = {**os.environ, "SWARM_CONFIG": str(path)}
     if queue:
         scan = root / f"scan-{queue}.txt"
         rows = "".join(f"[ebuild  N     ] app-bench/pkg{i}-1.0::gentoo  0 KiB\n" for i in range(queue))
         scan.write_text(rows + f"\nTotal: {queue} packages\n")
-        env = {**os.environ, "SWARM_CONFIG": str(path)}
-        import subprocess
-
         subprocess.run([Path(sys.executable).parent / "swarm-fresh", "-q", "--from", str(scan)],
                        env=env, check=True)
     errors = ErrorCount()
@@ -199,7 +221,8 @@ def run_mix(path: Path, server, names: list[str], root: Path, duration: float,
         pkgdir = root / "pkgdirs" / name
         pkgdir.mkdir(parents=True, exist_ok=True)
         drones.append(SimulatedDrone(config, name, build_seconds, pkgdir))
-    threads = [threading.Thread(target=d.run, daemon=True) for d in drones]
+    crashed: list[str] = []
+    threads = [threading.Thread(target=_run, args=(d, crashed), daemon=True) for d in drones]
     for thread in threads:
         thread.start()
     time.sleep(warmup)
@@ -209,17 +232,35 @@ def run_mix(path: Path, server, names: list[str], root: Path, duration: float,
     time.sleep(duration)
     memory, processes = orchestrator_memory(server.process.pid)  # the drones' connections open
     for d in drones:
-        d.stop.set()
+        d.terminate()
     for thread in threads:
         thread.join(timeout=120)
     elapsed = time.monotonic() - started
     time.sleep(1)  # the last sessions end and are reaped (the stop's own few are counted)
     logging.getLogger("swarmtools").removeHandler(errors)
+    if crashed:
+        sys.exit(f"fleet.py: error: a drone's loop crashed: {crashed[0]}")
     sessions, logins = (now - before for now, before in
                         zip(_counts(server), (sessions_before, logins_before)))
     cpu = orchestrator_cpu(server.process.pid) - cpu_before
     return {"sessions": sessions, "logins": logins, "cpu": cpu, "elapsed": elapsed,
-            "errors": errors.records, "memory": memory, "processes": processes}
+            "errors": errors.records, "memory": memory, "processes": processes,
+            "received": _received(env)}
+
+
+def _run(drone: Drone, crashed: list[str]) -> None:
+    try:
+        drone.run()
+    except BaseException as exc:
+        crashed.append(f"{drone.name}: {exc!r}")
+        raise
+
+
+def _received(env: dict) -> int:
+    """Builds the orchestrator holds as received (not published: publish_on_report is off)."""
+    status = subprocess.run([Path(sys.executable).parent / "swarm-status", "--json"], env=env,
+                            capture_output=True, text=True, check=True)
+    return json.loads(status.stdout)["states"]["received"]
 
 
 def _counts(server) -> tuple[int, int]:
@@ -278,11 +319,16 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=64)
     parser.add_argument("--no-multiplex", action="store_true",
                         help="a connection a session (ControlMaster=no), as before multiplexing")
+    parser.add_argument("--queue", type=int, default=100_000, help="packages the busy mix builds from")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"defaults {QUICK}: seconds, the suite's check that it still runs")
+    if parser.parse_args().quick:
+        parser.set_defaults(**QUICK)  # what the command line names still wins
     args = parser.parse_args()
     figures = {}
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         root = Path(tmp)
-        path, server, names = setup(root, max(args.drones, args.burst), args.speed,
+        path, server, names = setup(root, max(args.drones, args.burst), args.drones, args.speed,
                                     args.max_startups, not args.no_multiplex)
         try:
             fleet = names[:args.drones]
@@ -293,14 +339,15 @@ def main() -> None:
             # Idle: measured once the drones' back-off has reached its ceiling
             # (the ramp from poll_seconds, with jitter), for four ceilings.
             ramp = 1.25 * (ceiling - DEFAULTS["poll_seconds"] / args.speed) * 2
-            build = args.build_minutes * 60 / args.speed
+            build_seconds = args.build_minutes * 60 / args.speed
             for mix, build, queue, warmup, duration in (
                     ("idle", 0, 0, ramp, max(args.duration, 4 * ceiling)),
                     # Busy: long enough for four builds a drone, to see the steady state.
-                    ("busy", build, 100_000, 0, max(args.duration, 4 * build))):
+                    ("busy", build_seconds, args.queue, 0, max(args.duration, 4 * build_seconds))):
                 result = run_mix(path, server, fleet, root, duration, build, queue, warmup)
                 d = derive(result, len(fleet), args.speed)
-                figures[mix] = d
+                figures[mix] = {**d, "sessions": result["sessions"], "received": result["received"],
+                                "errors": len(result["errors"])}
                 print(f"{mix}: {result['sessions']} sessions over {result['logins']} logins, "
                       f"{result['cpu']:.1f} CPU s in "
                       f"{result['elapsed']:.0f} s; {d['sessions_per_drone_minute']:.2f} sessions per "
@@ -320,11 +367,15 @@ def main() -> None:
                 print(f"  {message}")
         finally:
             server.stop()
-    print(json.dumps({"idle_drones": round(figures["idle"]["drones_per_2_cores_at_50"]),
-                      "busy_drones": round(figures["busy"]["drones_per_2_cores_at_50"]),
-                      "cpu_ms_per_session": round((figures["idle"]["cpu_ms_per_session"]
-                                                   + figures["busy"]["cpu_ms_per_session"]) / 2, 1),
-                      "burst_failed_verbs": len(shot["failed"])}))
+    idle, busy = figures["idle"], figures["busy"]
+    print(json.dumps({"idle_drones": round(idle["drones_per_2_cores_at_50"]),
+                      "busy_drones": round(busy["drones_per_2_cores_at_50"]),
+                      "cpu_ms_per_session": round((idle["cpu_ms_per_session"]
+                                                   + busy["cpu_ms_per_session"]) / 2, 1),
+                      "burst_failed_verbs": len(shot["failed"]),
+                      "idle_sessions": idle["sessions"], "busy_sessions": busy["sessions"],
+                      "builds_reported": busy["received"],
+                      "errors_logged": idle["errors"] + busy["errors"]}))
 
 
 if __name__ == "__main__":

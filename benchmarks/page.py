@@ -9,7 +9,8 @@ directly: no files here); a third of the queue is requeued by a rescan on day 20
   - the page's size (target: under 200 KB) and its JSON twin's;
   - the load time in a real headless Chromium (target: under 1 s): median
     of 5 loads, from navigation start to the load event.
-The last line is one JSON object of the figures.
+The last line is one JSON object of the figures. --quick: 200 packages, 6
+days of history (the rescan on day 4), one browser load.
 """
 
 from __future__ import annotations
@@ -22,37 +23,49 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate, packages, page
+from timing import init_config, quick_parser, timed
+
+from swarmtools import clock, db, delegate, packages, page
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import Event, State
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
-from timing import init_config, timed
 
-PACKAGES = 2000
-DAYS = 30
 DRONES = ("d1", "d2", "d3", "d4")
 
 
-def make_history(config) -> int:
-    """Fill the queue and 30 days of its history; the number of events."""
+@dataclass(frozen=True)
+class Sizes:
+    packages: int
+    days: int
+    per_day: int  # claims a day: the rescan leaves work undone at the end, so every list has rows
+    rescan_day: int  # a third of the queue requeued
+    loads: int  # in the browser
+
+
+FULL, QUICK = Sizes(2000, 30, 90, 20, 5), Sizes(200, 6, 45, 4, 1)
+
+
+def make_history(config, sizes: Sizes) -> int:
+    """Fill the queue and sizes.days of its history; the number of events."""
     rng = random.Random(7)
-    start = clock.utcnow() - timedelta(days=DAYS)
+    start = clock.utcnow() - timedelta(days=sizes.days)
     conn = db.connect(config.database, create=True)
-    scan = synthetic_scan(PACKAGES)
+    scan = synthetic_scan(sizes.packages)
     apply_scan(conn, parse_merge_list(scan), "benchmark", start)
     for drone in DRONES:
         delegate.heartbeat(conn, config, drone, {"arch": "amd64"}, start)
-    per_day = 90  # the rescan on day 20 leaves work undone at the end: every list has rows
-    for day in range(DAYS):
+    for day in range(sizes.days):
         now = start + timedelta(days=day, hours=1)
-        if day == 20:
-            changed = scan.replace(" 0 KiB", ' USE="newflag" 0 KiB', PACKAGES // 3)
+        if day == sizes.rescan_day:
+            changed = scan.replace(" 0 KiB", ' USE="newflag" 0 KiB', sizes.packages // 3)
             apply_scan(conn, parse_merge_list(changed), "benchmark", now)
-        for n in range(per_day):
+        for n in range(sizes.per_day):
             now += timedelta(seconds=rng.randint(20, 90))
             drone = DRONES[n % len(DRONES)]
             for d in DRONES:
@@ -70,7 +83,7 @@ def make_history(config) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(b"x")
             delegate.report_built(conn, config, drone, job["cpv"], relative, built)
-        if day < DAYS - 1:  # today's uploads wait in staging
+        if day < sizes.days - 1:  # today's uploads wait in staging
             publish_day(conn, now + timedelta(hours=2))
     count = conn.execute("SELECT count(*) FROM events").fetchone()[0]
     conn.close()
@@ -85,7 +98,7 @@ def publish_day(conn, at) -> None:
                           actor="swarm-sync", at=clock.iso(at), detail="benchmark")
 
 
-def browser_load(html: Path) -> float:
+def browser_load(html: Path, loads: int) -> float:
     """Median seconds from navigation start to the load event in headless Chromium."""
     from playwright.sync_api import sync_playwright
 
@@ -94,7 +107,7 @@ def browser_load(html: Path) -> float:
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         tab = browser.new_page()
-        for _ in range(5):
+        for _ in range(loads):
             tab.goto(html.as_uri())
             times.append(tab.evaluate(
                 "() => { const t = performance.getEntriesByType('navigation')[0];"
@@ -104,6 +117,7 @@ def browser_load(html: Path) -> float:
 
 
 def main() -> None:
+    sizes = QUICK if quick_parser(__doc__).parse_args().quick else FULL
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory() as tmp:
         path = init_config(tmp)
@@ -111,8 +125,8 @@ def main() -> None:
             "drones": {d: {"transport": "local"} for d in DRONES},
             "delegate": {"retry_seconds": 3600, "policy": "first"}})
         started = time.perf_counter()
-        events = make_history(config)
-        print(f"history: {PACKAGES} packages, {events} events over {DAYS} days "
+        events = make_history(config, sizes)
+        print(f"history: {sizes.packages} packages, {events} events over {sizes.days} days "
               f"(made in {time.perf_counter() - started:.1f} s)")
         conn = db.connect(config.database, writer=False)
         started = time.perf_counter()
@@ -127,7 +141,7 @@ def main() -> None:
         env = {**os.environ, "SWARM_CONFIG": str(path)}
         whole = timed([bindir / "swarm-status", "--html", str(out)], env)
         size, twin = out.stat().st_size, out.with_suffix(".json").stat().st_size
-        load = browser_load(out) if shutil.which("chromium") else None
+        load = browser_load(out, sizes.loads) if shutil.which("chromium") else None
         print("states now: " + ", ".join(f"{k} {v}" for k, v in data["states"].items())
               + f"; lists: {len(data['failures'])} failures, {len(data['kept_back'])} kept back")
         print(f"gather {gathered:.3f} s, render {rendered:.3f} s in-process; "
@@ -137,9 +151,9 @@ def main() -> None:
         if load is None:
             print("chromium not installed: no load time")
         else:
-            print(f"headless Chromium load {load * 1000:.0f} ms (median of 5; target < 1 s: "
-                  f"{'met' if load < 1 else 'NOT met'})")
-        print(json.dumps({"packages": PACKAGES, "events": events, "page_bytes": size,
+            print(f"headless Chromium load {load * 1000:.0f} ms (median of {sizes.loads}; "
+                  f"target < 1 s: {'met' if load < 1 else 'NOT met'})")
+        print(json.dumps({"packages": sizes.packages, "events": events, "page_bytes": size,
                           "json_bytes": twin, "gather_s": round(gathered, 3),
                           "render_s": round(rendered, 3), "command_s": round(whole, 2),
                           "browser_load_s": None if load is None else round(load, 3)}))

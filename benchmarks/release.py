@@ -9,7 +9,8 @@ Prints:
   - the bytes the release adds on disk besides its index (new inodes:
     directories and release.json; target: < 1 MB) and its index's size;
   - swarm-release promote (it reads every file to check its digests).
-The last line is one JSON object of the figures.
+The last line is one JSON object of the figures. --quick: 100 packages of
+16 KiB.
 """
 
 from __future__ import annotations
@@ -21,41 +22,50 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, release
+from timing import init_config, quick_parser, timed
+
+from swarmtools import clock, db, release
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
-from timing import init_config, timed
-
-PACKAGES = 2000
-FILE_BYTES = 256 << 10
 
 
-def world_scan() -> str:
-    """PACKAGES packages in the categories of real worlds (the gnome and server scans
+@dataclass(frozen=True)
+class Sizes:
+    packages: int
+    file_bytes: int
+
+
+FULL, QUICK = Sizes(2000, 256 << 10), Sizes(100, 16 << 10)
+
+
+def world_scan(count: int) -> str:
+    """COUNT packages in the categories of real worlds (the gnome and server scans
     in tests/data, 852 packages in 83 categories), made up ones added round-robin."""
     data = Path(__file__).resolve().parent.parent / "tests" / "data" / "emerge"
     cps = sorted({row.cp for name in ("gnome", "server") for row in parse_merge_list(
         (data / f"{name}-pretend-emptytree-verbose.txt").read_text()).rows})
     categories = sorted({cp.split("/")[0] for cp in cps})
-    while len(cps) < PACKAGES:
+    while len(cps) < count:
         cps.append(f"{categories[len(cps) % len(categories)]}/made-up{len(cps)}")
-    rows = "".join(f"[ebuild  N     ] {cp}-1.0::gentoo  0 KiB\n" for cp in cps[:PACKAGES])
-    return f"{rows}\nTotal: {PACKAGES} packages, Size of downloads: 0 KiB\n"
+    rows = "".join(f"[ebuild  N     ] {cp}-1.0::gentoo  0 KiB\n" for cp in cps[:count])
+    return f"{rows}\nTotal: {count} packages, Size of downloads: 0 KiB\n"
 
 
-def make_binhost(binhost: Path, conn) -> None:
+def make_binhost(binhost: Path, conn, sizes: Sizes) -> None:
     """Package files and their Portage index; the queue wants the same packages."""
     from portage.getbinpkg import PackageIndex
 
-    scan = world_scan()
+    scan = world_scan(sizes.packages)
     rows = parse_merge_list(scan).rows
     apply_scan(conn, parse_merge_list(scan), "benchmark", clock.utcnow())
     index = PackageIndex()
     index.header.update({"CHOST": "x86_64-pc-linux-gnu", "VERSION": "0",
                          "TIMESTAMP": str(int(time.time()))})
-    block = os.urandom(FILE_BYTES)
+    block = os.urandom(sizes.file_bytes)
     for n, row in enumerate(rows):
         category, pf = row.cpv.split("/")
         pn = row.cp.split("/")[1]
@@ -90,6 +100,7 @@ def added_bytes(directory: Path) -> tuple[int, int]:
 
 
 def main() -> None:
+    sizes = QUICK if quick_parser(__doc__).parse_args().quick else FULL
     bindir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/var/tmp")) as tmp:
         path = init_config(tmp)
@@ -98,8 +109,8 @@ def main() -> None:
         binhost = Path(config.binhost.path)
         binhost.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
-        make_binhost(binhost, conn)
-        print(f"binhost: {PACKAGES} packages of {FILE_BYTES >> 10} KiB "
+        make_binhost(binhost, conn, sizes)
+        print(f"binhost: {sizes.packages} packages of {sizes.file_bytes >> 10} KiB "
               f"(made in {time.perf_counter() - started:.1f} s)")
         started = time.perf_counter()
         info = release.create(config, conn, clock.utcnow(), "1.0")
@@ -117,7 +128,7 @@ def main() -> None:
               f"{'met' if added < 1_000_000 else 'NOT met'}); its index: {index:,} bytes; "
               f"the packages it links: {info['bytes']:,} bytes")
         print(f"promote (reads and hashes every file): {promote:.2f} s")
-        print(json.dumps({"packages": PACKAGES, "create_s": round(in_process, 3),
+        print(json.dumps({"packages": sizes.packages, "create_s": round(in_process, 3),
                           "command_s": round(command, 3), "added_bytes": added,
                           "index_bytes": index, "promote_s": round(promote, 3)}))
 

@@ -12,7 +12,8 @@ need. Its md5-cache is made with egencache. Then, side by side:
     one-package version bump (swarm-fresh first; the bump alone is read).
 
 Targets: warm and one-bump at least 20x faster than cold; cold below the
-emerge time.
+emerge time. The last line is one JSON object of the figures. --quick: the
+graph's first 50 packages in merge order (and the edges among them).
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from timing import quick_parser
+
 from swarmtools import config as config_mod
 from swarmtools.prefix import create_prefix
 
 DAG = Path(__file__).resolve().parents[1] / "tests" / "data" / "dags" / "gnome.json"
 REPO = "bench"
+QUICK_PACKAGES = 50
 
 
 def split(cpv: str) -> tuple[str, str, str]:
@@ -61,11 +65,13 @@ def atom(node: dict, number: int) -> str:
     return forms[number % len(forms)]
 
 
-def generate(root: Path) -> tuple[list[dict], Path]:
+def generate(root: Path, count: int | None) -> tuple[list[dict], Path]:
+    """The repository of the DAG's first COUNT packages in merge order (None: all)."""
     data = json.loads(DAG.read_text())
-    nodes = {n["id"]: n for n in data["nodes"]}
+    nodes = {n["id"]: n for n in data["nodes"] if count is None or n["order"] < count}
     deps: dict[int, dict[str, list[str]]] = {n: {} for n in nodes}
-    for number, edge in enumerate(data["edges"]):
+    edges = [e for e in data["edges"] if e["from"] in nodes and e["to"] in nodes]
+    for number, edge in enumerate(edges):
         dependent, dependency = nodes[edge["to"]], nodes[edge["from"]]
         text = atom(dependency, number)
         if dependent["use"] and number % 3 == 0:  # under an enabled USE flag
@@ -107,17 +113,18 @@ def timed(command: list, env: dict) -> float:
 def run(command: list, env: dict) -> tuple[float, str]:
     """Wall time of a whole command, and its output."""
     started = time.perf_counter()
-    proc = subprocess.run(command, env=env, capture_output=True, text=True)
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if proc.returncode:
         sys.exit(f"{command[0]} failed: {proc.stderr[-2000:]}")
     return time.perf_counter() - started, proc.stdout
 
 
 def main() -> None:
+    quick = quick_parser(__doc__).parse_args().quick
     bindir = Path(sys.executable).parent
     tmp = Path(tempfile.mkdtemp(prefix="swarm-bench-resolve-"))
     try:
-        world, repo = generate(tmp)
+        world, repo = generate(tmp, QUICK_PACKAGES if quick else None)
         prefix = create_prefix(tmp / "prefix", repo_src=repo, world=world)
         env = prefix.env()
         print(f"generated {len(world)} ebuilds; egencache ...", flush=True)
@@ -140,7 +147,11 @@ def main() -> None:
         warm_in = json.loads(out)["seconds"]
         # A version bump: a new ebuild, its cache entry, a scan, then resolve.
         bumped = next(iter(sorted(prefix.repo.glob("*/*/*.ebuild"))))
-        shutil.copy(bumped, bumped.with_name(bumped.name.replace(".ebuild", "") + "-r99.ebuild"))
+        from portage.versions import catpkgsplit
+
+        # -r99 of its version (a name with two revisions would be no ebuild at all).
+        _, pn, version, _ = catpkgsplit(f"{bumped.parent.parent.name}/{bumped.stem}")
+        shutil.copy(bumped, bumped.with_name(f"{pn}-{version}-r99.ebuild"))
         subprocess.run(["egencache", "--update", f"--repo={REPO}"], env=env, check=True,
                        capture_output=True)
         timed([bindir / "swarm-fresh", "-q"], swarm_env)
@@ -159,6 +170,12 @@ def main() -> None:
     print(f"{'swarm-resolve, after one bump':<34} {bump:>7.2f} s | {bump_in:>6.3f} s   "
           f"({cold_in / bump_in:.0f}x faster; recomputed {answer['recomputed']}, "
           f"cached {answer['cached']})")
+    print(json.dumps({"packages": len(world), "emerge_s": round(emerge_seconds, 3),
+                      "import_portage_s": round(baseline, 3),
+                      "cold_s": round(cold, 3), "cold_resolve_s": round(cold_in, 4),
+                      "warm_s": round(warm, 3), "warm_resolve_s": round(warm_in, 4),
+                      "bump_s": round(bump, 3), "bump_resolve_s": round(bump_in, 4),
+                      "bump_recomputed": answer["recomputed"], "bump_cached": answer["cached"]}))
 
 
 if __name__ == "__main__":

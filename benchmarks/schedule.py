@@ -2,6 +2,7 @@
 
     python benchmarks/schedule.py --dag tests/data/dags/gnome.json --fleet 4,2,1,1 --policy critical
     python benchmarks/schedule.py              # every DAG x the acceptance fleets x policies
+    python benchmarks/schedule.py --quick      # the server DAG, fleet 4,2,1,1, every policy
 
 A discrete-event simulation. The queue is a real swarmtools database: the
 DAG's packages in their merge order, its edges turned into what gates each
@@ -25,10 +26,12 @@ Gates (what must be published before a build): buildtime (the drone's
 command: build dependencies installed as binaries, then --buildpkgonly) or
 full (a plain `emerge =CPV`: runtime dependencies too).
 
-Prints one JSON object a run: makespan, lower_bound, ratio, duplicates,
-wasted_seconds, utilisation, and what was run. Lower bound:
+Prints a line a run: makespan, lower_bound, ratio, duplicates,
+wasted_seconds, utilisation, and what was run; the last line is one JSON
+object, {"runs": [...]}, with those figures of every run. Lower bound:
 max(longest chain of required packages at the fastest speed, total work /
-sum of speeds).
+sum of speeds). --quick (also with --summary): the server DAG and fleet
+4,2,1,1 unless --dag and --fleet say otherwise.
 """
 
 from __future__ import annotations
@@ -39,10 +42,11 @@ import json
 import statistics
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate, eligibility, packages, resolve
+from swarmtools import clock, db, delegate, eligibility, packages, resolve
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import Event, State
 from swarmtools.placement import CriticalPath
@@ -50,7 +54,7 @@ from swarmtools.queue import apply_scan
 
 DAGS = Path(__file__).resolve().parents[1] / "tests" / "data" / "dags"
 FLEETS = ["1,1,1,1", "4,2,1,1", "2,2,1,1,1,1,0.5,0.5", "4,1,1,1,1,1,1,1"]
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def load(path: Path):
@@ -102,8 +106,8 @@ class Simulation:
         self.expected = {self.package[n]: s for n, s in self.seconds.items()}
         priority = resolve.priorities(order, self.requires, self.expected)
         rows = resolve.queue_nodes(self.conn)
-        resolve._store(self.conn, rows, edges, self.requires if policy != "fifo" else {},
-                       self.expected, priority, {r.id: "simulated" for r in rows})
+        resolve.store_graph(self.conn, rows, edges, self.requires if policy != "fifo" else {},
+                            self.expected, priority, {r.id: "simulated" for r in rows})
         for drone in self.drones:
             delegate.heartbeat(self.conn, self.config, drone, {"building": []}, T0)
         rules = eligibility.RULES if policy != "fifo" else tuple(
@@ -211,23 +215,36 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true",
                         help="the acceptance table: critical beside fifo (the seed's behaviour) "
                              "on every DAG and fleet, then gates and publication delays")
+    parser.add_argument("--quick", action="store_true",
+                        help="the server DAG and fleet 4,2,1,1 unless --dag and --fleet say "
+                             "otherwise: the suite's check that the simulator still runs")
     args = parser.parse_args()
+    dags = args.dag or ([DAGS / "server.json"] if args.quick else sorted(DAGS.glob("*.json")))
+    fleets = args.fleet or (["4,2,1,1"] if args.quick else FLEETS)
     if args.summary:
-        return summary()
-    for dag in args.dag or sorted(DAGS.glob("*.json")):
-        for fleet in args.fleet or FLEETS:
+        return summary(dags, fleets)
+    runs = []
+    print(f"{'dag':<7} {'fleet':<20} {'policy':<8} {'gate':<10} {'delay':>6} {'makespan':>9} "
+          f"{'bound':>7} {'ratio':>6} {'dups':>5} {'wasted s':>9} {'util':>6}")
+    for dag in dags:
+        for fleet in fleets:
             for policy in args.policy or ("critical", "gated", "fifo"):
-                print(json.dumps(simulate(dag, fleet, policy, args.gate, args.publish_delay)),
-                      flush=True)
+                r = simulate(dag, fleet, policy, args.gate, args.publish_delay)
+                runs.append(r)
+                print(f"{dag.stem:<7} {fleet:<20} {policy:<8} {r['gate']:<10} "
+                      f"{r['publish_delay']:>6g} {r['makespan']:>9} {r['lower_bound']:>7} "
+                      f"{r['ratio']:>6.3f} {r['duplicates']:>5} {r['wasted_seconds']:>9} "
+                      f"{r['utilisation']:>6.3f}", flush=True)
+    print(json.dumps({"runs": runs}))
 
 
-def summary() -> None:
+def summary(dags: list[Path], fleets: list[str]) -> None:
     """What the note reports, as tables; the last line is one JSON object of every run."""
     runs = []
     print(f"{'dag':<7} {'fleet':<20} {'critical':>9} {'(dups)':>6} {'fifo/seed':>9} "
           f"{'dups':>5} {'wasted s':>9} {'gated':>6}")
-    for dag in sorted(DAGS.glob("*.json")):
-        for fleet in FLEETS:
+    for dag in dags:
+        for fleet in fleets:
             row = {p: simulate(dag, fleet, p) for p in ("critical", "fifo", "gated")}
             runs.extend(row.values())
             c, f, g = row["critical"], row["fifo"], row["gated"]
@@ -235,14 +252,14 @@ def summary() -> None:
                   f"{f['ratio']:>9.3f} {f['duplicates']:>5} {f['wasted_seconds']:>9} "
                   f"{g['ratio']:>6.3f}")
     print(f"\n{'dag':<7} {'fleet':<10} {'gate':<10} {'delay':>6} {'makespan':>9} {'ratio':>6}")
-    for dag in sorted(DAGS.glob("*.json")):
+    for dag in dags:
         for gate in resolve.GATES:
             for delay in (0, 10, 120):
                 r = simulate(dag, "4,2,1,1", "critical", gate, delay)
                 runs.append(r)
                 print(f"{dag.stem:<7} {'4,2,1,1':<10} {gate:<10} {delay:>6} {r['makespan']:>9} "
                       f"{r['ratio']:>6.3f}")
-    print(json.dumps(runs))
+    print(json.dumps({"runs": runs}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import subprocess
 import time
@@ -32,6 +33,14 @@ def fresh_database(path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
+
+def quick_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's command line: --quick, and the first line of DOC as its description."""
+    parser = argparse.ArgumentParser(description=doc.strip().split("\n")[0])
+    # The suite runs every benchmark so: a change that breaks one fails the tests.
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, seconds: the same steps, figures not worth quoting")
+    return parser
 
 
 def init_config(directory) -> Path:

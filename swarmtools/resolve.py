@@ -206,7 +206,7 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
     for edge in result.cycles_broken:
         log.info("cycle broken as Portage's merge order breaks it: %s", edge)
     priority = priorities(order, requires, expected)
-    _store(conn, nodes, edges, requires, expected, priority, new_keys)
+    store_graph(conn, nodes, edges, requires, expected, priority, new_keys)
     _store_cache(conn, new_cache, used, now)
     _store_speeds(conn, drone_speeds(conn, config))
     result.edges = len(edges)
@@ -629,7 +629,7 @@ def _plain_rows(conn: sqlite3.Connection, sql: str, params=()) -> list[tuple]:
     return cursor.execute(sql, params).fetchall()
 
 
-def _store(conn, nodes, edges, requires, expected, priority, keys) -> None:
+def store_graph(conn, nodes, edges, requires, expected, priority, keys) -> None:
     """Write what changed of the graph in one short transaction (claims wait that long)."""
     old_edges = {(p, d): kinds for p, d, kinds in conn.execute(
         "SELECT package_id, dep_id, kinds FROM edges")}
