@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import DroneSwarm, ebuild
-from swarmtools.drone import STOP_GRACE_SECONDS
+from swarmtools.build import STOP_GRACE_SECONDS
 from swarmtools.prefix import EXAMPLE_REPO
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
