@@ -343,8 +343,12 @@ class _Steps:
         code, stalled = self.emerge(deps)
         if code or stalled or stop.is_set():
             return [], code, stalled
-        build = ["emerge", "--oneshot", "--color=n", "--nospinner", "--buildpkgonly", f"={cpv}"]
-        code, stalled = self.emerge(build)
+        # Compiled, always: a binary of the same CPV and USE in PKGDIR (built
+        # for another profile, against other dependencies) is not this build.
+        build = ["emerge", "--oneshot", "--color=n", "--nospinner", "--buildpkgonly",
+                 "--usepkg=n", "--getbinpkg=n", f"={cpv}"]
+        code, stalled = self.emerge(build, {"FEATURES": self.env.get("FEATURES", "")
+                                            + " -getbinpkg"})
         if code and not stalled and "requires all dependencies to be merged" in \
                 self.console.read_text(errors="replace"):
             missing, _ = self.would_compile(build, cpv)
@@ -378,15 +382,16 @@ class _Steps:
         compiled = [row.cpv for row in merges.packages() if row.kind == "ebuild" and row.cpv != cpv]
         return compiled, 0 if compiled else child.returncode
 
-    def emerge(self, command: list[str]) -> tuple[int, bool]:
-        """Run an emerge with heartbeats and the stall watch; (exit code, stalled)."""
+    def emerge(self, command: list[str], extra: dict[str, str] | None = None) -> tuple[int, bool]:
+        """Run an emerge (with EXTRA environment) with heartbeats and the stall watch;
+        (exit code, stalled)."""
         stop = self.builder.stop
         silent_limit = self.builder.config.delegate.max_silent_seconds
         # Progress is looked at locally (no session) a few times within the limit.
         check_every = min(60.0, max(silent_limit / 4, WAIT_SLICE_SECONDS))
         cpv = command[-1].lstrip("=")
         # Portage writes the real build log (PORTAGE_LOG_FILE) under PORT_LOGDIR.
-        env = {**self.env, "PORT_LOGDIR": str(self.logdir)}
+        env = {**self.env, **(extra or {}), "PORT_LOGDIR": str(self.logdir)}
         with open(self.console, "a") as out:
             out.write(f"$ {shlex.join(command)}\n")
             out.flush()
@@ -559,8 +564,6 @@ def binpkgs(pkgdir: Path, cpv: str) -> dict[Path, tuple[int, float]]:
 
 
 def find_binpkg(pkgdir: Path, cpv: str, before: set[Path]) -> Path | None:
-    """The binary package emerge just wrote for CPV; else (reused with --usepkg) the newest."""
-    found = binpkgs(pkgdir, cpv)
-    new = {path: key for path, key in found.items() if path not in before}
-    candidates = new or found
-    return max(candidates, key=candidates.get) if candidates else None
+    """The binary package emerge just wrote for CPV (None: it wrote none)."""
+    new = {path: key for path, key in binpkgs(pkgdir, cpv).items() if path not in before}
+    return max(new, key=new.get) if new else None

@@ -331,7 +331,8 @@ def main(argv: list[str]) -> int:
     libc = _libc()
     if libc.unshare(_CLONE_NEWNS | _CLONE_NEWPID) != 0:
         print(f"{MARK}cannot make mount and PID namespaces: "
-              f"{os.strerror(ctypes.get_errno())} (needs root)", file=sys.stderr)
+              f"{os.strerror(ctypes.get_errno())} (needs root with CAP_SYS_ADMIN, not an unprivileged "
+              "container)", file=sys.stderr)
         return UNAVAILABLE
     try:
         # Nothing mounted below may propagate back to the host.
