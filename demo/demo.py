@@ -9,7 +9,11 @@ the queue concurrently (local transport: each drone runs swarm-delegate and
 rsync directly), each package only once what it needs is published: every
 report starts swarm-sync, and a cron-like loop runs it every two seconds
 too (d2 is kept from one package by a swarm-exclude rule, and swarm-status
---why says what each package waits for). No drone compiles anything it did not claim. Then a fresh client installs the whole world with
+--why says what each package waits for). No drone compiles anything it did
+not claim, and each build runs in a throw-away root over the drone's own
+system (overlayfs in a private mount namespace; as root), so the
+dependencies it installs never reach the drone: each drone's var/db/pkg is
+shown before and after. Then a fresh client installs the whole world with
 `emerge --getbinpkgonly`: nothing is built from source. The drones build
 with the scan's Portage configuration (the build profile), not their own:
 d2's own package.use turns off a flag the scan turns on, and the published
@@ -81,9 +85,14 @@ def main() -> None:
         # d2's own settings would build example-app without its default flag:
         # drones build with the scan's (the profile's) all the same.
         (drones["d2"].root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
+        # Each build runs in a throw-away root over the drone's own system
+        # (overlayfs in a mount namespace): that needs root.
+        isolation = "overlay" if os.geteuid() == 0 else "none"
+        if isolation == "none":
+            print("demo: not root: the drones build in their live systems (isolation = none)")
         edit(config, {
             "binhost": {"url": url},
-            "drones": {name: {"host": "localhost", "transport": "local",
+            "drones": {name: {"host": "localhost", "transport": "local", "isolation": isolation,
                               "environment": p.env_overrides(),
                               # Stands in for emerge --sync from the orchestrator's mirror.
                               "sync_command": ["rsync", "-a", "--delete", f"{prefix.repo}/",
@@ -95,6 +104,7 @@ def main() -> None:
         print(f"demo: the binhost {DEMO / 'swarm' / 'binhost'} is served at {url}")
 
         show("swarm-config", "check", env=env)
+        own_systems = {name: installed(p) for name, p in drones.items()}
         show("swarm-fresh", "--resolve", env=env)
         show("swarm-resolve", "--json", env=env)
         show("swarm-exclude", "add", "app-misc/example-docs", "--drone", "d2",
@@ -112,6 +122,7 @@ def main() -> None:
         if "compress" not in use.split():
             sys.exit("demo: a drone's own settings reached a published binary")
         compiled_only_what_was_claimed(drones, config)
+        systems_unchanged(drones, own_systems, isolation)
         install_client(url)
         first = release_name()
         show("swarm-release", "create", first, env=env)
@@ -148,6 +159,7 @@ def main() -> None:
         show("swarm-sync", "-v", env=env)
         show("swarm-fresh", "--if-changed", "-v", env=env)  # nothing changed: no emerge
         second_profile(prefix, config, url, env)
+        systems_unchanged(drones, own_systems, isolation)
         show("swarm-config", "render", "drone", "d1", env=env)
         show("swarm-config", "check", "--remote", env=env)
         show("swarm-status", env=env)
@@ -232,8 +244,25 @@ def build(env: dict) -> None:
         sys.exit("demo: a drone failed")
 
 
+def installed(prefix) -> list[str]:
+    """What a drone's own system has installed (its var/db/pkg)."""
+    return sorted(str(p.relative_to(prefix.root / "var/db/pkg"))
+                  for p in (prefix.root / "var/db/pkg").glob("*/*"))
+
+
+def systems_unchanged(drones: dict, before: dict, isolation: str) -> None:
+    """Each drone's own var/db/pkg: what its builds installed never reached it."""
+    for name, prefix in drones.items():
+        now = installed(prefix)
+        print(f"demo: {name}'s own system (its var/db/pkg): {len(before[name])} packages "
+              f"before the builds, {len(now)} after")
+        if isolation == "overlay" and now != before[name]:
+            sys.exit(f"demo: {name}'s builds changed its own system: {now}")
+
+
 def compiled_only_what_was_claimed(drones: dict, config: Path) -> None:
-    """Each drone's emerge.log: everything it compiled, it had claimed (the rest came as binaries)."""
+    """What each drone's builds logged: everything compiled was claimed (the rest came as
+    binaries). Builds run in throw-away roots: the drone keeps their emerge.log."""
     import sqlite3
 
     from swarmtools.config import load
@@ -243,7 +272,7 @@ def compiled_only_what_was_claimed(drones: dict, config: Path) -> None:
         claimed = {cpv for (cpv,) in conn.execute(
             "SELECT p.cpv FROM events e JOIN packages p ON p.id = e.package_id"
             " WHERE e.event = 'claimed' AND e.drone = ?", (name,))}
-        log = (prefix.root / "var" / "log" / "emerge.log").read_text()
+        log = (prefix.root / "var/tmp/swarmtools" / name / "emerge.log").read_text()
         compiled = re.findall(r"=== \(\d+ of \d+\) Compiling/\w+ \(([^:]+)::", log)
         binaries = len(re.findall(r"=== \(\d+ of \d+\) Merging Binary", log))
         print(f"demo: {name} compiled {len(compiled)} packages, all of them its own claims: "

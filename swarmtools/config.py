@@ -180,6 +180,13 @@ class Drone:
     sync_command: list = key(["emerge", "--sync"], "what the drone runs when its ebuild "
                                                    "repositories are not at the scan's state "
                                                    "(empty: it gives the package back)")
+    isolation: str = key("overlay", "how a build is kept from the drone's system: overlay (a "
+                                    "throw-away root over build_root, in a private mount "
+                                    "namespace) or none (its live system, as plain emerge)",
+                         kind="choice", choices=("overlay", "none"))
+    build_root: str = key("", "the tree builds see under their overlay: empty, the drone's own "
+                              "system; or a clean base (a stage3, kept up to date by "
+                              "swarm-drone --base)", kind="path")
 
 
 @dataclass(frozen=True)

@@ -407,6 +407,7 @@ GIVE_BACK = {
     "tree": "its ebuild repositories are not the scan's",
     "settings": "its CHOST or ARCH is not the profile's",
     "profile": "it could not set up the profile's Portage configuration",
+    "isolation": "it could not set up the build's throw-away root",
 }
 
 

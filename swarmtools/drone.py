@@ -1,14 +1,11 @@
-"""The drone worker: heartbeat, claim, build with emerge, upload, report.
+"""The drone worker: heartbeat, claim, build, upload, report.
 
-A claimed package's build-time dependencies are installed from the binhost
-as binaries (``PORTAGE_BINHOST``, ``getbinpkg`` in FEATURES), then the
-package alone is built with ``--buildpkgonly``; the drone never compiles
-anything it did not claim (a missing binary dependency is reported as
-such). Only the claimed package's own binary is uploaded. While emerge
-runs the drone keeps sending heartbeats that name the package, which extend
-its lease, so a build of hours keeps it; a drone that dies stops them and
-its lease expires. A build that shows no progress (no output, no CPU time)
-for ``delegate.max_silent_seconds`` is stopped and reported as stalled.
+Each round a claim carries the heartbeat (one ssh session); the claimed
+package is built by :mod:`build` (in a throw-away root, with the build
+profile's settings); its binary, or its log, is uploaded and reported. While
+emerge runs the drone keeps sending heartbeats that name the package, which
+extend its lease, so a build of hours keeps it; a drone that dies stops them
+and its lease expires.
 
 A finished build is never thrown away for a network fault: its upload and
 report are retried (the transport retries at once, the loop later) while
@@ -23,103 +20,59 @@ import os
 import platform
 import random
 import re
-import shlex
 import shutil
-import signal
-import subprocess
-import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, clock, gpkg, profile
+from . import __version__, clock, gpkg
+from .build import Builder, GiveBack, Outcome
 from .config import Config
 from .delegate import check_drone
-from .emerge import parse_merge_list
-from .errors import SwarmError
+from .errors import ConfigError, ExitCode, SwarmError
 from .packages import FailureKind
 from .transport import Transport, TransportError, for_drone
 
 log = logging.getLogger(__name__)
 
-# What portageq reads of the drone's own configuration: facts for the
-# orchestrator, and the host-local values a profile's configuration keeps.
-PORTAGE_FACTS = ("ARCH", "CHOST", "CFLAGS", "ABI_X86", "PORTAGE_BINHOST", "FEATURES",
-                 *profile.HOST_LOCAL)
 _FOUND = re.compile(r"[^A-Za-z0-9+_.,/=:-]")  # what the gateway lets through in --found
-LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
-CONSOLE_TAIL_BYTES = 256 << 10
-STOP_GRACE_SECONDS = 10  # a build's whole session is killed this long after SIGTERM
-WAIT_SLICE_SECONDS = 0.5  # how soon a running build notices a stop
-
-
-@dataclass
-class Outcome:
-    """A finished build waiting to be delivered: its binary, or its log."""
-
-    cpv: str
-    package: Path | None = None  # the binary package (success)
-    relative: str = ""  # where it goes under staging/DRONE/
-    log: Path | None = None  # the log (failure)
-    kind: FailureKind = FailureKind.BUILD
-    missing: list[str] | None = None  # dependencies not on the binhost
-    workdir: tempfile.TemporaryDirectory | None = None  # holds the log until delivered
 
 
 class Drone:
-    """One drone's worker loop."""
+    """One drone's worker loop: the protocol with the orchestrator around its builds."""
 
     def __init__(self, config: Config, name: str, transport: Transport | None = None):
         check_drone(config, name)
         self.config = config
         self.name = name
         self.transport = transport or for_drone(config, name)
-        self.own_env = {**os.environ, **config.drones[name].environment}
-        self.env = build_environment(config, name)
-        self.job_env = self.env  # this build's: with its profile's PORTAGE_CONFIGROOT
-        self.synced_for: str | None = None  # the scan's tree state it last synced towards
-        self.stop = threading.Event()
-        self.child: subprocess.Popen | None = None
+        self.builder = Builder(config, name)
+        self.stop = self.builder.stop
         self.working_on: str | None = None  # named in every heartbeat
         self.beat_due = 0.0  # time.monotonic() when the next heartbeat is due while building
-        # Its own settings (without the swarm's PORTAGE_BINHOST): facts, and
-        # the host-local values kept under a profile's configuration.
-        self.portage = portage_settings(self.own_env)
-        self.binrepos = profile.binrepos_uris(self.own_env)
-        if not self.portage.get("PKGDIR"):
-            raise SwarmError("portageq did not tell PKGDIR: is Portage set up on this drone?")
-        self.cache = (Path(self.portage.get("PORTAGE_TMPDIR") or "/var/tmp") / "swarmtools"
-                      / name)  # profile bundles, and the PORTAGE_CONFIGROOT built from one
 
     def facts(self) -> dict:
         """What the orchestrator should know of this drone (heartbeat payload)."""
-        jobs = re.search(r"-j\s*(\d+)", self.portage.get("MAKEOPTS", ""))
-        pkgdir = Path(self.portage["PKGDIR"])
+        portage = self.builder.portage
+        jobs = re.search(r"-j\s*(\d+)", portage.get("MAKEOPTS", ""))
+        pkgdir = Path(portage["PKGDIR"])
         return {
-            "arch": self.portage.get("ARCH", ""),
+            "arch": portage.get("ARCH", ""),
             "machine": platform.machine(),
-            "chost": self.portage.get("CHOST", ""),
-            "cflags": self.portage.get("CFLAGS", ""),
-            "abi_x86": self.portage.get("ABI_X86", ""),
+            "chost": portage.get("CHOST", ""),
+            "cflags": portage.get("CFLAGS", ""),
+            "abi_x86": portage.get("ABI_X86", ""),
             "cuda": bool(shutil.which("nvcc") or Path("/dev/nvidia0").exists()),
             "jobs": int(jobs.group(1)) if jobs else os.cpu_count(),
             "load": round(os.getloadavg()[0], 2),
             "free_disk": shutil.disk_usage(pkgdir if pkgdir.exists() else "/").free,
             "config_digest": self.config.digest(),
-            "profile_digest": self.profile_digest(),
-            "binhost": self.portage.get("PORTAGE_BINHOST", ""),
-            "binrepos": self.binrepos,
+            "profile_digest": self.builder.profile_digest(),
+            "binhost": portage.get("PORTAGE_BINHOST", ""),
+            "binrepos": self.builder.binrepos,
             "version": __version__,
+            **self.builder.facts(),
             "building": [self.working_on] if self.working_on else [],
         }
-
-    def profile_digest(self) -> str | None:
-        """The digest of the profile this drone last built with (None: never yet)."""
-        try:
-            return (self.cache / "configroot.digest").read_text().strip() or None
-        except OSError:
-            return None
 
     def heartbeat(self) -> None:
         """Send the facts; the orchestrator extends the lease of what this drone builds."""
@@ -137,6 +90,29 @@ class Drone:
         self.beat_due = time.monotonic() + self.config.delegate.beat_seconds()
         if answer and not answer.get("config_matches", True):
             log.warning("this drone's config differs from the orchestrator's (digests differ)")
+
+    def start(self) -> None:
+        """Before the loop: refuse to build where builds cannot be isolated (the config does
+        not say isolation = "none"), and remove what builds of a killed drone left."""
+        from filelock import FileLock, Timeout
+
+        problem = self.builder.isolation_problem()
+        if problem:
+            raise ConfigError(f"drone {self.name} cannot build in a throw-away root: {problem}; "
+                              f'set drones.{self.name}.isolation = "none" to build in its live '
+                              "system")
+        # Held while the loop runs: the layers it clears belong to no running build.
+        self._lock = FileLock(self.builder.workdir / "drone.lock")
+        try:
+            self.builder.workdir.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise SwarmError(f"drone {self.name} already runs on this host (it holds "
+                             f"{self._lock.lock_file})", ExitCode.TEMPFAIL) from None
+        except OSError as exc:
+            raise SwarmError(f"cannot use the drone's work directory {self.builder.workdir}: "
+                             f"{exc.strerror}") from None
+        self.builder.clear_stale()
 
     def run(self, once: bool = False, drain: bool = False) -> int:
         """The loop; returns the exit code. once: one package; drain: until none is left.
@@ -210,156 +186,34 @@ class Drone:
         return None
 
     def build(self, job: dict) -> Outcome | None:
-        """Build one claimed package: its Outcome, or None when stopped (and given back).
+        """Build one claimed package: its Outcome, or None when stopped or given back (released).
 
-        First its build-time dependencies (and their runtime ones) are
-        installed from the binhost, as binaries only; then the package alone
-        is built with --buildpkgonly. If anything but the claimed package
-        would have to be compiled, nothing is: the package is reported as
-        waiting for those dependencies (missing-binary-dependency).
+        A drone that cannot build it as the scan asks (its tree, its CHOST,
+        the profile, its build root) gives it back: never a build failure.
         """
         cpv = job["cpv"]
-        self.job_env = self.env
-        if job.get("profile"):
-            self.job_env, give_back = self.prepare(job["profile"])
-            if give_back:
-                because, found = give_back
-                log.warning("giving %s back: %s", cpv, found)
-                self._release(cpv, "--because", because, "--found",
-                              _FOUND.sub("_", found)[:300])
-                return None
-        binhost = job.get("binhost") or {}
-        if binhost.get("url"):
-            # The binhost of the claim's profile: its dependencies come from
-            # there (a binary of another binhost with other USE is not taken:
-            # Portage's --binpkg-respect-use), and the build is published there.
-            self.job_env = {**self.job_env, "PORTAGE_BINHOST": binhost["url"]}
-            if binhost.get("name") != "default" and "PORTAGE_CONFIGROOT" in self.job_env:
-                profile.only_binhost_from_environment(Path(self.job_env["PORTAGE_CONFIGROOT"]))
-        self.working_on = cpv
-        log.info("building %s", cpv)
-        started = time.monotonic()
-        pkgdir = Path(self.portage["PKGDIR"])
-        before = set(binpkgs(pkgdir, cpv))
-        workdir = tempfile.TemporaryDirectory(prefix="swarm-drone-")
-        console = Path(workdir.name) / "console.log"
-        logdir = Path(workdir.name) / "logs"
-        logdir.mkdir()
-        missing, code, stalled = self._build_steps(cpv, console, logdir)
-        if self.stop.is_set():
-            log.warning("stopping: releasing %s", cpv)
-            workdir.cleanup()
-            self._release(cpv)
-            return None
-        if missing:
-            log.warning("%s: not on the binhost yet, not compiled here: %s", cpv, " ".join(missing))
-            return Outcome(cpv, log=failure_log(cpv, console, logdir, Path(workdir.name)),
-                           kind=FailureKind.MISSING_DEPENDENCY, missing=missing, workdir=workdir)
-        package = find_binpkg(pkgdir, cpv, before) if code == 0 and not stalled else None
-        if package is None:
-            if code == 0 and not stalled:
-                with open(console, "a") as f:
-                    f.write(f"\nswarm-drone: emerge succeeded but no binary package of {cpv}"
-                            f" is in {self.portage['PKGDIR']}\n")
-            kept = failure_log(cpv, console, logdir, Path(workdir.name))
-            kind = FailureKind.STALLED if stalled else failure_kind(kept)
-            log.error("%s failed (%s, emerge exit %s) after %.0f s", cpv, kind, code,
-                      time.monotonic() - started)
-            return Outcome(cpv, log=kept, kind=kind, workdir=workdir)
-        workdir.cleanup()
-        log.info("built %s in %.0f s", cpv, time.monotonic() - started)
-        relative = f"{cpv.split('/', 1)[0]}/{package.parent.name}/{package.name}"
-        return Outcome(cpv, package=package, relative=relative)
-
-    def prepare(self, wanted: dict) -> tuple[dict, tuple[str, str] | None]:
-        """The environment to build with WANTED (a claim's profile), or why not (because, found).
-
-        The drone must be of the profile's CHOST and ARCH and have the
-        repositories the scan read, in the same state: else it runs its
-        sync_command (once for each state the scan had), and if they still
-        differ it gives the package back (never a build failure: the package
-        is not at fault). Any trouble setting up the profile is a give-back
-        too; only a lost orchestrator is an error of the loop.
-        """
         try:
-            return self._prepare(wanted)
-        except TransportError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - never a crash holding a lease
-            log.error("cannot set up the build profile %s: %s", wanted.get("digest"), exc)
-            return self.env, ("profile", str(exc))
+            env = self.builder.environment(job, self._fetch_profile)
+            self.working_on = cpv
+            outcome = self.builder.build(cpv, env, self._beat_if_due)
+        except GiveBack as give_back:
+            log.warning("giving %s back: %s", cpv, give_back.found)
+            self._release(cpv, "--because", give_back.because, "--found",
+                          _FOUND.sub("_", give_back.found)[:300])
+            return None
+        if outcome is None:
+            log.warning("stopping: releasing %s", cpv)
+            self._release(cpv)
+        return outcome
 
-    def _prepare(self, wanted: dict) -> tuple[dict, tuple[str, str] | None]:
-        mine = {"CHOST": self.portage.get("CHOST", ""), "ARCH": self.portage.get("ARCH", "")}
-        differ = [f"{k}={mine[k]}(profile:{wanted[k.lower()]})" for k in mine
-                  if wanted.get(k.lower()) and mine[k] != wanted[k.lower()]]
-        if differ:
-            return self.env, ("settings", ",".join(differ))
-        own_root, repositories = profile.local_repositories(self.own_env)
-        differ = profile.tree_differences(wanted["tree"], repositories)
-        command = self.config.drones[self.name].sync_command
-        state = json.dumps(wanted["tree"], sort_keys=True)
-        if differ and command and self.synced_for != state:
-            # Once for each state of the scan: a tree newer than the scan's
-            # does not become older by syncing again.
-            self.synced_for = state
-            log.warning("%s; syncing (%s)", differ[0], shlex.join(command))
-            try:
-                proc = subprocess.run(command, env=self.own_env, stdin=subprocess.DEVNULL,
-                                      capture_output=True, text=True)
-            except OSError as exc:
-                log.error("cannot run %s: %s", shlex.join(command), exc.strerror)
-            else:
-                if proc.returncode:
-                    log.error("%s exited %d: %s", shlex.join(command), proc.returncode,
-                              (proc.stderr or proc.stdout).strip()[-500:])
-            own_root, repositories = profile.local_repositories(self.own_env)
-            differ = profile.tree_differences(wanted["tree"], repositories)
-        if differ:
-            return self.env, ("tree", "; ".join(differ))
-        bundle = self.cache / f"{wanted['digest']}.tar"
-        if not bundle.is_file():
-            answer = self.transport.call("profile", wanted["digest"])
-            bundle = profile.unpack(answer, wanted["digest"], self.cache)
-        root = profile.assemble(bundle, self.cache / "configroot", repositories, own_root,
-                                {k: self.portage.get(k, "") for k in (*profile.HOST_LOCAL,
-                                                                      "FEATURES")})
-        (self.cache / "configroot.digest").write_text(wanted["digest"] + "\n")
-        return {**self.env, "PORTAGE_CONFIGROOT": str(root)}, None
+    def _fetch_profile(self, digest: str) -> dict:
+        return self.transport.call("profile", digest)
 
-    def _build_steps(self, cpv: str, console: Path, logdir: Path) -> tuple[list[str], int, bool]:
-        """(missing dependencies, emerge's exit code, stalled) of building CPV."""
-        from portage.versions import cpv_getkey
-
-        binaries = ["--usepkg=y", "--getbinpkg=y", f"--usepkg-exclude={cpv_getkey(cpv)}"]
-        deps = ["emerge", "--oneshot", "--color=n", "--nospinner", "--onlydeps",
-                "--onlydeps-with-rdeps=n", *binaries, f"={cpv}"]
-        missing, code = self._would_compile(deps, cpv, console)
-        if missing or code or self.stop.is_set():
-            return missing, code, False
-        code, stalled = self._emerge(deps, console, logdir)
-        if code or stalled or self.stop.is_set():
-            return [], code, stalled
-        build = ["emerge", "--oneshot", "--color=n", "--nospinner", "--buildpkgonly", f"={cpv}"]
-        code, stalled = self._emerge(build, console, logdir)
-        if code and not stalled and "requires all dependencies to be merged" in console.read_text(
-                errors="replace"):
-            missing, _ = self._would_compile(build, cpv, console)
-        return missing, code, stalled
-
-    def _would_compile(self, command: list[str], cpv: str, console: Path) -> tuple[list[str], int]:
-        """What COMMAND would compile besides CPV (emerge --pretend), and emerge's exit code."""
-        pretend = [command[0], "--pretend", *command[1:]]
-        proc = subprocess.run(pretend, env=self.job_env, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
-        with open(console, "a") as out:
-            out.write(f"$ {shlex.join(pretend)}\n{proc.stdout}{proc.stderr}")
-        rows = [line for line in proc.stdout.splitlines() if line.startswith("[")]
-        if not rows:
-            return [], proc.returncode
-        merges = parse_merge_list(proc.stdout if proc.stdout.endswith("\n") else proc.stdout + "\n")
-        compiled = [row.cpv for row in merges.packages() if row.kind == "ebuild" and row.cpv != cpv]
-        return compiled, 0 if compiled else proc.returncode
+    def make_base(self, profile_name: str) -> int:
+        """Create or update the build root from the binhost: PROFILE_NAME's @system, as binaries."""
+        answer = self.transport.call("profile", profile_name)
+        return self.builder.make_base(answer["profile"], answer["binhost"]["url"],
+                                      self._fetch_profile)
 
     def deliver(self, outcome: Outcome) -> None:
         """Upload and report a finished build (safe to repeat)."""
@@ -385,61 +239,10 @@ class Drone:
             log.warning("could not release %s: %s", cpv, exc)
         self.working_on = None
 
-    def _emerge(self, command: list[str], console: Path, logdir: Path) -> tuple[int, bool]:
-        """Run an emerge with heartbeats and the stall watch; (exit code, stalled)."""
-        silent_limit = self.config.delegate.max_silent_seconds
-        # Progress is looked at locally (no session) a few times within the limit.
-        check_every = min(60.0, max(silent_limit / 4, WAIT_SLICE_SECONDS))
-        cpv = command[-1].lstrip("=")
-        # Portage writes the real build log (PORTAGE_LOG_FILE) under PORT_LOGDIR.
-        env = {**self.job_env, "PORT_LOGDIR": str(logdir)}
-        with open(console, "a") as out:
-            out.write(f"$ {shlex.join(command)}\n")
-            out.flush()
-            # Own session: on SIGTERM (or a stall) the whole build tree stops at once.
-            self.child = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
-            if self.stop.is_set():  # SIGTERM came before there was a child to stop
-                _stop_session(self.child)
-            progress, quiet_since = None, time.monotonic()
-            next_check, killed_at = quiet_since, None
-            try:
-                while True:
-                    try:
-                        return self.child.wait(timeout=WAIT_SLICE_SECONDS), False
-                    except subprocess.TimeoutExpired:
-                        pass
-                    now = time.monotonic()
-                    if self.stop.is_set():
-                        # emerge usually ends on SIGTERM; one that swallowed it
-                        # (or waits for a child that ignores it) is killed.
-                        killed_at = killed_at or now + STOP_GRACE_SECONDS
-                        if now >= killed_at:
-                            log.warning("%s: still running %d s after SIGTERM: killing it",
-                                        cpv, STOP_GRACE_SECONDS)
-                            _kill_session(self.child)
-                            return self.child.wait(), False
-                        continue
-                    if now >= self.beat_due:
-                        self._beat_while_building()
-                    if not silent_limit or now < next_check:
-                        continue
-                    next_check = now + check_every
-                    now_progress = (_tree_size(console, logdir), session_cpu(self.child.pid))
-                    if now_progress != progress:
-                        progress, quiet_since = now_progress, now
-                    elif now - quiet_since >= silent_limit:
-                        log.error("%s: no output and no CPU time for %d s: stopping it",
-                                  cpv, silent_limit)
-                        out.write(f"\nswarm-drone: no output and no CPU time for {silent_limit} s"
-                                  " (delegate.max_silent_seconds): stopped\n")
-                        out.flush()
-                        _stop_session(self.child)
-                        return self.child.wait(), True
-            finally:
-                self.child = None
-
-    def _beat_while_building(self) -> None:
+    def _beat_if_due(self) -> None:
+        """While building: the heartbeat that keeps the lease, when due."""
+        if time.monotonic() < self.beat_due:
+            return
         try:
             self.heartbeat()
         except SwarmError as exc:
@@ -450,13 +253,7 @@ class Drone:
 
     def terminate(self, *_signal) -> None:
         """SIGTERM/SIGINT: stop the build, release its lease, leave."""
-        self.stop.set()
-        child = self.child
-        if child is not None and child.poll() is None:
-            try:
-                os.killpg(child.pid, signal.SIGTERM)
-            except ProcessLookupError:  # ended meanwhile
-                pass
+        self.builder.terminate()
 
 
 class Backoff:
@@ -480,134 +277,3 @@ class Backoff:
         self.current = self.shortest
 
 
-def _stop_session(child: subprocess.Popen) -> None:
-    try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=STOP_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        _kill_session(child)
-    except ProcessLookupError:
-        pass
-
-
-def _kill_session(child: subprocess.Popen) -> None:
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _tree_size(*paths: Path) -> int:
-    total = 0
-    for path in paths:
-        if path.is_file():
-            total += path.stat().st_size
-        elif path.is_dir():
-            total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return total
-
-
-def session_cpu(session: int) -> int:
-    """CPU clock ticks used by the processes of a session (a build tree), reaped ones included."""
-    ticks = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        # After the command name: state ppid pgrp session ... utime stime cutime cstime.
-        if int(fields[3]) == session:
-            ticks += sum(int(value) for value in fields[11:15])
-    return ticks
-
-
-def failure_log(cpv: str, console: Path, logdir: Path, workdir: Path) -> Path:
-    """One file for the orchestrator: the end of Portage's build log, then of emerge's output."""
-    pf = cpv.split("/", 1)[1]
-    logs = sorted((p for p in logdir.rglob("*.log") if pf in p.name),
-                  key=lambda p: p.stat().st_mtime)
-    target = workdir / "failure.log"
-    with open(target, "wb") as out:
-        if logs:
-            out.write(f"==> build log {logs[-1].name} (its last {LOG_TAIL_BYTES >> 20} MiB)\n"
-                      .encode())
-            out.write(_tail(logs[-1], LOG_TAIL_BYTES))
-            out.write(b"\n")
-        out.write(f"==> emerge output (its last {CONSOLE_TAIL_BYTES >> 10} KiB)\n".encode())
-        out.write(_tail(console, CONSOLE_TAIL_BYTES))
-    return target
-
-
-# What a log says when the drone, not the package, is at fault. Such a
-# failure never counts against the package (no exclusion, no attempt).
-ENVIRONMENT_SIGNS = (
-    re.compile(rb"No space left on device|Disk quota exceeded"),
-    re.compile(rb"Cannot allocate memory|virtual memory exhausted|out of memory allocating"),
-    re.compile(rb"Read-only file system"),
-)
-FETCH_SIGNS = (
-    re.compile(rb"^!!! Fetch failed for ", re.M),
-    re.compile(rb"^!!! Couldn't download '", re.M),
-    re.compile(rb"Fetch failed for '[^']+'"),
-)
-
-
-def failure_kind(log_file: Path) -> FailureKind:
-    """environment, fetch or build: what a failed build's log shows."""
-    text = log_file.read_bytes()
-    if any(sign.search(text) for sign in ENVIRONMENT_SIGNS):
-        return FailureKind.ENVIRONMENT
-    if any(sign.search(text) for sign in FETCH_SIGNS):
-        return FailureKind.FETCH
-    return FailureKind.BUILD
-
-
-def _tail(path: Path, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - size))
-        return f.read()
-
-
-def build_environment(config: Config, name: str) -> dict[str, str]:
-    """The environment of this drone's emerge: binaries from the binhost first."""
-    env = {**os.environ, **config.drones[name].environment}
-    env["PORTAGE_BINHOST"] = config.binhost.url
-    # FEATURES from the environment is added to make.conf's, not a replacement.
-    env["FEATURES"] = (env.get("FEATURES", "") + " getbinpkg").strip()
-    return env
-
-
-def portage_settings(env: dict[str, str]) -> dict[str, str]:
-    """ARCH, CHOST, CFLAGS, ... as Portage sees them on this drone (portageq)."""
-    try:
-        proc = subprocess.run(["portageq", "envvar", "-v", *PORTAGE_FACTS], env=env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    except OSError as exc:
-        raise SwarmError(f"cannot run portageq ({exc.strerror}): is Portage installed on this "
-                         "drone, and on the PATH of the drone's environment?") from None
-    settings = {}
-    for line in proc.stdout.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name in PORTAGE_FACTS:
-            words = shlex.split(value)
-            settings[name] = words[0] if len(words) == 1 else " ".join(words)
-    return settings
-
-
-def binpkgs(pkgdir: Path, cpv: str) -> dict[Path, tuple[int, float]]:
-    """The binary packages of CPV in PKGDIR, with (build id, mtime)."""
-    category, pf = cpv.split("/", 1)
-    found = {}
-    for path in pkgdir.glob(f"{category}/*/{pf}*"):
-        name = gpkg.parse_name(path.name)
-        if name and name.pf == pf:
-            found[path] = (name.build_id or 0, path.stat().st_mtime)
-    return found
-
-
-def find_binpkg(pkgdir: Path, cpv: str, before: set[Path]) -> Path | None:
-    """The binary package emerge just wrote for CPV; else (reused with --usepkg) the newest."""
-    found = binpkgs(pkgdir, cpv)
-    new = {path: key for path, key in found.items() if path not in before}
-    candidates = new or found
-    return max(candidates, key=candidates.get) if candidates else None

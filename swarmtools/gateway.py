@@ -41,6 +41,7 @@ _INTEGER_OPTIONS = {"--size"}
 _TAKES_CPV = ("report", "release")
 # Matched with fullmatch: no trailing newline slips through.
 _CPV = re.compile(r"[A-Za-z0-9_][A-Za-z0-9+_.-]*/[A-Za-z0-9_][A-Za-z0-9+_.-]*")
+_PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")  # as config names a [profiles.NAME]
 _SAFE_VALUE = re.compile(r"[A-Za-z0-9+_.,/=:-]+")
 # What `rsync -t --partial FILE host:PATH` sends to the server (swarm-drone's
 # upload): option letters t (times), v and z if asked, then the "e."
@@ -127,9 +128,10 @@ def _verb_request(words: list[str], drone: str) -> VerbRequest:
             raise Refused(f"{request.verb} takes one CATEGORY/PF, not {positional!r}")
         request.cpv = positional[0]
     elif request.verb == "profile":
-        if len(positional) != 1 or not profile.DIGEST.fullmatch(positional[0]):
-            raise Refused(f"profile takes one sha256 digest, not {positional!r}")
-        request.options["digest"] = positional[0]
+        if len(positional) != 1 or not (profile.DIGEST.fullmatch(positional[0])
+                                        or _PROFILE_NAME.fullmatch(positional[0])):
+            raise Refused(f"profile takes one sha256 digest or profile name, not {positional!r}")
+        request.options["which"] = positional[0]
     elif positional:
         raise Refused(f"{request.verb} takes no arguments")
     return request

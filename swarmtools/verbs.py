@@ -83,7 +83,7 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
                                       options.get("found"))
             _answer(as_json, result, f"{cpv}: released")
         elif verb == "profile":
-            result = profile.read_bundle(config.state_dir, options["digest"])
+            result = _bundle(conn, config, options["which"])
             _answer(as_json, result, result["tar"])
         else:
             raise SwarmError(f"unknown verb {verb!r}", ExitCode.USAGE)
@@ -114,6 +114,22 @@ def _report(conn, config: Config, drone: str, cpv: str, now, ok: bool = False,
     return delegate.report_failed(conn, config, drone, cpv, now, log,
                                   FailureKind(kind or FailureKind.BUILD),
                                   [c for c in (missing or "").split(",") if c])
+
+
+def _bundle(conn, config: Config, which: str) -> dict:
+    """A profile's bundle: by digest (what a claim names), or by profile name, with the
+    profile as its last scan recorded it and its binhost (swarm-drone --base)."""
+    if profile.DIGEST.fullmatch(which):
+        return profile.read_bundle(config.state_dir, which)
+    if which not in config.profile_names():
+        raise SwarmError(f"no profile {which!r} (profiles: {', '.join(config.profile_names())})",
+                         ExitCode.USAGE)
+    recorded = profile.current(conn, which)
+    if recorded is None:
+        raise SwarmError(f"profile {which} has not been scanned yet (run swarm-fresh)")
+    binhost = config.binhost_of(which)
+    return {**profile.read_bundle(config.state_dir, recorded["digest"]), "profile": recorded,
+            "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 
 def _answer(as_json: bool, result: dict, text: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -179,6 +180,41 @@ class DroneSwarm(Swarm):
         raise AssertionError(f"timed out waiting for: {sql}")
 
 
+def tree_digest(root: Path, leave_out: list[Path] = ()) -> dict[str, tuple]:
+    """Every file, directory and link under ROOT with its mode, size and content (or target),
+    but what is under LEAVE_OUT: what a build must not change."""
+    skip = {Path(p).resolve() for p in leave_out}
+    found = {}
+    for directory, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if Path(directory, d).resolve() not in skip]
+        for name in sorted(dirs + files):
+            path = Path(directory, name)
+            info = path.lstat()
+            if path.is_symlink():
+                content = os.readlink(path)
+            elif path.is_file():
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            else:
+                content = None
+            found[str(path.relative_to(root))] = (info.st_mode, info.st_size if content else 0,
+                                                  content)
+    return found
+
+
+def build_root_digest(prefix) -> dict[str, tuple]:
+    """A drone prefix as its builds must leave it: all but what the drone passes through
+    (PKGDIR, DISTDIR) and its work directory (profile bundles, the builds' layers)."""
+    return tree_digest(prefix.root, [prefix.pkgdir, prefix.root / "var/cache/distfiles",
+                                     prefix.root / "var/tmp/swarmtools"])
+
+
+def drone_emerge_log(prefix, name: str) -> str:
+    """What a drone's builds logged to emerge.log (kept by the drone: builds run in throw-away
+    roots, whose own emerge.log goes with them)."""
+    log = prefix.root / "var" / "tmp" / "swarmtools" / name / "emerge.log"
+    return log.read_text() if log.exists() else ""
+
+
 def ebuild(body: str = "", description: str = "test package") -> str:
     """An EAPI 8 ebuild for the test repository, with extra phase code."""
     return (f'EAPI=8\nDESCRIPTION="{description}"\nHOMEPAGE="https://example.invalid"\n'
@@ -189,12 +225,17 @@ def ebuild(body: str = "", description: str = "test package") -> str:
 @pytest.fixture(scope="session")
 def example_swarm(tmp_path_factory) -> DroneSwarm:
     """Two local drones that built and published the example world with the real emerge
-    (about a minute): shared by the tests that look at such a swarm without changing it.
-    Its drones' (returncode, stdout, stderr) are in .drone_results."""
+    (about a minute), each build in its throw-away root: shared by the tests that look at
+    such a swarm without changing it. Its drones' (returncode, stdout, stderr) are in
+    .drone_results; their build roots' digests and the host's mount table before the
+    builds in .before."""
     pytest.importorskip("portage")
     swarm = DroneSwarm(tmp_path_factory.mktemp("example"), publish=True)
     try:
         assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        # Each drone's system and the host's mounts, as the builds must leave them.
+        swarm.before = ({n: build_root_digest(swarm.prefixes[n]) for n in ("d1", "d2")},
+                        Path("/proc/self/mountinfo").read_text())
         procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
         outputs = [p.communicate(timeout=400) for p in procs]
         swarm.drone_results = [(p.returncode, *out) for p, out in zip(procs, outputs)]

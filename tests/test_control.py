@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from swarmtools import config as config_mod
 from swarmtools import db, delegate, exclude
-from swarmtools.drone import failure_kind
+from swarmtools.build import failure_kind
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import FailureKind
 from swarmtools.queue import apply_scan

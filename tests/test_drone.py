@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DroneSwarm, ebuild
-from swarmtools.drone import STOP_GRACE_SECONDS
+from conftest import DroneSwarm, build_root_digest, ebuild
+from swarmtools.build import STOP_GRACE_SECONDS
 from swarmtools.prefix import EXAMPLE_REPO
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
@@ -26,8 +26,9 @@ def held(tmp_path, compile_first=""):
     pytest.importorskip("portage")
     hold, compiling = tmp_path / "hold", tmp_path / "compiling"
     hold.touch()
+    # While held, it touches COMPILING: a build that still runs is seen.
     body = (f'src_compile() {{ {compile_first} touch "{compiling}";'
-            f' while [ -e "{hold}" ]; do sleep 0.2; done; }}\n')
+            f' while [ -e "{hold}" ]; do touch "{compiling}"; sleep 0.2; done; }}\n')
     swarm = DroneSwarm(tmp_path, extra_ebuilds={"app-misc/held/held-1.ebuild": ebuild(body)},
                        world=["app-misc/held"], delegate=FAST)
     assert swarm.run("swarm-fresh", "-q").returncode == 0
@@ -88,6 +89,33 @@ def test_a_killed_drone_loses_its_lease_and_another_builds(held_swarm):
         ("swarm-fresh", "added"), ("d1", "claimed"), ("swarm-delegate", "expired"),
         ("d2", "claimed"), ("d2", "built")]
     assert beats  # d1 had sent heartbeats before it died
+
+
+def test_a_drone_killed_mid_build_leaves_its_system_and_the_mounts_as_they_were(held_swarm):
+    prefix = held_swarm.prefixes["d1"]
+    before, mounts = build_root_digest(prefix), Path("/proc/self/mountinfo").read_text()
+    d1 = held_swarm.drone("d1")
+    deadline = time.monotonic() + 60
+    while not held_swarm.compiling.exists():
+        assert time.monotonic() < deadline and d1.poll() is None, d1.communicate()
+        time.sleep(0.1)
+    os.kill(d1.pid, signal.SIGKILL)  # the drone alone, as the OOM killer would
+    d1.wait()
+    time.sleep(1.5)
+    stamp = held_swarm.compiling.stat().st_mtime_ns
+    time.sleep(1)
+    assert held_swarm.compiling.stat().st_mtime_ns == stamp  # its build died with it
+    assert Path("/proc/self/mountinfo").read_text() == mounts
+    assert build_root_digest(prefix) == before
+    builds = prefix.root / "var/tmp/swarmtools/d1/builds"
+    (stale,) = builds.iterdir()  # the killed build's layers, until the next start
+    held_swarm.hold.unlink()
+    d1 = held_swarm.drone("d1", "--once")
+    out, err = d1.communicate(timeout=120)
+    assert d1.returncode == 0, err
+    assert held_swarm.query("SELECT status, drone FROM packages") == [("received", "d1")]
+    assert not stale.exists() and not any(builds.iterdir())
+    assert build_root_digest(prefix) == before
 
 
 def test_sigterm_stops_the_build_and_releases(held_swarm):

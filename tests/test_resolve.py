@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DroneSwarm
+from conftest import DroneSwarm, drone_emerge_log
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
@@ -93,11 +93,10 @@ def test_a_package_whose_dependencies_are_not_published_is_never_claimed(scanned
     assert "7 of them on a failed build" in scanned.run("swarm-status").stdout
 
 
-def compiled(prefix) -> list[str]:
-    """What a prefix's emerge compiled (its emerge.log), not what it took as binaries."""
-    log = (prefix.root / "var" / "log" / "emerge.log")
-    text = log.read_text() if log.exists() else ""
-    return re.findall(r"=== \(\d+ of \d+\) Compiling/\w+ \(([^:]+)::", text)
+def compiled(prefix, drone: str) -> list[str]:
+    """What a drone's builds compiled (their emerge.log), not what they took as binaries."""
+    return re.findall(r"=== \(\d+ of \d+\) Compiling/\w+ \(([^:]+)::",
+                      drone_emerge_log(prefix, drone))
 
 
 def test_two_drones_build_the_chain_in_order_and_compile_only_what_they_claimed(scanned, tmp_path):
@@ -113,7 +112,7 @@ def test_two_drones_build_the_chain_in_order_and_compile_only_what_they_claimed(
         claimed = {cpv for (cpv,) in scanned.query(
             "SELECT p.cpv FROM events e JOIN packages p ON p.id = e.package_id"
             " WHERE e.event = 'claimed' AND e.drone = ?", (name,))}
-        built = compiled(scanned.prefixes[name])
+        built = compiled(scanned.prefixes[name], name)
         assert built and set(built) <= claimed, (name, built, claimed)
     # Never claimed before all it needs was published.
     for (cpv,) in scanned.query("SELECT cpv FROM packages"):
@@ -152,7 +151,7 @@ def test_a_missing_binary_dependency_is_reported_not_built(scanned):
     assert "dev-libs/libfoo-1.2" in json.loads(waits)
     kind, detail = scanned.query("SELECT kind, detail FROM events WHERE event = 'build-failed'")[0]
     assert kind == "missing-binary-dependency" and "dev-libs/libfoo-1.2" in detail
-    assert "dev-libs/libbar" not in " ".join(compiled(scanned.prefixes["d1"]))
+    assert "dev-libs/libbar" not in " ".join(compiled(scanned.prefixes["d1"], "d1"))
     # Once libfoo (and what it needs) is published, libbar is claimed and built.
     d1 = scanned.drone("d1", "--drain")
     out, err = d1.communicate(timeout=300)

@@ -30,7 +30,7 @@ def cli():
       claim      take the best eligible package (nothing printed: none)
       report     a build's result: --ok --file PKG, or --failed [--log LOG]
       release    give a lease back
-      profile    the Portage configuration drones build with (by digest)
+      profile    the Portage configuration drones build with (by digest or name)
       expire     return leases past expiry and finished back-offs to 'needed'
       unground   let a grounded drone claim again (people only)
       gateway    the forced command for a drone's key in authorized_keys
@@ -183,20 +183,23 @@ def release(run_, drone, as_json, cpv, because, found):
 @config_option
 @drone_option
 @json_option
-@click.argument("digest")
+@click.argument("which", metavar="DIGEST|NAME")
 @pass_run
-def profile(run_, drone, as_json, digest):
+def profile(run_, drone, as_json, which):
     """Print a build profile's Portage configuration bundle (base64 of a tar).
 
     Claims name the profile's digest; a drone fetches the bundle once per
     digest and builds with it as its PORTAGE_CONFIGROOT (swarm-fresh wrote
-    it, under state_dir/profiles/).
+    it, under state_dir/profiles/). By NAME ([profiles.NAME], or default):
+    the profile's last scan, with its record ("profile") and its binhost
+    ("binhost"), as swarm-drone --base asks for it.
 
     \b
-    Example:
+    Examples:
       swarm-delegate profile --drone d1 --json 3f2a...e1 | jq -r .tar | base64 -d | tar t
+      swarm-delegate profile --drone d1 --json default | jq .profile.chost
     """
-    verbs.run("profile", run_.config(), drone, as_json=as_json, digest=digest)
+    verbs.run("profile", run_.config(), drone, as_json=as_json, which=which)
 
 
 @cli.command(context_settings=CONTEXT)
