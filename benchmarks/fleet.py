@@ -57,7 +57,8 @@ from timing import init_config
 
 from swarmtools import config as config_mod
 from swarmtools import db
-from swarmtools.drone import WAIT_SLICE_SECONDS, Drone, Outcome
+from swarmtools.build import WAIT_SLICE_SECONDS, Outcome
+from swarmtools.drone import Drone
 from swarmtools.errors import SwarmError
 from swarmtools.prefix import create_prefix
 from swarmtools.transport import CONTROL_PERSIST, for_drone

@@ -146,3 +146,15 @@ def test_fleet():
     positive(figures, "idle_drones", "busy_drones", "cpu_ms_per_session", "idle_sessions",
              "busy_sessions", "builds_reported")
     assert (figures["burst_failed_verbs"], figures["errors_logged"]) == (0, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="throw-away roots need root")
+def test_isolation():
+    figures = quick("benchmarks/isolation.py")
+    assert figures["builds"] == 3
+    positive(figures, "setup_s", "teardown_s", "setup_teardown_s", "total_none_s",
+             "total_overlay_s")
+    # Isolated builds install their dependencies again: never faster at that.
+    assert figures["setup_teardown_s"] == pytest.approx(
+        3 * figures["setup_s"] + figures["teardown_s"], abs=0.01)
