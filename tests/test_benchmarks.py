@@ -155,6 +155,6 @@ def test_isolation():
     assert figures["builds"] == 3
     positive(figures, "setup_s", "teardown_s", "setup_teardown_s", "total_none_s",
              "total_overlay_s")
-    # Isolated builds install their dependencies again: never faster at that.
+    # Per build: three rooms set up (one an emerge step) and the layers removed.
     assert figures["setup_teardown_s"] == pytest.approx(
         3 * figures["setup_s"] + figures["teardown_s"], abs=0.01)
