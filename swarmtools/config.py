@@ -278,6 +278,14 @@ class Config:
                                    rsync_target=other.rsync_target,
                                    gpg_key=other.gpg_key or self.binhost.gpg_key)
 
+    def drone(self, name: str) -> Drone:
+        """The [drones.NAME] settings; ConfigError for a drone the config does not name."""
+        try:
+            return self.drones[name]
+        except KeyError:
+            raise ConfigError(f"unknown drone '{name}': add a [drones.{name}] table to "
+                              f"{self.path}") from None
+
     def binhost_of(self, profile: str) -> str:
         """The name of the binhost PROFILE publishes to."""
         return self.profiles[profile].binhost if profile in self.profiles else DEFAULT

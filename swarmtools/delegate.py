@@ -18,17 +18,11 @@ from datetime import datetime
 
 from . import clock, db, eligibility, exclude, gpkg, packages, profile, routing, staging
 from .config import DEFAULT, Config
-from .errors import ConfigError, ExitCode, SwarmError
+from .errors import ExitCode, SwarmError
 from .packages import Event, FailureKind, State
 from .placement import CriticalPath
 
 ACTOR = "swarm-delegate"
-
-
-def check_drone(config: Config, drone: str) -> None:
-    """Refuse a drone the config does not name."""
-    if drone not in config.drones:
-        raise ConfigError(f"unknown drone '{drone}': add a [drones.{drone}] table to {config.path}")
 
 
 def building(facts: dict) -> list[str]:
@@ -48,7 +42,7 @@ def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
     does not list (a claim whose answer was lost, say) is not extended and
     runs out, unless the drone's next claim takes it up.
     """
-    check_drone(config, drone)
+    config.drone(drone)  # a drone taken out of the config is refused
     working = building(facts)
     lease_until = clock.later(now, config.delegate.lease_seconds)
     digest = facts.get("config_digest")
@@ -123,7 +117,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     heartbeat gets that lease again first (renew), so a claim whose answer
     was lost on the way costs nothing.
     """
-    check_drone(config, drone)
+    config.drone(drone)
     at = clock.iso(now)
     lease_until = clock.later(now, config.delegate.lease_seconds)
     if policy is None:
@@ -277,7 +271,7 @@ def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
 
     Repeating a report (its answer was lost) is answered as the first was.
     """
-    check_drone(config, drone)
+    config.drone(drone)
     with db.write(conn):
         done = _last_word(conn, drone, cpv)
         if (done is not None and sha256 and done["last_event"] in (Event.BUILT, Event.SYNCED)
@@ -321,7 +315,7 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
     A missing binary dependency (MISSING lists them) is not the package's
     failure: it goes back to needed, gated on those, with no attempt counted.
     """
-    check_drone(config, drone)
+    config.drone(drone)
     kind = FailureKind(kind)
     with db.write(conn):
         done = _last_word(conn, drone, cpv)
@@ -418,7 +412,7 @@ def release(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
     asked; FOUND what it found. No attempt is counted, and the drone is held
     from the package for delegate.idle_max_seconds (others may take it).
     """
-    check_drone(config, drone)
+    config.drone(drone)
     if because is not None and because not in GIVE_BACK:
         raise SwarmError(f"--because is one of {', '.join(GIVE_BACK)}, not {because!r}",
                          ExitCode.USAGE)

@@ -35,7 +35,6 @@ from pathlib import Path
 
 from . import __version__, clock, gpkg, profile
 from .config import Config
-from .delegate import check_drone
 from .emerge import parse_merge_list
 from .errors import SwarmError
 from .packages import FailureKind
@@ -71,7 +70,7 @@ class Drone:
     """One drone's worker loop."""
 
     def __init__(self, config: Config, name: str, transport: Transport | None = None):
-        check_drone(config, name)
+        config.drone(name)
         self.config = config
         self.name = name
         self.transport = transport or for_drone(config, name)

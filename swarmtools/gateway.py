@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from . import profile, verbs
 from .config import Config
-from .delegate import check_drone
 from .errors import ExitCode, SwarmError
 from . import staging
 from .staging import staged_path
@@ -71,7 +70,7 @@ def parse(config: Config, drone: str, original: str | None) -> VerbRequest | lis
     The one read a drone may make is a profile bundle by its digest (the
     Portage configuration it builds with), which the scan put there.
     """
-    check_drone(config, drone)  # a drone taken out of the config is locked out
+    config.drone(drone)  # a drone taken out of the config is locked out
     if not original:
         raise Refused("this key only runs swarmtools queue verbs and uploads; no shell")
     try:

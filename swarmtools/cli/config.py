@@ -192,9 +192,7 @@ def render(run_, role, name, profile_name):
     if role == "drone":
         if not name:
             raise ConfigError("render drone takes the drone's NAME")
-        from ..delegate import check_drone
-
-        check_drone(config, name)
+        config.drone(name)
     elif name:
         raise ConfigError("render client takes no NAME")
     current = _recorded_profile(run_, profile_name)
