@@ -16,7 +16,7 @@ import json
 import sqlite3
 from datetime import datetime
 
-from . import clock, db, eligibility, exclude, gpkg, packages, profile, routing, staging
+from . import clock, db, eligibility, exclude, gpkg, packages, profile, staging
 from .config import DEFAULT, Config
 from .errors import ExitCode, SwarmError
 from .packages import Event, FailureKind, State
@@ -129,7 +129,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
         # Rules, the exclusion file and routes are matched again only when
         # one changed (Portage is imported only then).
         exclude.refresh_if_stale(conn, config, now)
-        claimant = claimant_for(conn, config, drone, now)
+        claimant = eligibility.claimant_for(conn, config, drone, now)
         if renew and (held := _forgotten_lease(conn, drone)) is not None:
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
@@ -175,19 +175,6 @@ def built_with(conn: sqlite3.Connection, config: Config, binhost: str,
     ours = [name for name in wanted_by if name in config.profile_names()]
     return {"profile": profile.current(conn, ours[0] if ours else DEFAULT),
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
-
-
-def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
-                 now: datetime) -> eligibility.Claimant:
-    """DRONE as the eligibility rules see it: its build class and features, from its facts."""
-    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
-    facts = json.loads(row["facts"]) if row else {}
-    settings = config.drones.get(drone)
-    return eligibility.Claimant(
-        drone, now, clock.iso(now), build_class=exclude.build_class(facts),
-        features=frozenset(routing.features(facts, settings.features, settings.mandatory_features)
-                           if settings else routing.features(facts)),
-        mandatory=frozenset(settings.mandatory_features if settings else ()))
 
 
 def _refuse_grounded(conn: sqlite3.Connection, drone: str, at: str) -> None:

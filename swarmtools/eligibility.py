@@ -8,12 +8,14 @@ same rules to explain, so what filters and what is said never disagree.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator
 
-from . import clock
+from . import clock, routing
+from .config import Config
 from .packages import State
 
 
@@ -27,6 +29,19 @@ class Claimant:
     build_class: str | None = None
     features: frozenset = frozenset()
     mandatory: frozenset = frozenset()
+
+
+def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
+                 now: datetime) -> Claimant:
+    """DRONE as the rules see it: its build class and features, from its facts and its config."""
+    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
+    facts = json.loads(row["facts"]) if row else {}
+    settings = config.drones.get(drone)
+    return Claimant(
+        drone, now, clock.iso(now), build_class=routing.build_class(facts),
+        features=frozenset(routing.features(facts, settings.features, settings.mandatory_features)
+                           if settings else routing.features(facts)),
+        mandatory=frozenset(settings.mandatory_features if settings else ()))
 
 
 class Rule:

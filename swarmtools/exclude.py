@@ -73,14 +73,6 @@ def _versioned(text: str) -> str:
     return text
 
 
-def build_class(facts: dict) -> str | None:
-    """A drone's build class: its CHOST and CFLAGS (None until it sent them)."""
-    chost, cflags = facts.get("chost"), facts.get("cflags")
-    if not chost:
-        return None
-    return f"{chost}|{' '.join(str(cflags or '').split())}"
-
-
 @dataclass
 class Rule:
     """One exclusion rule as stored."""
@@ -186,7 +178,7 @@ def matching(conn: sqlite3.Connection, config: Config, cpv: str, drone: str | No
     for rule in in_force:
         if drone and rule.drone not in (None, drone):
             continue
-        if drone and rule.build_class not in (None, build_class(facts)):
+        if drone and rule.build_class not in (None, routing.build_class(facts)):
             continue
         if match_from_list(parse_atom(rule.atom), [package]) and (
                 rule.identity is None or row is None or rule.identity == _identity(row)):
@@ -382,7 +374,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     if kind not in PACKAGE_FAILURES:
         return done
     facts = _facts(conn, drone)
-    my_class = build_class(facts)
+    my_class = routing.build_class(facts)
     if my_class is None:
         return done
     pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
@@ -415,7 +407,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
 def known_classes(conn: sqlite3.Connection, config: Config) -> set[str]:
     """The build classes of the configured drones that sent their facts."""
     return {c for name, facts in conn.execute("SELECT name, facts FROM drones")
-            if name in config.drones and (c := build_class(json.loads(facts))) is not None}
+            if name in config.drones and (c := routing.build_class(json.loads(facts))) is not None}
 
 
 def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
@@ -429,7 +421,7 @@ def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
             " WHERE e.package_id = ? AND e.event = ? AND e.id > ? AND e.kind IN (?, ?)"
             " AND e.id NOT IN (SELECT event_id FROM forgiven)",
             (pkg["id"], Event.BUILD_FAILED, since, *PACKAGE_FAILURES)):
-        count += build_class(json.loads(facts)) == my_class
+        count += routing.build_class(json.loads(facts)) == my_class
     return count
 
 

@@ -10,7 +10,9 @@ needs ``multilib``, ``cuda`` needs ``cuda``), the build profile's ARCH and
 CHOST (a drone of another builds nothing of it), and the
 ``[[route]]`` tables of the config (``match`` an atom, ``requires`` a list).
 They are kept in the table ``requirements`` (made again with the exclusion
-matches), so a claim tests them in SQL.
+matches), so a claim tests them in SQL. A drone's build class (its CHOST and
+CFLAGS) is read from its facts here too: exclusions and failure memory hold
+for a class.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ def features(facts: dict, configured: list[str] = (), mandatory: list[str] = ())
     if facts.get("cuda"):
         found.add("cuda")
     return found
+
+
+def build_class(facts: dict) -> str | None:
+    """A drone's build class: its CHOST and CFLAGS (None until it sent them)."""
+    chost, cflags = facts.get("chost"), facts.get("cflags")
+    if not chost:
+        return None
+    return f"{chost}|{' '.join(str(cflags or '').split())}"
 
 
 def targets(conn: sqlite3.Connection) -> dict[int, set[tuple[str, str]]]:

@@ -119,10 +119,8 @@ def kept_back(conn: sqlite3.Connection, config: Config, now: datetime,
     needed packages while no drone may claim at all. A package kept by
     several rules is under each. DRONES: drone_table's answer, if at hand.
     """
-    from .delegate import claimant_for
-
     anyone = eligibility.Claimant(None, now, clock.iso(now))
-    claimants = [claimant_for(conn, config, d["drone"], now)
+    claimants = [eligibility.claimant_for(conn, config, d["drone"], now)
                  for d in drones or drone_table(conn, config, now)
                  if d["online"] and not d["grounded_until"]]
     kept = {}
@@ -156,8 +154,6 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
     every drone), then each drone's own (offline, grounded, held, excluded
     for it, lacking a feature), and the drones that would take it now.
     """
-    from .delegate import claimant_for
-
     rows = conn.execute("SELECT * FROM packages WHERE (cpv = ? OR cp = ?) ORDER BY active DESC,"
                         " slot, id", (package, package)).fetchall()
     if not rows:
@@ -175,7 +171,7 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
         drones = []
         for name in [drone] if drone else sorted(config.drones):
             facts = table.get(name, {})
-            claimant = claimant_for(conn, config, name, now)
+            claimant = eligibility.claimant_for(conn, config, name, now)
             # A drone that never sent its facts: what it can build is not known yet.
             own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
                    if rule.name in eligibility.DRONE_RULES

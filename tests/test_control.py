@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from swarmtools import config as config_mod
-from swarmtools import db, delegate, exclude
+from swarmtools import db, delegate, exclude, routing
 from swarmtools.drone import failure_kind
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import FailureKind
@@ -110,7 +110,7 @@ def test_claims_never_go_to_a_drone_a_rule_covers_and_always_to_the_others(rules
             if scope.startswith("class:"):  # as failure memory makes them
                 conn.execute("INSERT INTO exclusions (atom, class, reason, source, who, at)"
                              " VALUES (?, ?, 'test', 'auto', 'test', ?)",
-                             (atom, exclude.build_class(facts[scope[6:]]), T0.isoformat()))
+                             (atom, routing.build_class(facts[scope[6:]]), T0.isoformat()))
             else:
                 exclude.add(conn, config, [(1, atom)], "test", "test", T0, drone=drone)
         with db.write(conn):
