@@ -3,7 +3,7 @@
 A rule is a Portage atom, wildcards allowed (``media-video/nvidia-drivers``,
 ``*/*-bin``, ``>=sys-devel/gcc-15``, ``dev-lang/rust:*``,
 ``sys-apps/*::gentoo``), matched with Portage's own ``Atom`` and
-``match_from_list``; it holds for every drone, one drone, or one build class
+``match_from_list`` (:mod:`atoms`); it holds for every drone, one drone, or one build class
 (the drones with the same CHOST and CFLAGS), with a reason, a source
 (``manual``, ``auto``, or the ``file`` named by ``exclude.file``, in
 package.mask syntax), who and when, and maybe an end. Which queued packages
@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import clock, db, packages, routing
+from .atoms import BadAtom, Pools, Queued, identity_key, parse_atom, versioned
 from .config import Config
 from .errors import ExitCode, SwarmError
 from .packages import Event, FailureKind, State
@@ -40,37 +41,6 @@ log = logging.getLogger(__name__)
 
 # Failures that say something about the package (the rest: about the drone).
 PACKAGE_FAILURES = (FailureKind.BUILD, FailureKind.STALLED)
-
-
-class BadAtom(SwarmError):
-    """Not an atom Portage would accept in package.mask."""
-
-    exit_code = ExitCode.USAGE
-
-
-def parse_atom(text: str):
-    """A Portage atom with wildcards and repository allowed, or BadAtom."""
-    from portage.dep import Atom
-    from portage.exception import InvalidAtom
-
-    try:
-        atom = Atom(text.strip(), allow_wildcard=True, allow_repo=True)
-    except InvalidAtom:
-        raise BadAtom(f"'{text.strip()}' is not a Portage atom (wildcards: */*-bin, "
-                      "sys-apps/*::gentoo; operators: >=sys-devel/gcc-15)") from None
-    if atom.blocker or atom.use:
-        raise BadAtom(f"'{text.strip()}': no blockers or USE dependencies in a rule")
-    return atom
-
-
-def _versioned(text: str) -> str:
-    """A bare CATEGORY/PF (as swarm-status --packages prints) means that version: =CPV."""
-    from portage.versions import catpkgsplit
-
-    text = text.strip()
-    if text[:1].isalnum() and "/" in text and ":" not in text and catpkgsplit(text) is not None:
-        return f"={text}"
-    return text
 
 
 @dataclass
@@ -124,7 +94,7 @@ def add(conn: sqlite3.Connection, config: Config, atoms: list[tuple[int, str]], 
     parsed = []
     for line, text in atoms:
         try:
-            parsed.append((str(parse_atom(_versioned(text))), text.strip()))
+            parsed.append((str(parse_atom(versioned(text))), text.strip()))
         except BadAtom as exc:
             raise BadAtom(f"line {line}: {exc}; nothing was added") from None
     added = []
@@ -181,7 +151,7 @@ def matching(conn: sqlite3.Connection, config: Config, cpv: str, drone: str | No
         if drone and rule.build_class not in (None, routing.build_class(facts)):
             continue
         if match_from_list(parse_atom(rule.atom), [package]) and (
-                rule.identity is None or row is None or rule.identity == _identity(row)):
+                rule.identity is None or row is None or rule.identity == identity_key(row)):
             found.append(rule)
     return found
 
@@ -280,64 +250,15 @@ def refresh(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
     _store_file_rules(conn, config, now)
     pools = Pools(queued)
     for rule in rules(conn, now):
-        atom = parse_atom(rule.atom)
-        pool = pools.of(atom)
         conn.executemany(
             "INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
             " VALUES (?, ?, ?, ?, ?)",
             [(item.id, rule.id, rule.drone, rule.build_class, rule.until)
-             for item in _matches(atom, pool)
+             for item in pools.match(parse_atom(rule.atom))
              if rule.identity is None or rule.identity == item.identity])
-    routing.refresh(conn, config, queued)
+    routing.store_requirements(conn, config, pools)
     conn.execute("INSERT OR REPLACE INTO control_state (key, value) VALUES ('stamp', ?)",
                  (stamp(conn, config)[0],))
-
-
-class Pools:
-    """The queued packages an atom can match: by name, by category, or all (wildcards)."""
-
-    def __init__(self, queued: list):
-        self.all = queued
-        self.by_cp: dict[str, list] = {}
-        self.by_category: dict[str, list] = {}
-        for item in queued:
-            self.by_cp.setdefault(item.cp, []).append(item)
-            self.by_category.setdefault(item.category, []).append(item)
-
-    def of(self, atom) -> list:
-        category, _, name = atom.cp.partition("/")
-        if "*" not in atom.cp:
-            return self.by_cp.get(atom.cp, [])
-        return self.all if "*" in category else self.by_category.get(category, [])
-
-
-class Queued:
-    """An active package as rules see it (its Portage form made only when a rule asks)."""
-
-    __slots__ = ("id", "cpv", "cp", "use", "category", "identity", "_row", "_pkg")
-
-    def __init__(self, row):
-        self.id, self.cpv, self.cp, self.use = row["id"], row["cpv"], row["cp"], row["use"]
-        self.category = self.cpv.split("/", 1)[0]
-        self.identity = _identity(row)
-        self._row, self._pkg = row, None
-
-    @property
-    def pkg(self):
-        if self._pkg is None:
-            from portage.versions import _pkg_str
-
-            row = self._row
-            self._pkg = _pkg_str(self.cpv, slot=f"{row['slot']}/{row['subslot']}"
-                                 if row["subslot"] else row["slot"], repo=row["repo"] or None)
-        return self._pkg
-
-
-def _matches(atom, pool: list[Queued]) -> list[Queued]:
-    from portage.dep import match_from_list
-
-    by_pkg = {id(item.pkg): item for item in pool}
-    return [by_pkg[id(pkg)] for pkg in match_from_list(atom, [item.pkg for item in pool])]
 
 
 def _store_file_rules(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
@@ -349,10 +270,6 @@ def _store_file_rules(conn: sqlite3.Connection, config: Config, now: datetime) -
         "INSERT INTO exclusions (atom, reason, source, who, at) VALUES (?, ?, 'file', ?, ?)",
         [(rule.atom, rule.reason, config.exclude.file, clock.iso(now))
          for rule in file_rules(config)])
-
-
-def _identity(row) -> str:
-    return f"{row['cpv']}|{row['slot']}/{row['subslot'] or ''}|{row['repo']}|{row['use']}"
 
 
 def _facts(conn: sqlite3.Connection, drone: str) -> dict:
@@ -386,7 +303,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     excluded = {r["class"] for r in conn.execute(
         "SELECT class FROM exclusions WHERE source = 'auto' AND identity = ? AND atom = ?"
         " AND (until IS NULL OR until > ?)",
-        (_identity(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
+        (identity_key(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
     everywhere = classes <= excluded
     reason = (f"failed {failures} times on drones of class {my_class}"
               + ("; it has now failed in every class" if everywhere else ""))
@@ -394,7 +311,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
         "INSERT INTO exclusions (atom, drone, class, reason, source, who, at, until, identity, log)"
         " VALUES (?, NULL, ?, ?, 'auto', ?, ?, ?, ?, ?)",
         (f"={pkg['cpv']}", None if everywhere else my_class, reason, drone, clock.iso(now),
-         until, _identity(pkg), log_path)).lastrowid
+         until, identity_key(pkg), log_path)).lastrowid
     conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
                  " VALUES (?, ?, NULL, ?, ?)",
                  (package_id, rule_id, None if everywhere else my_class, until))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 
+from .atoms import Pools, parse_atom
 from .config import Config
 
 # USE flags that need a drone feature.
@@ -69,18 +70,14 @@ FINGERPRINT = ("SELECT group_concat(name || ':' || arch || ':' || chost, ' ')"
                " FROM (SELECT * FROM profiles ORDER BY name)")
 
 
-def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
-    """What every queued package requires of a drone (inside the caller's transaction).
-
-    QUEUED: the active packages (exclude.Queued).
-    """
-    from .exclude import Pools, _matches, parse_atom
-
+def store_requirements(conn: sqlite3.Connection, config: Config, queued: Pools) -> None:
+    """What every queued package (QUEUED: the active ones) requires of a drone, stored
+    in ``requirements`` (inside the caller's transaction, exclude.refresh's)."""
     conn.execute("DELETE FROM requirements")
     rows = []
     built_for = targets(conn)
     fallback = {(fallback_arch(conn), None)}
-    for item in queued:
+    for item in queued.all:
         flags = set(item.use.split())
         for flag, feature in USE_FEATURES.items():
             if flag in flags:
@@ -90,10 +87,8 @@ def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
                 rows.append((item.id, f"arch:{arch}", "the profile's ARCH"))
             if chost:
                 rows.append((item.id, f"chost:{chost}", "the profile's CHOST"))
-    pools = Pools(queued)
     for route in config.route:
-        atom = parse_atom(route.match)
-        for item in _matches(atom, pools.of(atom)):
+        for item in queued.match(parse_atom(route.match)):
             rows.extend((item.id, feature, f"[[route]] {route.match}") for feature in route.requires)
     conn.executemany("INSERT OR IGNORE INTO requirements (package_id, feature, why) VALUES (?, ?, ?)",
                      rows)
