@@ -218,15 +218,3 @@ def main(argv: list[str]) -> int:
         return console.fail(exc, log_file)
     return 0
 
-
-def delegate_main() -> None:
-    """The swarm-delegate console script: the gateway without click, the rest with it."""
-    import signal
-    import sys
-
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if sys.argv[1:2] == ["gateway"] and not {"-h", "--help"} & set(sys.argv[2:]):
-        sys.exit(main(sys.argv[2:]))
-    from .cli.delegate import main as cli_main
-
-    cli_main()
