@@ -22,11 +22,12 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import __version__, profile, release
+from . import __version__, release
 from .atoms import parse_atom
 from .config import DEFAULT, Config
 from .errors import SwarmError
 from .exclude import file_rules
+from .profile import HOST_LOCAL
 
 REMOTE_TIMEOUT = 60  # seconds for one drone's facts (an ssh login and portageq)
 
@@ -263,7 +264,7 @@ def render_drone(config: Config, name: str, profile: dict | None) -> str:
     lines = [f"# /etc/portage/make.conf on drone {name} (swarm-config render drone {name}).",
              "# swarm-drone builds with the build profile's configuration, fetched from the",
              "# orchestrator; of this file it keeps only host-local values:",
-             f"#   {' '.join(profile.HOST_LOCAL)}",
+             f"#   {' '.join(HOST_LOCAL)}",
              "# The drone's own toolchain must match the profile's:"]
     if profile:
         lines += [f'CHOST="{profile["chost"]}"', f"# ARCH {profile['arch']} (from its profile)"]

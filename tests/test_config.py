@@ -120,3 +120,21 @@ def test_history_is_append_only(tmp_path):
         with db.write(conn):
             conn.execute("DELETE FROM events")
     assert conn.execute("SELECT detail FROM events").fetchall()[0][0] == "x"
+
+
+def test_render_says_what_a_drone_and_a_client_must_have(swarm):
+    from swarmtools.config import edit
+
+    edit(swarm.config, {"drones": {"local": {"environment": {"MAKEOPTS": "-j3"}}}})
+    r = swarm.run("swarm-config", "render", "drone", "local")
+    assert r.returncode == 0, r.stderr
+    assert "#   PKGDIR DISTDIR" in r.stdout  # the host-local values it keeps of its own
+    assert 'PORTAGE_BINHOST="http://127.0.0.1:8080"' in r.stdout
+    assert "#   MAKEOPTS=-j3" in r.stdout and "sync-uri = http://127.0.0.1:8080" in r.stdout
+    r = swarm.run("swarm-config", "render", "client")
+    assert r.returncode == 0, r.stderr
+    assert "getbinpkg" in r.stdout and "verify-signature = false" in r.stdout
+    r = swarm.run("swarm-config", "render", "drone", "d9")
+    assert r.returncode == 2
+    assert r.stderr == (f"swarm-config: error: unknown drone 'd9': add a [drones.d9] table to "
+                        f"{swarm.config}\n")
