@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from conftest import add_drones, script, synthetic_scan
 
@@ -39,7 +38,7 @@ STAGES = {
     # the orchestrator's side of the drones: claims, reports, the verbs, the ssh gateway
     "control": ("gateway", "verbs", "delegate", "placement"),
     # the scan fills the queue; the dependency graph orders it
-    "queue": ("queue", "resolve"),
+    "queue": ("scan", "queue", "resolve"),
     # staging -> binhost, and releases of the binhost
     "publish": ("release", "sync"),
     # what is built where: exclusions, routes, eligibility, atoms
