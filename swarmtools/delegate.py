@@ -146,9 +146,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
                                     config.binhost_names())
             if why is None:
                 break
-            packages.update(conn, choice["id"], active=0, updated_at=at)
-            packages.record(conn, choice["id"], Event.RETIRED, ACTOR, at, State.NEEDED,
-                            State.NEEDED, why)
+            packages.retire(conn, choice, actor=ACTOR, at=at, why=why)
         row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
                             actor=drone, at=at, detail=f"lease until {lease_until}")
         if row is None:  # cannot happen inside the transaction; a policy bug otherwise

@@ -315,8 +315,8 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
                  " VALUES (?, ?, NULL, ?, ?)",
                  (package_id, rule_id, None if everywhere else my_class, until))
-    packages.record(conn, package_id, Event.EXCLUDED, "swarm-exclude", clock.iso(now),
-                    pkg["status"], pkg["status"], reason, drone)
+    packages.note(conn, package_id, Event.EXCLUDED, actor="swarm-exclude", at=clock.iso(now),
+                  detail=reason, drone=drone)
     done["excluded"] = "everywhere" if everywhere else my_class
     return done
 
@@ -387,8 +387,8 @@ def _ground(conn, config: Config, drone: str, streak: list[tuple], now: datetime
                           detail=detail, attempts=attempts, retry_after=None)
         elif pkg["status"] == State.NEEDED:
             packages.update(conn, package_id, attempts=attempts, retry_after=None)
-    packages.record(conn, None, Event.GROUNDED, "swarm-exclude", at, None, None,
-                    f"{drone} grounded until {until}: {reason}", drone)
+    packages.note(conn, None, Event.GROUNDED, actor="swarm-exclude", at=at,
+                  detail=f"{drone} grounded until {until}: {reason}", drone=drone)
     log.warning("drone %s grounded until %s: %s", drone, until, reason)
     return until
 
@@ -400,6 +400,6 @@ def unground(conn: sqlite3.Connection, config: Config, drone: str, now: datetime
     with db.write(conn):
         conn.execute("UPDATE drones SET grounded_until = NULL, grounded_reason = NULL WHERE name = ?",
                      (drone,))
-        packages.record(conn, None, Event.UNGROUNDED, "swarm-delegate", clock.iso(now), None, None,
-                        f"{drone}: grounding lifted by hand", drone)
+        packages.note(conn, None, Event.UNGROUNDED, actor="swarm-delegate", at=clock.iso(now),
+                      detail=f"{drone}: grounding lifted by hand", drone=drone)
     return {"drone": drone, "grounded_until": None}

@@ -214,24 +214,15 @@ class _Wants:
         self.kept.add(package_id)
         # A rescan changes few places: what did not change is not written.
         if self.before.get(package_id) != order:
-            self.conn.execute(
-                "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
-                " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
-                (self.profile, package_id, order))
+            packages.want(self.conn, self.profile, package_id, order)
         if package_id in self.others or current != order:
-            self._place(package_id)
+            packages.place(self.conn, package_id)
 
     def drop(self, package_id: int) -> None:
-        self.conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
-                          (self.profile, package_id))
+        """This profile no longer wants the build."""
+        packages.unwant(self.conn, package_id, self.profile)
         if package_id in self.others:
-            self._place(package_id)
-
-    def _place(self, package_id: int) -> None:
-        # A build's place in the queue: the earliest any profile gives it.
-        self.conn.execute(
-            "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
-            " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+            packages.place(self.conn, package_id)
 
 
 def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], now: datetime,
@@ -242,7 +233,6 @@ def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], n
     brings it back, state and history kept.
     """
     result, at = ScanResult(), clock.iso(now)
-    marks = ", ".join("?" * len(profiles))
     try:
         with db.write(conn):
             gone = [(package_id, why) for package_id, binhost, wanted_by in conn.execute(
@@ -250,10 +240,9 @@ def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], n
                 " WHERE package_id = packages.id AND active = 1) FROM packages WHERE active = 1")
                 if (why := packages.unwanted(binhost, (wanted_by or "").split(), profiles,
                                              binhosts))]
-            conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN"
-                         f" ({marks})", profiles)
+            packages.unwant_all_but(conn, profiles)
             for package_id, why in gone:
-                conn.execute("UPDATE wants SET active = 0 WHERE package_id = ?", (package_id,))
+                packages.unwant(conn, package_id)
                 pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
                 _retire(conn, pkg, result, at, why)
             if dry_run:
@@ -290,8 +279,8 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
             wants.want(own["id"], order, own["scan_order"])
         elif same is not None and wants.shared_with(same["id"]):
             # Another profile wants this very build: one build serves both.
-            packages.record(conn, same["id"], Event.WANTED, ACTOR, at, same["status"],
-                            same["status"], f"wanted by profile {wants.profile} too")
+            packages.note(conn, same["id"], Event.WANTED, actor=ACTOR, at=at,
+                          detail=f"wanted by profile {wants.profile} too")
             wants.want(same["id"], order, same["scan_order"])
             result.note(Event.WANTED, row.cpv,
                         "shared with profile " + ", ".join(wants.shared_with(same["id"])))
@@ -331,9 +320,9 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
             continue
         wants.drop(pkg["id"])
         if others := wants.shared_with(pkg["id"]):
-            packages.record(conn, pkg["id"], Event.UNWANTED, ACTOR, at, pkg["status"],
-                            pkg["status"], f"profile {wants.profile} no longer wants it; "
-                            f"{', '.join(others)} still do")
+            packages.note(conn, pkg["id"], Event.UNWANTED, actor=ACTOR, at=at,
+                          detail=f"profile {wants.profile} no longer wants it; "
+                                 f"{', '.join(others)} still do")
         else:
             _retire(conn, pkg, result, at)
             wants.moved += pkg["binhost"] != wants.binhost
@@ -342,17 +331,7 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
 
 def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str,
             why: str = "no longer in the merge list") -> None:
-    # A lease on a package nobody wants any more ends here: its drone's
-    # report is refused, and no heartbeat keeps it alive.
-    if pkg["status"] == State.DELEGATED:
-        packages.move(conn, pkg["id"], expect=State.DELEGATED, to=State.NEEDED,
-                      event=Event.RETIRED, actor=ACTOR, at=at, active=0,
-                      detail=f"{why}; lease of {pkg['drone']} ended",
-                      event_drone=pkg["drone"], **packages.NO_LEASE)
-    else:
-        packages.update(conn, pkg["id"], active=0, updated_at=at)
-        packages.record(conn, pkg["id"], Event.RETIRED, ACTOR, at, pkg["status"], pkg["status"],
-                        why)
+    packages.retire(conn, pkg, actor=ACTOR, at=at, why=why)
     result.note(Event.RETIRED, pkg["cpv"])
 
 
@@ -410,9 +389,9 @@ def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanRe
     published = verdict.lists(row)
     if retired and _stored_identity(retired) == identity(row) and not published:
         # Back unchanged (after a bad scan, say): it keeps its state too.
-        packages.update(conn, retired["id"], active=1, scan_order=order, updated_at=at)
-        packages.record(conn, retired["id"], Event.ADDED, ACTOR, at, retired["status"],
-                        retired["status"], "back in the merge list, unchanged")
+        packages.note(conn, retired["id"], Event.ADDED, actor=ACTOR, at=at,
+                      detail="back in the merge list, unchanged", active=1, scan_order=order,
+                      updated_at=at)
         result.note(Event.ADDED, row.cpv, "back, unchanged")
         return retired["id"]
     status, event = ((State.SYNCED, Event.ON_BINHOST) if published
@@ -424,9 +403,9 @@ def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanRe
         _rebuild(conn, retired, row, status, event, detail or "back in the merge list", result,
                  at, active=1, scan_order=order)
         return retired["id"]
-    package_id = packages.insert(conn, at=at, cp=row.cp, status=status, scan_order=order,
-                                 build_id=row.build_id, binhost=binhost, **_identity_columns(row))
-    packages.record(conn, package_id, event, ACTOR, at, None, status, detail)
+    package_id = packages.insert(conn, at=at, event=event, actor=ACTOR, detail=detail, cp=row.cp,
+                                 status=status, scan_order=order, build_id=row.build_id,
+                                 binhost=binhost, **_identity_columns(row))
     result.note(event, row.cpv, detail)
     return package_id
 

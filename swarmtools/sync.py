@@ -428,8 +428,8 @@ class Publisher:
         published = []
         with db.write(self.conn):
             for pkg, path in reindex:
-                packages.record(self.conn, pkg["id"], Event.REINDEXED, ACTOR, self.at,
-                                State.SYNCED, State.SYNCED, f"{path} listed again in the index")
+                packages.note(self.conn, pkg["id"], Event.REINDEXED, actor=ACTOR, at=self.at,
+                              detail=f"{path} listed again in the index")
                 self.result.reindexed.append(pkg["cpv"])
             for pkg, path in ready:
                 if packages.move(self.conn, pkg["id"], expect=State.RECEIVED, to=State.SYNCED,
