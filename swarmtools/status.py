@@ -168,23 +168,9 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
         general = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
                    if rule.name not in eligibility.DRONE_RULES
                    and (why := rule.explain(conn, pkg, anyone)) is not None]
-        drones = []
-        for name in [drone] if drone else sorted(config.drones):
-            facts = table.get(name, {})
-            claimant = eligibility.claimant_for(conn, config, name, now)
-            # A drone that never sent its facts: what it can build is not known yet.
-            own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
-                   if rule.name in eligibility.DRONE_RULES
-                   and (facts.get("last_heartbeat") or rule.name != "capability")
-                   and (why := rule.explain(conn, pkg, claimant)) is not None]
-            if facts.get("grounded_until"):
-                own.insert(0, {"rule": "grounded", "why": f"grounded until "
-                               f"{facts['grounded_until']}: {facts['grounded_reason']}"})
-            if not facts.get("online"):
-                own.insert(0, {"rule": "offline", "why": "no heartbeat since "
-                               f"{facts['last_heartbeat']}" if facts.get("last_heartbeat")
-                               else "never sent a heartbeat"})
-            drones.append({"drone": name, "reasons": own})
+        drones = [{"drone": name, "reasons": _drone_reasons(conn, config, pkg, name,
+                                                            table.get(name, {}), now)}
+                  for name in ([drone] if drone else sorted(config.drones))]
         online = [d for d in drones if not any(r["rule"] == "offline" for r in d["reasons"])]
         if pkg["status"] == State.NEEDED and pkg["active"] and online and all(
                 any(r["rule"] == "capability" for r in d["reasons"]) for d in online):
@@ -204,6 +190,25 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
                         "profiles": wanted_by, "reasons": general, "drones": drones,
                         "eligible_for": takers})
     return answers
+
+
+def _drone_reasons(conn: sqlite3.Connection, config: Config, pkg: sqlite3.Row, name: str,
+                   entry: dict, now: datetime) -> list[dict]:
+    """Why drone NAME (ENTRY: its drone_table entry) does not take PKG: its own reasons."""
+    claimant = eligibility.claimant_for(conn, config, name, now)
+    # A drone that never sent its facts: what it can build is not known yet.
+    own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
+           if rule.name in eligibility.DRONE_RULES
+           and (entry.get("last_heartbeat") or rule.name != "capability")
+           and (why := rule.explain(conn, pkg, claimant)) is not None]
+    if entry.get("grounded_until"):
+        own.insert(0, {"rule": "grounded", "why": f"grounded until "
+                       f"{entry['grounded_until']}: {entry['grounded_reason']}"})
+    if not entry.get("online"):
+        own.insert(0, {"rule": "offline", "why": "no heartbeat since "
+                       f"{entry['last_heartbeat']}" if entry.get("last_heartbeat")
+                       else "never sent a heartbeat"})
+    return own
 
 
 def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list[dict]:
