@@ -1,8 +1,15 @@
 """The one clock: "now", the database's time format, and file-name stamps.
 
 Library functions never read the time themselves: the command (or a test,
-or the scheduling simulator) asks for :func:`utcnow` once and passes the
-moment down, so the same code runs on a virtual clock.
+or the scheduling simulator; for the drone verbs, :func:`verbs.run`, which
+the CLI and the gateway share) asks for :func:`utcnow` once and passes the
+moment down, so the same code runs on a virtual clock. Work that runs long
+and stamps what it does as it goes (a scan, the publications that follow
+reports) is passed the clock itself, ``clock.utcnow``, and reads it there.
+The command's edge (:mod:`console`) stamps the lines it appends to the log
+file with utcnow. Elapsed seconds (time.monotonic) are not moments and are
+not read here, nor is the TIMESTAMP Portage writes into a binhost's index:
+it follows the real clock (binhost waits for it).
 """
 
 from __future__ import annotations

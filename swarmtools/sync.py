@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -152,8 +153,12 @@ def publish_soon(config: Config) -> None:
         log.warning("could not start swarm-sync (cron will publish): %s", exc)
 
 
-def publish_pending(config: Config, clock_now=clock.utcnow, wait: float = 3600) -> SyncResult:
-    """Publish while reports are pending; leave at once when another run will do it."""
+def publish_pending(config: Config, clock_now: Callable[[], datetime],
+                    wait: float = 3600) -> SyncResult:
+    """Publish while reports are pending; leave at once when another run will do it.
+
+    It runs as long as reports keep coming: each run reads CLOCK_NOW.
+    """
     with contextlib.ExitStack() as held:
         try:
             with db.run_lock(config.state_dir / "swarm-sync.waiter.lock", config.database,
