@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from html import escape
 from pathlib import Path
 
-from . import clock, status
+from . import clock, staging, status
 from .config import Config
 from .output import write_atomic
 from .packages import STATES, Event, State
@@ -175,7 +175,7 @@ def failures(conn: sqlite3.Connection, config: Config) -> list[dict]:
             " FROM packages p JOIN events e ON e.id = (SELECT max(id) FROM events"
             " WHERE package_id = p.id AND event = ?) WHERE p.status = ? AND p.active = 1"
             " ORDER BY e.at DESC, p.id LIMIT ?", (Event.BUILD_FAILED, State.FAILED, LIST_LIMIT)):
-        logs = sorted((config.state_dir / "logs" / row["cpv"]).glob("*.log"))
+        logs = sorted(staging.kept_logs(config, row["cpv"]).glob("*.log"))
         items.append({**dict(row), "log": str(logs[-1]) if logs else None, "log_url": None})
     return items
 

@@ -32,7 +32,7 @@ import sqlite3
 from datetime import datetime
 from pathlib import Path
 
-from . import clock, db, gpkg, identity
+from . import clock, db, gpkg, identity, staging
 from .binhost import CLIENT_TOLERANCE, Index, portage_config, read_index
 from .config import DEFAULT, Config
 from .crashpoints import crashpoint
@@ -113,13 +113,11 @@ def create(config: Config, conn: sqlite3.Connection, now: datetime, name: str | 
     IF_CHANGED, None when the newest release holds exactly what the binhost
     lists now.
     """
-    from .sync import lock_path
-
     if name is not None:
         _check_name(name, RELEASE_NAME, "a release name must start with a digit (2026.12.05)")
     base = root(config)
     binhost = Path(config.binhost.path)
-    with db.run_lock(lock_path(config), config.database, "swarm-sync", timeout=wait):
+    with db.run_lock(staging.sync_lock(config), config.database, "swarm-sync", timeout=wait):
         index = read_index(binhost)
         if index is None or not index.entries:
             raise SwarmError(f"nothing is published on {binhost} yet: no release to make")

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import clock, db, emergelog, packages, portageenv
+from . import clock, db, emergelog, packages, portageenv, staging
 from .config import Config
 from .packages import Event
 
@@ -92,17 +92,12 @@ class Result:
                 "cycles_broken": len(self.cycles_broken), "seconds": round(self.seconds, 3)}
 
 
-def lock_path(config: Config) -> Path:
-    """The lock file every swarm-resolve takes."""
-    return config.state_dir / "swarm-resolve.lock"
-
-
 def run(config: Config, now: datetime, env: dict | None = None) -> Result:
     """Resolve the queue under the lock; TryLater when another run holds it."""
     from portage.versions import _pkg_str
 
     _pkg_str("a/b-1", slot="0")  # Portage imports lazily: the process pays, not the resolution
-    with db.run_lock(lock_path(config), config.database, "swarm-resolve"):
+    with db.run_lock(staging.resolve_lock(config), config.database, "swarm-resolve"):
         conn = db.connect(config.database)
         try:
             return resolve(conn, config, now, env)

@@ -1,6 +1,6 @@
 """The scan, conducted: what each build profile wants, brought into the queue (swarm-fresh).
 
-One scan runs at a time (lock file ``state_dir/swarm-fresh.lock``). What the config no
+One scan runs at a time (:func:`staging.fresh_lock`). What the config no
 longer wants is retired first (:func:`queue.forget`). Then, one profile
 after the other: its Portage configuration and trees are taken
 (:func:`profile.snapshot`) before emerge runs, so a change during the scan
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import clock, db, exclude, portageenv, profile, resolve
+from . import clock, db, exclude, portageenv, profile, resolve, staging
 from .binhost import read_index
 from .config import Config
 from .emerge import BINHOST_UNREADABLE, MergeList, ParseError, consults_binhost, parse_merge_list, run_emerge
@@ -79,7 +79,7 @@ def run(config: Config, conn, request: Request, clock_now: Clock) -> Outcome | N
         # One scan at a time. An overlapping hook (--if-changed) leaves it to
         # the running one; a scan asked for by hand waits for it to end.
         try:
-            held.enter_context(db.run_lock(config.state_dir / "swarm-fresh.lock", config.database,
+            held.enter_context(db.run_lock(staging.fresh_lock(config), config.database,
                                            "swarm-fresh",
                                            timeout=0 if request.if_changed else config.scan.timeout))
         except TryLater as exc:
@@ -145,7 +145,7 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> Sc
         with db.write(conn):  # what the rules match and packages require, for the new queue
             exclude.refresh(conn, config, clock_now())
             if snap is not None:
-                profile.record(conn, config.state_dir, snap, inputs, clock.iso(clock_now()))
+                profile.record(conn, config, snap, inputs, clock.iso(clock_now()))
     return result
 
 

@@ -83,7 +83,7 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
                                       options.get("found"))
             _answer(as_json, result, f"{cpv}: released")
         elif verb == "profile":
-            result = profile.read_bundle(config.state_dir, options["digest"])
+            result = profile.read_bundle(config, options["digest"])
             _answer(as_json, result, result["tar"])
         else:
             raise SwarmError(f"unknown verb {verb!r}", ExitCode.USAGE)
