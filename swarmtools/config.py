@@ -57,7 +57,7 @@ class Orchestrator:
 
 
 @dataclass(frozen=True)
-class Binhost:
+class BinhostSettings:
     """The directory clients fetch binary packages from."""
 
     path: str = key("/var/cache/binhost", "PKGDIR served to clients (on the orchestrator)",
@@ -160,7 +160,7 @@ class Resolve:
 
 
 @dataclass(frozen=True)
-class Drone:
+class DroneSettings:
     """One [drones.NAME] table a drone."""
 
     host: str = key("", "the drone's host name, for people")
@@ -211,13 +211,13 @@ DEFAULT = "default"  # the profile without [profiles], and the binhost [binhost]
 # The file's top level: single tables, then collections of named tables.
 SECTIONS: dict[str, type] = {
     "orchestrator": Orchestrator,
-    "binhost": Binhost,
+    "binhost": BinhostSettings,
     "scan": Scan,
     "delegate": Delegate,
     "resolve": Resolve,
     "exclude": Exclude,
 }
-NAMED_TABLES: dict[str, type] = {"drones": Drone, "profiles": Profile, "binhosts": OtherBinhost}
+NAMED_TABLES: dict[str, type] = {"drones": DroneSettings, "profiles": Profile, "binhosts": OtherBinhost}
 ARRAYS_OF_TABLES: dict[str, type] = {"route": Route}
 
 _DRONE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -230,12 +230,12 @@ class Config:
 
     path: Path
     orchestrator: Orchestrator
-    binhost: Binhost
+    binhost: BinhostSettings
     scan: Scan
     delegate: Delegate
     resolve: Resolve
     exclude: Exclude
-    drones: dict[str, Drone]
+    drones: dict[str, DroneSettings]
     profiles: dict[str, Profile]
     binhosts: dict[str, OtherBinhost]
     route: list[Route]
@@ -263,7 +263,7 @@ class Config:
         """default ([binhost]) and each [binhosts.NAME]."""
         return [DEFAULT, *sorted(self.binhosts)]
 
-    def binhost_named(self, name: str) -> Binhost:
+    def binhost_named(self, name: str) -> BinhostSettings:
         """Binhost NAME: [binhost], or a [binhosts.NAME] with [binhost]'s other settings
         (grace, ssh for the mirror, GnuPG home; releases are [binhost]'s alone)."""
         if name == DEFAULT:
@@ -277,7 +277,7 @@ class Config:
                                    rsync_target=other.rsync_target,
                                    gpg_key=other.gpg_key or self.binhost.gpg_key)
 
-    def drone(self, name: str) -> Drone:
+    def drone(self, name: str) -> DroneSettings:
         """The [drones.NAME] settings; ConfigError for a drone the config does not name."""
         try:
             return self.drones[name]
@@ -289,11 +289,11 @@ class Config:
         """The name of the binhost PROFILE publishes to."""
         return self.profiles[profile].binhost if profile in self.profiles else DEFAULT
 
-    def for_binhost(self, name: str) -> "Config":
+    def for_binhost(self, name: str) -> Config:
         """This config with binhost NAME as [binhost] (swarm-sync publishes one at a time)."""
         return dataclasses.replace(self, binhost=self.binhost_named(name))
 
-    def for_profile(self, name: str) -> "Config":
+    def for_profile(self, name: str) -> Config:
         """This config as profile NAME's scan sees it: its command, environment and binhost."""
         if name not in self.profile_names():
             raise ConfigError(f"{self.path}: no profile '{name}' (profiles: "
@@ -361,7 +361,7 @@ def from_text(text: str, path: Path, environ) -> Config:
     known = set(SECTIONS) | set(NAMED_TABLES) | set(ARRAYS_OF_TABLES)
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"{path}: unknown section or key '{sorted(unknown)[0]}'")
+        raise ConfigError(f"{path}: unknown section or key '{min(unknown)}'")
     base = path.parent.resolve()
     values: dict = {}
     for name, cls in SECTIONS.items():
@@ -445,7 +445,7 @@ def _table(cls: type, table: dict, section: str, path: Path, base: Path, environ
     fields = {f.name: f for f in schema(cls)}
     unknown = set(table) - set(fields)
     if unknown:
-        raise ConfigError(f"{path}: unknown key '{section}.{sorted(unknown)[0]}'")
+        raise ConfigError(f"{path}: unknown key '{section}.{min(unknown)}'")
     out: dict = {}
     # Keys without a {reference} first, so defaults like "{state_dir}/x" resolve.
     order = sorted(fields.values(), key=lambda f: "{" in str(_default(f)))

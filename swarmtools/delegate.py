@@ -171,7 +171,7 @@ def built_with(conn: sqlite3.Connection, config: Config, binhost: str,
     repositories its scan saw) and the binhost its build is for."""
     # Profiles sharing a build want the same identity: any of them will do.
     ours = [name for name in wanted_by if name in config.profile_names()]
-    return {"profile": profile.current(conn, ours[0] if ours else DEFAULT),
+    return {"profile": profile.recorded(conn, ours[0] if ours else DEFAULT),
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 

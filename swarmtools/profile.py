@@ -201,7 +201,7 @@ def binrepos_uris(env: dict[str, str]) -> list[str]:
 
     from . import portageenv
 
-    eprefix, config_root = portageenv.roots(env)
+    _, config_root = portageenv.roots(env)
     where = Path(config_root) / "etc" / "portage" / "binrepos.conf"
     files = sorted(where.glob("*.conf")) if where.is_dir() else [where] if where.is_file() else []
     parser = configparser.ConfigParser(interpolation=None, strict=False)
@@ -227,7 +227,7 @@ def tree_differences(wanted: dict[str, str], repositories: dict[str, Path]) -> l
 
 # The orchestrator's record of the last scan of each profile.
 
-def record(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs: str,
+def record_scan(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs: str,
            at: str) -> None:
     """Keep the bundle (by digest) and what this scan saw (inside the caller's write)."""
     from .output import write_atomic
@@ -245,7 +245,7 @@ def record(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs: str
          inputs, at))
 
 
-def current(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
+def recorded(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
     """The last scan's profile as a claim tells it (None: no scan ran emerge yet)."""
     row = conn.execute("SELECT * FROM profiles WHERE name = ?", (name,)).fetchone()
     if row is None:

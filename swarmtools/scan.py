@@ -7,7 +7,7 @@ after the other: its Portage configuration and trees are taken
 is seen by the next ``--if-changed``; emerge runs (or a saved list is
 read), the queue is brought in line (:func:`queue.apply_scan`), the rules
 are matched again (:func:`exclude.refresh`) and the profile is recorded
-(:func:`profile.record`). Then, if asked, the dependency graph is resolved.
+(:func:`profile.record_scan`). Then, if asked, the dependency graph is resolved.
 
 A scan is long: this module takes a clock (a function), not a moment.
 """
@@ -145,7 +145,7 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> Sc
         with db.write(conn):  # what the rules match and packages require, for the new queue
             exclude.refresh(conn, config, clock_now())
             if snap is not None:
-                profile.record(conn, config, snap, inputs, clock.iso(clock_now()))
+                profile.record_scan(conn, config, snap, inputs, clock.iso(clock_now()))
     return result
 
 

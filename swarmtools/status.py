@@ -43,7 +43,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
                       "profile": scan["profile"], **json.loads(scan["summary"])} if scan else None,
         # What drones build with: the scan's Portage configuration and tree
         # (of the first profile; each one's is under "profiles").
-        "profile": profile.current(conn, config.profile_names()[0]),
+        "profile": profile.recorded(conn, config.profile_names()[0]),
         "profiles": by_profile(conn, config, kept),
         "last_sync": last_run(conn, "swarm-sync"),
         "channels": release.channels(config, now),
@@ -73,7 +73,7 @@ def by_profile(conn: sqlite3.Connection, config: Config,
                         "packages": len(members), "retired": retired,
                         "waiting": waiting(conn, members),
                         "blocked": {rule: len(ids & members) for rule, ids in kept.items()},
-                        "profile": profile.current(conn, name)}
+                        "profile": profile.recorded(conn, name)}
     return answer
 
 
@@ -226,7 +226,7 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
         building[drone].append({"cpv": cpv, "since": since})
     online = eligibility.online_drones(conn, config.delegate.online_seconds, now)
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
-    expected = drift.expected_of_drones(config, profile.current(conn, config.profile_names()[0]))
+    expected = drift.expected_of_drones(config, profile.recorded(conn, config.profile_names()[0]))
     names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
     drones = []
     for name in names:

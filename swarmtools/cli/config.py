@@ -206,7 +206,7 @@ def _recorded_profile(run_, name: str) -> dict | None:
         return None
     from .. import profile
 
-    return profile.current(run_.database(writer=False), name)
+    return profile.recorded(run_.database(writer=False), name)
 
 
 @cli.command(context_settings=CONTEXT)
