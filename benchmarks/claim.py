@@ -21,11 +21,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate, exclude
+from timing import fresh_database, init_config, median_wall
+
+from swarmtools import clock, db, delegate, exclude
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
-from timing import init_config, fresh_database, median_wall
 
 PACKAGES = 2000
 CLI_RUNS = 40

@@ -48,12 +48,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # sshd.py
 
-from sshd import start_sshd  # noqa: E402
+from sshd import start_sshd
+from timing import init_config
 
-from swarmtools import config as config_mod, db  # noqa: E402
-from swarmtools.drone import WAIT_SLICE_SECONDS, Drone, Outcome  # noqa: E402
-from swarmtools.transport import CONTROL_PERSIST, for_drone  # noqa: E402
-from timing import init_config  # noqa: E402
+from swarmtools import config as config_mod
+from swarmtools import db
+from swarmtools.drone import WAIT_SLICE_SECONDS, Drone, Outcome
+from swarmtools.transport import CONTROL_PERSIST, for_drone
 
 TICKS = os.sysconf("SC_CLK_TCK")
 # The config's defaults, uncompressed (a building drone beats every third of the lease).
@@ -293,11 +294,11 @@ def main() -> None:
             # Idle: measured once the drones' back-off has reached its ceiling
             # (the ramp from poll_seconds, with jitter), for four ceilings.
             ramp = 1.25 * (ceiling - DEFAULTS["poll_seconds"] / args.speed) * 2
-            build = args.build_minutes * 60 / args.speed
+            busy_build = args.build_minutes * 60 / args.speed
             for mix, build, queue, warmup, duration in (
                     ("idle", 0, 0, ramp, max(args.duration, 4 * ceiling)),
                     # Busy: long enough for four builds a drone, to see the steady state.
-                    ("busy", build, 100_000, 0, max(args.duration, 4 * build))):
+                    ("busy", busy_build, 100_000, 0, max(args.duration, 4 * busy_build))):
                 result = run_mix(path, server, fleet, root, duration, build, queue, warmup)
                 d = derive(result, len(fleet), args.speed)
                 figures[mix] = d

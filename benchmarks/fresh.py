@@ -21,13 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-import threading
+from timing import fresh_database, median_wall, timed
 
 from swarmtools.samples import synthetic_scan
-from timing import fresh_database, median_wall, timed
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 GNOME = DATA / "emerge" / "gnome-pretend-emptytree-verbose.txt"

@@ -25,12 +25,14 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate, packages, page
+from timing import init_config, timed
+
+from swarmtools import clock, db, delegate, packages, page
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import Event, State
 from swarmtools.queue import apply_scan
 from swarmtools.samples import synthetic_scan
-from timing import init_config, timed
 
 PACKAGES = 2000
 DAYS = 30

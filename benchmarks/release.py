@@ -23,10 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, release
+from timing import init_config, timed
+
+from swarmtools import clock, db, release
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.queue import apply_scan
-from timing import init_config, timed
 
 PACKAGES = 2000
 FILE_BYTES = 256 << 10

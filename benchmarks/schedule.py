@@ -39,10 +39,11 @@ import json
 import statistics
 import sys
 import tempfile
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate, eligibility, packages, resolve
+from swarmtools import clock, db, delegate, eligibility, packages, resolve
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import Event, State
 from swarmtools.placement import CriticalPath
@@ -50,7 +51,7 @@ from swarmtools.queue import apply_scan
 
 DAGS = Path(__file__).resolve().parents[1] / "tests" / "data" / "dags"
 FLEETS = ["1,1,1,1", "4,2,1,1", "2,2,1,1,1,1,0.5,0.5", "4,1,1,1,1,1,1,1"]
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def load(path: Path):

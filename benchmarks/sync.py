@@ -24,11 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from swarmtools import clock, config as config_mod, db, delegate
+from timing import timed
+
+from swarmtools import clock, db, delegate
+from swarmtools import config as config_mod
 from swarmtools.emerge import parse_merge_list
 from swarmtools.prefix import create_prefix
 from swarmtools.queue import apply_scan
-from timing import timed
 
 EXISTING, NEW = 2000, 10
 TEMPLATE = "app-misc/example-docs-1.0"

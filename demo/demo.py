@@ -9,7 +9,8 @@ the queue concurrently (local transport: each drone runs swarm-delegate and
 rsync directly), each package only once what it needs is published: every
 report starts swarm-sync, and a cron-like loop runs it every two seconds
 too (d2 is kept from one package by a swarm-exclude rule, and swarm-status
---why says what each package waits for). No drone compiles anything it did not claim. Then a fresh client installs the whole world with
+--why says what each package waits for). No drone compiles anything it
+did not claim. Then a fresh client installs the whole world with
 `emerge --getbinpkgonly`: nothing is built from source. The drones build
 with the scan's Portage configuration (the build profile), not their own:
 d2's own package.use turns off a flag the scan turns on, and the published
@@ -34,12 +35,13 @@ Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
-import re
 import sys
 import threading
+from datetime import UTC
 from pathlib import Path
 
 from swarmtools.config import edit
@@ -255,9 +257,9 @@ def compiled_only_what_was_claimed(drones: dict, config: Path) -> None:
 
 def release_name() -> str:
     """Today's date, as swarm-release names a release (a rerun of the demo starts afresh)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).strftime("%Y.%m.%d")
+    return datetime.now(UTC).strftime("%Y.%m.%d")
 
 
 def offered(client, atom: str = "app-misc/example-docs") -> str:
@@ -276,8 +278,8 @@ def install_client(url: str) -> None:
     if proc.returncode != 0:
         sys.stdout.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         sys.exit("demo: the client could not install from the binhost")
-    binaries = len(re.findall(r"^>>> Emerging binary", proc.stdout, re.M))
-    sources = len(re.findall(r"^>>> Emerging \(", proc.stdout, re.M))
+    binaries = len(re.findall(r"^>>> Emerging binary", proc.stdout, re.MULTILINE))
+    sources = len(re.findall(r"^>>> Emerging \(", proc.stdout, re.MULTILINE))
     print(f"demo: the client installed {binaries} binary packages; built from source: {sources}")
     if sources or not binaries:
         sys.exit("demo: the client built from source")

@@ -92,7 +92,7 @@ class Pools:
 
     def _pool(self, atom) -> list[Queued]:
         # Only those the atom can match: by name, by category, or all (wildcards).
-        category, _, name = atom.cp.partition("/")
+        category = atom.cp.partition("/")[0]
         if "*" not in atom.cp:
             return self.by_cp.get(atom.cp, [])
         return self.all if "*" in category else self.by_category.get(category, [])

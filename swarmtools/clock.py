@@ -14,12 +14,12 @@ it follows the real clock (binhost waits for it).
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
     """The current moment, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(moment: datetime) -> str:
@@ -27,7 +27,7 @@ def iso(moment: datetime) -> str:
 
     One fixed width and zone, so the strings compare correctly in SQL.
     """
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def parse(text: str | None) -> datetime | None:
@@ -37,7 +37,7 @@ def parse(text: str | None) -> datetime | None:
 
 def stamp(moment: datetime) -> str:
     """A file-name stamp, e.g. 20260101T000000Z."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def later(moment: datetime, seconds: float) -> str:

@@ -253,8 +253,8 @@ def render_client(config: Config, profile: dict | None) -> str:
              "# scan's /etc/portage) here too."]
     if profile:
         lines.append(f'CHOST="{profile["chost"]}"')
-    lines += ['FEATURES="${FEATURES} getbinpkg"', 'EMERGE_DEFAULT_OPTS="${EMERGE_DEFAULT_OPTS} '
-              '--getbinpkg"', ""]
+    lines += ['FEATURES="${FEATURES} getbinpkg"',
+              'EMERGE_DEFAULT_OPTS="${EMERGE_DEFAULT_OPTS} --getbinpkg"', ""]
     return "\n".join(lines) + "\n" + binrepos_conf(config)
 
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable, Iterator
 
 from . import clock, routing
 from .config import Config
@@ -102,7 +102,7 @@ class Held(Rule):
 
     def where(self, claimant):
         return ("NOT EXISTS (SELECT 1 FROM holds h WHERE h.package_id = packages.id"
-                " AND h.drone = ? AND h.until > ?)", (claimant.name, claimant.at))
+                " AND h.drone = ? AND h.until > ?)"), (claimant.name, claimant.at)
 
     def explain(self, conn, package, claimant):
         rows = conn.execute(
@@ -129,7 +129,7 @@ class DependenciesPublished(Rule):
                 " WHERE r.package_id = packages.id AND d.active = 1 AND d.status != 'synced')"
                 " AND (waits_for IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(waits_for) w"
                 " JOIN packages m ON m.cpv = w.value WHERE m.active = 1"
-                " AND m.binhost = packages.binhost AND m.status != 'synced'))", ())
+                " AND m.binhost = packages.binhost AND m.status != 'synced'))"), ()
 
     def explain(self, conn, package, claimant):
         waiting = conn.execute(
@@ -137,7 +137,8 @@ class DependenciesPublished(Rule):
             " WHERE r.package_id = ? AND d.active = 1 AND d.status != 'synced'"
             " UNION SELECT m.cpv, m.status FROM packages p, json_each(p.waits_for) w"
             " JOIN packages m ON m.cpv = w.value WHERE p.id = ? AND m.active = 1"
-            " AND m.binhost = p.binhost AND m.status != 'synced' ORDER BY 1", (package["id"], package["id"])).fetchall()
+            " AND m.binhost = p.binhost AND m.status != 'synced' ORDER BY 1",
+            (package["id"], package["id"])).fetchall()
         if not waiting:
             return None
         failed = [cpv for cpv, status in waiting if status == State.FAILED]
@@ -153,9 +154,9 @@ class NotExcluded(Rule):
     name = "excluded"
 
     def where(self, claimant):
-        return ("NOT EXISTS (SELECT 1 FROM excluded x WHERE x.package_id = packages.id"
-                " AND (x.drone IS NULL OR x.drone = ?) AND (x.class IS NULL OR x.class IS ?)"
-                " AND (x.until IS NULL OR x.until > ?))",
+        return (("NOT EXISTS (SELECT 1 FROM excluded x WHERE x.package_id = packages.id"
+                 " AND (x.drone IS NULL OR x.drone = ?) AND (x.class IS NULL OR x.class IS ?)"
+                 " AND (x.until IS NULL OR x.until > ?))"),
                 (claimant.name, claimant.build_class, claimant.at))
 
     def explain(self, conn, package, claimant):
@@ -170,8 +171,12 @@ class NotExcluded(Rule):
             return None
         return "; ".join(
             f"excluded by rule {r['id']} ({r['source']}) {r['atom']} for "
-            f"{'drone ' + r['drone'] if r['drone'] else 'class ' + r['class'] if r['class'] else 'every drone'}"
-            f": {r['reason']}" + (f" (until {r['until']})" if r["until"] else "") for r in rows)
+            f"{_scope(r['drone'], r['class'])}: {r['reason']}"
+            + (f" (until {r['until']})" if r["until"] else "") for r in rows)
+
+
+def _scope(drone: str | None, build_class: str | None) -> str:
+    return f"drone {drone}" if drone else f"class {build_class}" if build_class else "every drone"
 
 
 class Capable(Rule):

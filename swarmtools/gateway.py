@@ -18,10 +18,9 @@ import shlex
 import sqlite3
 from dataclasses import dataclass, field
 
-from . import profile, verbs
+from . import profile, staging, verbs
 from .config import Config
 from .errors import ExitCode, SwarmError
-from . import staging
 from .staging import staged_path
 
 # Options each verb may carry through the gateway; True: takes a value.

@@ -18,7 +18,7 @@ place for.
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import clock, eligibility
 from .config import Config

@@ -18,10 +18,10 @@ from datetime import datetime
 
 from . import clock, db, packages
 from .binhost import Index
+from .config import DEFAULT
 from .emerge import MergeList, Row
 from .errors import SwarmError
 from .identity import differences
-from .config import DEFAULT
 from .packages import NO_BUILD, Event, State
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,7 @@ def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], n
 
 
 def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str,
-               verdict: Verdict, wants: "_Wants") -> int:
+               verdict: Verdict, wants: _Wants) -> int:
     """Apply the scan's rows; return how many packages the profile wanted before."""
     builds, retired = _builds(conn, wants.binhost)
     # What the profile wanted, by (cp, slot): one each (its merge list has one a slot).
@@ -289,7 +289,7 @@ class _Match:
 
 
 def _matched(rows: list[Row], builds: Builds, mine: dict, retired: Builds,
-             wants: "_Wants") -> list[_Match]:
+             wants: _Wants) -> list[_Match]:
     """Each scan row's build, in the order they are applied (reads and writes nothing)."""
     matched, unmatched = [], []
     for order, row in enumerate(rows):
@@ -326,7 +326,7 @@ def _matched(rows: list[Row], builds: Builds, mine: dict, retired: Builds,
 
 
 def _apply(conn: sqlite3.Connection, match: _Match, result: ScanResult, at: str,
-           verdict: Verdict, wants: "_Wants") -> None:
+           verdict: Verdict, wants: _Wants) -> None:
     """Bring one build in line with its scan row; this profile wants it."""
     order, row, pkg = match.order, match.row, match.pkg
     if match.how == "shared":
@@ -345,7 +345,7 @@ def _apply(conn: sqlite3.Connection, match: _Match, result: ScanResult, at: str,
 
 
 def _drop_unwanted(conn: sqlite3.Connection, result: ScanResult, at: str,
-                   wants: "_Wants") -> None:
+                   wants: _Wants) -> None:
     """What the profile wanted and its scan does not: retired, unless others want it."""
     # All it wanted, on any binhost: a profile moved to another binhost
     # leaves its builds on the old one to the profiles still there.

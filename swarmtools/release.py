@@ -342,7 +342,7 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     base = root(config)
     release = release_path(config, name)
     before = current(config, channel)
-    if before is not None and not _stack(conn, channel, None)[-1:] == [before]:
+    if before is not None and _stack(conn, channel, None)[-1:] != [before]:
         _record(conn, channel, before, "found", now, actor)  # a move killed before its record
     # A client that cached the old view's index asks If-Modified-Since its
     # TIMESTAMP + CLIENT_TOLERANCE: the new view is stamped later than that,

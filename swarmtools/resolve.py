@@ -160,8 +160,8 @@ class _Keys:
     used: set[str]  # cache keys of the queued packages
 
     @classmethod
-    def of(cls, conn: sqlite3.Connection, nodes: list[Node], portage: "_Portage",
-           result: Result) -> "_Keys":
+    def of(cls, conn: sqlite3.Connection, nodes: list[Node], portage: _Portage,
+           result: Result) -> _Keys:
         """The keys of NODES: cached reductions where the identity and metadata are known."""
         fingerprints = _fingerprints(nodes)
         # Only the names each cached entry matches against: its reduced
@@ -197,7 +197,7 @@ class _Keys:
 
 
 def _resolve_changed(conn: sqlite3.Connection, config: Config, now: datetime, nodes: list[Node],
-                     keys: _Keys, expected: dict[int, int], state: "_State",
+                     keys: _Keys, expected: dict[int, int], state: _State,
                      result: Result) -> dict[str, object]:
     """Match the changed packages' edges again; store what gates and the priorities if the
     edges, the cycles the merge order breaks or the expected times changed. Returns what
@@ -303,7 +303,7 @@ class _Portage:
     def metadata_stamp(self, node: Node) -> str:
         """Changes when the ebuild or its md5-cache entry does (stat only, no Portage)."""
         if node.repo and node.repo not in self.locations and self._portdb is None:
-            self.portdb  # a repository the last run did not know: ask Portage where
+            _ = self.portdb  # a repository the last run did not know: ask Portage where
         location = self.locations.get(node.repo) if node.repo else None
         if location:
             pf = node.cpv.split("/", 1)[1]
@@ -382,7 +382,7 @@ class _Pools:
         self.nodes = nodes
         self.indexes: dict[tuple[str, str], _LazyIndex] = {}
 
-    def of(self, node: Node) -> list["_LazyIndex"]:
+    def of(self, node: Node) -> list[_LazyIndex]:
         keys = [("profile", name) for name in node.profiles] or [("binhost", node.binhost)]
         for key in keys:
             if key not in self.indexes:
@@ -512,9 +512,8 @@ def _matches(atoms: list, by_cp) -> list[Node]:
                     break
         elif isinstance(item, list):
             matched.extend(_matches(item, by_cp))
-        elif not item.startswith("!"):
-            if (node := _match(item, by_cp)) is not None:
-                matched.append(node)
+        elif not item.startswith("!") and (node := _match(item, by_cp)) is not None:
+            matched.append(node)
     return matched
 
 
@@ -594,7 +593,7 @@ def priorities(order: dict[int, int], requires: dict[int, set[int]],
 
 
 def expected_seconds(conn: sqlite3.Connection, config: Config, nodes: list[Node],
-                     state: "_State | None" = None) -> dict[int, int]:
+                     state: _State | None = None) -> dict[int, int]:
     """Each package's expected build time at speed 1: the swarm's builds, emerge.log, a default."""
     own = build_times(conn, config)
     logged = _logged_seconds(config, state)
@@ -602,7 +601,7 @@ def expected_seconds(conn: sqlite3.Connection, config: Config, nodes: list[Node]
     return {n.id: int(own.get(n.cp) or logged.get(n.cp) or default) for n in nodes}
 
 
-def _logged_seconds(config: Config, state: "_State | None") -> dict[str, int]:
+def _logged_seconds(config: Config, state: _State | None) -> dict[str, int]:
     """Median times from resolve.emerge_logs, read again only when a log changed."""
     paths = [Path(p) for p in config.resolve.emerge_logs]
     stamp = _hash(" ".join(f"{p}:{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else str(p)
@@ -643,7 +642,7 @@ def drone_speeds(conn: sqlite3.Connection, config: Config) -> dict[str, float]:
     """Each drone's speed: configured, else learned (others' time for the same packages / its own)."""
     runs = _builds(conn)
     ratios = defaultdict(list)
-    for cp, builds in runs.items():
+    for builds in runs.values():
         for drone, seconds in builds:
             others = [s for d, s in builds if d != drone]
             if others:

@@ -33,9 +33,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import clock, db, gpkg, identity, packages, staging
-from .crashpoints import crashpoint
 from .binhost import Binhost, Index, PortageIndex, mirror, portage_config, read_index
 from .config import DEFAULT, Config
+from .crashpoints import crashpoint
 from .errors import SwarmError, TryLater
 from .packages import Event, State
 

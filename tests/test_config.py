@@ -113,12 +113,10 @@ def test_history_is_append_only(tmp_path):
     conn = db.connect(tmp_path / "s.db", create=True)
     with db.write(conn):
         packages.record(conn, None, "note", "test", "2026-01-01T00:00:00+00:00", None, None, "x")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        with db.write(conn):
-            conn.execute("UPDATE events SET detail = 'y'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        with db.write(conn):
-            conn.execute("DELETE FROM events")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), db.write(conn):
+        conn.execute("UPDATE events SET detail = 'y'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), db.write(conn):
+        conn.execute("DELETE FROM events")
     assert conn.execute("SELECT detail FROM events").fetchall()[0][0] == "x"
 
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from conftest import add_drones, script, synthetic_scan
 
 PACKAGE = Path(__file__).resolve().parents[1] / "swarmtools"
