@@ -12,11 +12,11 @@ The layout, drawn once (a path a module uses: the function here that names it)::
       logs/CAT/PF/STAMP-DRONE.log         failed builds' logs, kept (kept_logs, keep_log)
       profiles/DIGEST.tar                 build profiles' bundles, by sha256 (bundle_path)
     orchestrator.staging_dir/
-      DRONE/CAT/PN/PF-ID.gpkg.tar         a drone's upload (rsync), until published
-      DRONE/logs/...                      a failed build's log, until reported
-      quarantine/STAMP/DRONE/CAT/PN/...   files swarm-sync refused to publish
-      quarantine/orphans/DRONE/...        files no package ever claimed
-    binhost.path/
+      DRONE/CAT/PN/PF-ID.gpkg.tar         a drone's upload (rsync), until published (staged_path)
+      DRONE/logs/...                      a failed build's log, until reported (staged_path)
+      quarantine/STAMP/DRONE/CAT/PN/...   files swarm-sync refused to publish (quarantine)
+      quarantine/orphans/DRONE/...        files no package ever claimed (quarantine)
+    binhost.path/                         (binhost.Binhost)
       Packages  Packages.gz               the index clients read
       CAT/PN/PF-ID.gpkg.tar               published; a name is never reused
       .incoming/                          copies being verified, renamed into place
