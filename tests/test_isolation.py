@@ -13,9 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import DroneSwarm, HttpServer, build_root_digest, drone_emerge_log, ebuild, script
 
-from conftest import (DroneSwarm, HttpServer, build_root_digest, drone_emerge_log, ebuild,
-                      script)
 from swarmtools.config import edit
 from swarmtools.prefix import create_prefix
 
@@ -45,7 +44,7 @@ def published(swarm: DroneSwarm, cpv: str, binhost: str = "default") -> Path:
 
 def drain(swarm: DroneSwarm, name: str) -> None:
     d = swarm.drone(name, "--drain", "-v")
-    out, err = d.communicate(timeout=600)
+    _out, err = d.communicate(timeout=600)
     assert d.returncode == 0, err
     r = swarm.run("swarm-sync", "-q")
     assert r.returncode == 0, r.stderr

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import DroneSwarm, HandDrone, HttpServer, add_drones, ebuild
+
 from swarmtools.config import edit
 
 pytestmark = pytest.mark.slow  # real emerge: seconds a test
@@ -47,7 +47,7 @@ def test_a_drone_builds_with_the_profiles_use_not_its_own(tmp_path):
         assert f"profile:       default {digest[:12]} (x86_64-pc-linux-gnu, amd64; " \
                "swarm-example files:" in swarm.run("swarm-status").stdout
         drone = swarm.drone("d1", "--drain")
-        out, err = drone.communicate(timeout=300)
+        _out, err = drone.communicate(timeout=300)
         assert drone.returncode == 0, err
         assert swarm.run("swarm-sync", "-q").returncode == 0
         assert swarm.query("SELECT cpv, status FROM packages") == [("app-misc/flavour-1", "synced")]
