@@ -143,7 +143,20 @@ def check_drones(config: Config, current_profile: dict | None) -> list[Finding]:
             findings.append(Finding(name, "reachable", "yes", str(exc), False))
             continue
         findings.extend(compare(name, facts, expected))
+        findings.append(isolation(name, config.drone(name).isolation, facts))
     return findings
+
+
+LIVE = "none: builds in its live system"
+
+
+def isolation(host: str, configured: str, facts: dict) -> Finding:
+    """How a drone isolates its builds against its config: overlay, and able to; or live."""
+    found, problem = facts.get("isolation"), facts.get("isolation_problem")
+    shown = (LIVE if found == "none" else f"{found}: cannot ({problem})" if problem else
+             str(found or "(not told: an older swarm-drone)"))
+    return Finding(host, "isolation", LIVE if configured == "none" else configured, shown,
+                   found == configured and not problem)
 
 
 def check_binhosts(config: Config) -> list[Finding]:

@@ -209,9 +209,13 @@ def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path
         make_conf.write_text(plain + f'PORTAGE_BINHOST="{swarm.http.url}"\n')
         r = swarm.run("swarm-config", "check", "--remote", "--json")
         assert r.returncode == 0, r.stdout + r.stderr
-        checked = {(f["host"], f["key"]) for f in json.loads(r.stdout)}
+        findings = json.loads(r.stdout)
+        checked = {(f["host"], f["key"]) for f in findings}
         assert {("d1", "PORTAGE_BINHOST"), ("d1", "CHOST"), ("d1", "config digest"),
                 ("binhost", "reachable")} <= checked
+        # As root here, d1 builds in throw-away roots, as its config says.
+        assert {"host": "d1", "key": "isolation", "expected": "overlay", "found": "overlay",
+                "ok": True} in findings
         assert "Accepted publickey" in server.log_text()
 
         wrong = swarm.http.url.rsplit(":", 1)[0] + ":1"
