@@ -4,7 +4,7 @@ PYTHON  ?= python3
 BIN     := $(CURDIR)/$(VENV)/bin
 RUN     := env PATH="$(BIN):$$PATH"
 
-.PHONY: setup demo test test-fast bench bench-quick clean
+.PHONY: setup demo lint test test-fast bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml
 	./scripts/system-deps
@@ -18,10 +18,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(RUN) $(BIN)/python demo/demo.py
 
+# ruff (pinned in the test extra) with the rules of pyproject.toml; make test runs it first.
+lint: setup
+	$(BIN)/ruff check swarmtools tests benchmarks demo
+
 # On every core: what several tests share is built once a run (tests/conftest.py).
 PARALLEL ?= -n auto --dist loadgroup
 
-test: setup
+test: setup lint
 	./scripts/system-deps --browser
 	$(RUN) $(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 

@@ -36,15 +36,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import ClassVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from conftest import HttpServer  # noqa: E402 - a real web server for the binhost
-from swarmtools import build as build_mod, cleanroom  # noqa: E402
-from swarmtools.config import edit, load  # noqa: E402
-from swarmtools.prefix import create_prefix  # noqa: E402
-from timing import init_config  # noqa: E402
+from conftest import HttpServer
+from timing import init_config
+
+from swarmtools import build as build_mod
+from swarmtools import cleanroom
+from swarmtools.config import edit, load
+from swarmtools.prefix import create_prefix
 
 QUICK = ["sys-apps/example-base-1.0", "dev-libs/libfoo-1.2", "dev-libs/libbar-2.0"]
 SETUP_RUNS = 10
@@ -53,7 +56,7 @@ SETUP_RUNS = 10
 class Timed(build_mod._Steps):
     """The drone's steps, timing the dependency step (emerge --onlydeps)."""
 
-    deps_seconds: list[float] = []
+    deps_seconds: ClassVar[list[float]] = []
 
     def emerge(self, command, extra=None):
         started = time.perf_counter()

@@ -38,12 +38,13 @@ Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
-import re
 import sys
 import threading
+from datetime import UTC
 from pathlib import Path
 
 from swarmtools.config import edit
@@ -284,9 +285,9 @@ def compiled_only_what_was_claimed(drones: dict, config: Path) -> None:
 
 def release_name() -> str:
     """Today's date, as swarm-release names a release (a rerun of the demo starts afresh)."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime.now(timezone.utc).strftime("%Y.%m.%d")
+    return datetime.now(UTC).strftime("%Y.%m.%d")
 
 
 def offered(client, atom: str = "app-misc/example-docs") -> str:
@@ -305,8 +306,8 @@ def install_client(url: str) -> None:
     if proc.returncode != 0:
         sys.stdout.write(proc.stdout[-3000:] + proc.stderr[-3000:])
         sys.exit("demo: the client could not install from the binhost")
-    binaries = len(re.findall(r"^>>> Emerging binary", proc.stdout, re.M))
-    sources = len(re.findall(r"^>>> Emerging \(", proc.stdout, re.M))
+    binaries = len(re.findall(r"^>>> Emerging binary", proc.stdout, re.MULTILINE))
+    sources = len(re.findall(r"^>>> Emerging \(", proc.stdout, re.MULTILINE))
     print(f"demo: the client installed {binaries} binary packages; built from source: {sources}")
     if sources or not binaries:
         sys.exit("demo: the client built from source")

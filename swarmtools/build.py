@@ -32,9 +32,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import cleanroom, gpkg, profile
 from .config import Config
@@ -84,7 +84,7 @@ class Builder:
     """How this drone builds: its own Portage settings, its work directory, its build root."""
 
     def __init__(self, config: Config, name: str):
-        settings = config.drones[name]
+        settings = config.drone(name)
         self.config, self.name = config, name
         self.own_env = {**os.environ, **settings.environment}
         self.env = build_environment(config, name)
@@ -212,7 +212,7 @@ class Builder:
         """This host's config root and repositories, synced once towards TREE; raises GiveBack."""
         own_root, repositories = profile.local_repositories(self.own_env)
         differ = profile.tree_differences(tree, repositories)
-        command = self.config.drones[self.name].sync_command
+        command = self.config.drone(self.name).sync_command
         state = json.dumps(tree, sort_keys=True)
         if differ and command and self.synced_for != state:
             # Once for each state of the scan: a tree newer than the scan's
@@ -359,9 +359,11 @@ class _Steps:
 
     def _popen(self, command: list[str], **kw) -> subprocess.Popen:
         # In a room the build dies with the drone, even with SIGKILL (its PID namespace).
+        # (preexec_fn: builds are started by the drone's one thread.)
         return subprocess.Popen(self._wrapped(command), stdin=subprocess.DEVNULL,
                                 start_new_session=True,
-                                preexec_fn=cleanroom.die_with_parent if self.room else None, **kw)
+                                preexec_fn=cleanroom.die_with_parent if self.room else None,  # noqa: PLW1509
+                                **kw)
 
     def would_compile(self, command: list[str], cpv: str) -> tuple[list[str], int]:
         """What COMMAND would compile besides CPV (emerge --pretend), and emerge's exit code."""
@@ -504,8 +506,8 @@ ENVIRONMENT_SIGNS = (
     re.compile(rb"Read-only file system"),
 )
 FETCH_SIGNS = (
-    re.compile(rb"^!!! Fetch failed for ", re.M),
-    re.compile(rb"^!!! Couldn't download '", re.M),
+    re.compile(rb"^!!! Fetch failed for ", re.MULTILINE),
+    re.compile(rb"^!!! Couldn't download '", re.MULTILINE),
     re.compile(rb"Fetch failed for '[^']+'"),
 )
 
@@ -528,7 +530,7 @@ def _tail(path: Path, size: int) -> bytes:
 
 def build_environment(config: Config, name: str) -> dict[str, str]:
     """The environment of this drone's emerge: binaries from the binhost first."""
-    env = {**os.environ, **config.drones[name].environment}
+    env = {**os.environ, **config.drone(name).environment}
     env["PORTAGE_BINHOST"] = config.binhost.url
     # FEATURES from the environment is added to make.conf's, not a replacement.
     env["FEATURES"] = (env.get("FEATURES", "") + " getbinpkg").strip()

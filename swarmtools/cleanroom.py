@@ -92,7 +92,7 @@ class Room:
         return [sys.executable, "-m", "swarmtools.cleanroom", spec, "--", *argv]
 
     @classmethod
-    def from_json(cls, text: str) -> "Room":
+    def from_json(cls, text: str) -> Room:
         data = json.loads(text)
         data.pop("chroot", None)
         return cls(**{**data, "binds": tuple(Bind(**b) for b in data["binds"]),

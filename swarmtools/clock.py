@@ -1,18 +1,25 @@
 """The one clock: "now", the database's time format, and file-name stamps.
 
 Library functions never read the time themselves: the command (or a test,
-or the scheduling simulator) asks for :func:`utcnow` once and passes the
-moment down, so the same code runs on a virtual clock.
+or the scheduling simulator; for the drone verbs, :func:`verbs.run`, which
+the CLI and the gateway share) asks for :func:`utcnow` once and passes the
+moment down, so the same code runs on a virtual clock. Work that runs long
+and stamps what it does as it goes (a scan, the publications that follow
+reports) is passed the clock itself, ``clock.utcnow``, and reads it there.
+The command's edge (:mod:`console`) stamps the lines it appends to the log
+file with utcnow. Elapsed seconds (time.monotonic) are not moments and are
+not read here, nor is the TIMESTAMP Portage writes into a binhost's index:
+it follows the real clock (binhost waits for it).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 def utcnow() -> datetime:
     """The current moment, in UTC."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def iso(moment: datetime) -> str:
@@ -20,7 +27,7 @@ def iso(moment: datetime) -> str:
 
     One fixed width and zone, so the strings compare correctly in SQL.
     """
-    return moment.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return moment.astimezone(UTC).isoformat(timespec="seconds")
 
 
 def parse(text: str | None) -> datetime | None:
@@ -30,7 +37,7 @@ def parse(text: str | None) -> datetime | None:
 
 def stamp(moment: datetime) -> str:
     """A file-name stamp, e.g. 20260101T000000Z."""
-    return moment.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
 def later(moment: datetime, seconds: float) -> str:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +57,7 @@ class Orchestrator:
 
 
 @dataclass(frozen=True)
-class Binhost:
+class BinhostSettings:
     """The directory clients fetch binary packages from."""
 
     path: str = key("/var/cache/binhost", "PKGDIR served to clients (on the orchestrator)",
@@ -161,7 +160,7 @@ class Resolve:
 
 
 @dataclass(frozen=True)
-class Drone:
+class DroneSettings:
     """One [drones.NAME] table a drone."""
 
     host: str = key("", "the drone's host name, for people")
@@ -219,13 +218,13 @@ DEFAULT = "default"  # the profile without [profiles], and the binhost [binhost]
 # The file's top level: single tables, then collections of named tables.
 SECTIONS: dict[str, type] = {
     "orchestrator": Orchestrator,
-    "binhost": Binhost,
+    "binhost": BinhostSettings,
     "scan": Scan,
     "delegate": Delegate,
     "resolve": Resolve,
     "exclude": Exclude,
 }
-NAMED_TABLES: dict[str, type] = {"drones": Drone, "profiles": Profile, "binhosts": OtherBinhost}
+NAMED_TABLES: dict[str, type] = {"drones": DroneSettings, "profiles": Profile, "binhosts": OtherBinhost}
 ARRAYS_OF_TABLES: dict[str, type] = {"route": Route}
 
 _DRONE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
@@ -238,12 +237,12 @@ class Config:
 
     path: Path
     orchestrator: Orchestrator
-    binhost: Binhost
+    binhost: BinhostSettings
     scan: Scan
     delegate: Delegate
     resolve: Resolve
     exclude: Exclude
-    drones: dict[str, Drone]
+    drones: dict[str, DroneSettings]
     profiles: dict[str, Profile]
     binhosts: dict[str, OtherBinhost]
     route: list[Route]
@@ -271,7 +270,7 @@ class Config:
         """default ([binhost]) and each [binhosts.NAME]."""
         return [DEFAULT, *sorted(self.binhosts)]
 
-    def binhost_named(self, name: str) -> Binhost:
+    def binhost_named(self, name: str) -> BinhostSettings:
         """Binhost NAME: [binhost], or a [binhosts.NAME] with [binhost]'s other settings
         (grace, ssh for the mirror, GnuPG home; releases are [binhost]'s alone)."""
         if name == DEFAULT:
@@ -285,15 +284,23 @@ class Config:
                                    rsync_target=other.rsync_target,
                                    gpg_key=other.gpg_key or self.binhost.gpg_key)
 
+    def drone(self, name: str) -> DroneSettings:
+        """The [drones.NAME] settings; ConfigError for a drone the config does not name."""
+        try:
+            return self.drones[name]
+        except KeyError:
+            raise ConfigError(f"unknown drone '{name}': add a [drones.{name}] table to "
+                              f"{self.path}") from None
+
     def binhost_of(self, profile: str) -> str:
         """The name of the binhost PROFILE publishes to."""
         return self.profiles[profile].binhost if profile in self.profiles else DEFAULT
 
-    def for_binhost(self, name: str) -> "Config":
+    def for_binhost(self, name: str) -> Config:
         """This config with binhost NAME as [binhost] (swarm-sync publishes one at a time)."""
         return dataclasses.replace(self, binhost=self.binhost_named(name))
 
-    def for_profile(self, name: str) -> "Config":
+    def for_profile(self, name: str) -> Config:
         """This config as profile NAME's scan sees it: its command, environment and binhost."""
         if name not in self.profile_names():
             raise ConfigError(f"{self.path}: no profile '{name}' (profiles: "
@@ -361,7 +368,7 @@ def from_text(text: str, path: Path, environ) -> Config:
     known = set(SECTIONS) | set(NAMED_TABLES) | set(ARRAYS_OF_TABLES)
     unknown = set(raw) - known
     if unknown:
-        raise ConfigError(f"{path}: unknown section or key '{sorted(unknown)[0]}'")
+        raise ConfigError(f"{path}: unknown section or key '{min(unknown)}'")
     base = path.parent.resolve()
     values: dict = {}
     for name, cls in SECTIONS.items():
@@ -445,7 +452,7 @@ def _table(cls: type, table: dict, section: str, path: Path, base: Path, environ
     fields = {f.name: f for f in schema(cls)}
     unknown = set(table) - set(fields)
     if unknown:
-        raise ConfigError(f"{path}: unknown key '{section}.{sorted(unknown)[0]}'")
+        raise ConfigError(f"{path}: unknown key '{section}.{min(unknown)}'")
     out: dict = {}
     # Keys without a {reference} first, so defaults like "{state_dir}/x" resolve.
     order = sorted(fields.values(), key=lambda f: "{" in str(_default(f)))
@@ -528,48 +535,6 @@ def _from_env(text: str, kind: str, name: str):
     except ValueError:
         raise ConfigError(f"environment variable {name} must be {_KIND_WORDS[kind]}, "
                           f"not {text!r}") from None
-
-
-def problems(config: Config) -> list[str]:
-    """Problems a command would hit later: missing directories, no emerge, no gpg."""
-    found = []
-    orch = config.orchestrator
-    for name, directory in (("state_dir", orch.state_dir), ("staging_dir", orch.staging_dir),
-                            ("database", Path(orch.database).parent),
-                            ("log_file", Path(orch.log_file).parent if orch.log_file else None)):
-        if directory and not Path(directory).is_dir():
-            found.append(f"orchestrator.{name}: directory {directory} does not exist")
-    for name in config.binhost_names():
-        where = config.binhost_named(name).path
-        if not Path(where).is_dir():
-            label = "binhost" if name == DEFAULT else f"binhosts.{name}"
-            found.append(f"{label}.path: directory {where} does not exist")
-    for name, entry in config.profiles.items():
-        if entry.config_root and not Path(entry.config_root, "etc", "portage").is_dir():
-            found.append(f"profiles.{name}.config_root: {entry.config_root}/etc/portage "
-                         "does not exist")
-    if config.binhost.gpg_key and not shutil.which("gpg"):
-        found.append("binhost.gpg_key: gpg is not installed")
-    if config.binhost.gpg_home and not Path(config.binhost.gpg_home).is_dir():
-        found.append(f"binhost.gpg_home: directory {config.binhost.gpg_home} does not exist")
-    command = config.scan.command
-    search = config.scan.environment.get("PATH", os.environ.get("PATH", ""))
-    if shutil.which(command[0], path=search) is None:
-        found.append(f"scan.command: '{command[0]}' not found on PATH")
-    if config.route or config.exclude.file:
-        from .exclude import file_rules, parse_atom  # Portage, only when there are rules
-        from .errors import SwarmError
-
-        for number, route in enumerate(config.route, 1):
-            try:
-                parse_atom(route.match)
-            except SwarmError as exc:
-                found.append(f"[[route]] {number}: {exc}")
-        try:
-            file_rules(config)
-        except SwarmError as exc:
-            found.append(f"exclude.file: {exc}")
-    return found
 
 
 def help_lines() -> list[str]:
@@ -685,64 +650,6 @@ def parse_assignment(text: str) -> dict:
     for part in reversed(parts[:-1]):
         changes = {part: changes}
     return changes
-
-
-def binrepos_conf(config: Config, name: str = "swarm", channel: str | None = None) -> str:
-    """The /etc/portage/binrepos.conf entry a client needs for this binhost (or a channel)."""
-    from .release import url as releases_url
-
-    where = f"{releases_url(config)}/{channel}" if channel else config.binhost.url
-    lines = [
-        f"# /etc/portage/binrepos.conf/{name}.conf: packages built by the swarm"
-        + (f", channel {channel} (swarm-release)" if channel else ""),
-        f"[{name}]",
-        f"sync-uri = {where}",
-        "priority = 10",
-    ]
-    if config.binhost.gpg_key:
-        lines += ["# Signed with " + config.binhost.gpg_key + ": import its public key into",
-                  "# /etc/portage/gnupg with ultimate or full trust (getuto, or gpg --homedir).",
-                  "verify-signature = true"]
-    else:
-        lines += ["# swarm-sync does not sign (binhost.gpg_key is empty): say so knowingly.",
-                  "verify-signature = false"]
-    return "\n".join(lines) + "\n"
-
-
-def render_client(config: Config, profile: dict | None) -> str:
-    """The make.conf lines and binrepos.conf entry a client of the binhost must have."""
-    lines = ["# /etc/portage/make.conf on a client (swarm-config render client): binaries",
-             "# first, from the swarm's binhost. Portage uses a binary only when its USE,",
-             "# CHOST and so on match this host's: keep the profile's settings (the",
-             "# scan's /etc/portage) here too."]
-    if profile:
-        lines.append(f'CHOST="{profile["chost"]}"')
-    lines += ['FEATURES="${FEATURES} getbinpkg"', 'EMERGE_DEFAULT_OPTS="${EMERGE_DEFAULT_OPTS} '
-              '--getbinpkg"', ""]
-    return "\n".join(lines) + "\n" + binrepos_conf(config)
-
-
-def render_drone(config: Config, name: str, profile: dict | None) -> str:
-    """The make.conf lines a drone must have, and its binrepos.conf entry."""
-    from .profile import HOST_LOCAL
-
-    drone = config.drones[name]
-    lines = [f"# /etc/portage/make.conf on drone {name} (swarm-config render drone {name}).",
-             "# swarm-drone builds with the build profile's configuration, fetched from the",
-             "# orchestrator; of this file it keeps only host-local values:",
-             f"#   {' '.join(HOST_LOCAL)}",
-             "# The drone's own toolchain must match the profile's:"]
-    if profile:
-        lines += [f'CHOST="{profile["chost"]}"', f"# ARCH {profile['arch']} (from its profile)"]
-    else:
-        lines.append("# (no scan has recorded a profile yet: run swarm-fresh)")
-    lines += ["# Its own installs come from the swarm's binhost too:",
-              f'PORTAGE_BINHOST="{config.binhost.url}"', 'FEATURES="${FEATURES} getbinpkg"']
-    if drone.environment:
-        lines.append("# Besides, swarm-drone sets for its emerge (drones." + name + ".environment):")
-        lines += [f"#   {k}={json.dumps(v) if chr(10) in v else v}"
-                  for k, v in sorted(drone.environment.items())]
-    return "\n".join(lines) + "\n\n" + binrepos_conf(config)
 
 
 def init(directory: Path, scan_environment: dict[str, str] | None = None,

@@ -14,9 +14,9 @@ import pwd
 import re
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 from .errors import ConfigError, TryLater
 

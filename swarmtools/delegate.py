@@ -16,19 +16,13 @@ import json
 import sqlite3
 from datetime import datetime
 
-from . import clock, db, eligibility, exclude, gpkg, packages, profile, routing, staging
+from . import clock, db, eligibility, exclude, gpkg, packages, profile, staging
 from .config import DEFAULT, Config
-from .errors import ConfigError, ExitCode, SwarmError
+from .errors import ExitCode, SwarmError
 from .packages import Event, FailureKind, State
 from .placement import CriticalPath
 
 ACTOR = "swarm-delegate"
-
-
-def check_drone(config: Config, drone: str) -> None:
-    """Refuse a drone the config does not name."""
-    if drone not in config.drones:
-        raise ConfigError(f"unknown drone '{drone}': add a [drones.{drone}] table to {config.path}")
 
 
 def building(facts: dict) -> list[str]:
@@ -48,7 +42,7 @@ def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
     does not list (a claim whose answer was lost, say) is not extended and
     runs out, unless the drone's next claim takes it up.
     """
-    check_drone(config, drone)
+    config.drone(drone)  # a drone taken out of the config is refused
     working = building(facts)
     lease_until = clock.later(now, config.delegate.lease_seconds)
     digest = facts.get("config_digest")
@@ -123,7 +117,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     heartbeat gets that lease again first (renew), so a claim whose answer
     was lost on the way costs nothing.
     """
-    check_drone(config, drone)
+    config.drone(drone)
     at = clock.iso(now)
     lease_until = clock.later(now, config.delegate.lease_seconds)
     if policy is None:
@@ -135,7 +129,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
         # Rules, the exclusion file and routes are matched again only when
         # one changed (Portage is imported only then).
         exclude.refresh_if_stale(conn, config, now)
-        claimant = claimant_for(conn, config, drone, now)
+        claimant = eligibility.claimant_for(conn, config, drone, now)
         if renew and (held := _forgotten_lease(conn, drone)) is not None:
             packages.update(conn, held["id"], guard={"status": State.DELEGATED},
                             lease_until=lease_until)
@@ -152,9 +146,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
                                     config.binhost_names())
             if why is None:
                 break
-            packages.update(conn, choice["id"], active=0, updated_at=at)
-            packages.record(conn, choice["id"], Event.RETIRED, ACTOR, at, State.NEEDED,
-                            State.NEEDED, why)
+            packages.retire(conn, choice, actor=ACTOR, at=at, why=why)
         row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
                             actor=drone, at=at, detail=f"lease until {lease_until}")
         if row is None:  # cannot happen inside the transaction; a policy bug otherwise
@@ -179,21 +171,8 @@ def built_with(conn: sqlite3.Connection, config: Config, binhost: str,
     repositories its scan saw) and the binhost its build is for."""
     # Profiles sharing a build want the same identity: any of them will do.
     ours = [name for name in wanted_by if name in config.profile_names()]
-    return {"profile": profile.current(conn, ours[0] if ours else DEFAULT),
+    return {"profile": profile.recorded(conn, ours[0] if ours else DEFAULT),
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
-
-
-def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
-                 now: datetime) -> eligibility.Claimant:
-    """DRONE as the eligibility rules see it: its build class and features, from its facts."""
-    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
-    facts = json.loads(row["facts"]) if row else {}
-    settings = config.drones.get(drone)
-    return eligibility.Claimant(
-        drone, now, clock.iso(now), build_class=exclude.build_class(facts),
-        features=frozenset(routing.features(facts, settings.features, settings.mandatory_features)
-                           if settings else routing.features(facts)),
-        mandatory=frozenset(settings.mandatory_features if settings else ()))
 
 
 def _refuse_grounded(conn: sqlite3.Connection, drone: str, at: str) -> None:
@@ -277,7 +256,7 @@ def report_built(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
 
     Repeating a report (its answer was lost) is answered as the first was.
     """
-    check_drone(config, drone)
+    config.drone(drone)
     with db.write(conn):
         done = _last_word(conn, drone, cpv)
         if (done is not None and sha256 and done["last_event"] in (Event.BUILT, Event.SYNCED)
@@ -321,7 +300,7 @@ def report_failed(conn: sqlite3.Connection, config: Config, drone: str, cpv: str
     A missing binary dependency (MISSING lists them) is not the package's
     failure: it goes back to needed, gated on those, with no attempt counted.
     """
-    check_drone(config, drone)
+    config.drone(drone)
     kind = FailureKind(kind)
     with db.write(conn):
         done = _last_word(conn, drone, cpv)
@@ -419,7 +398,7 @@ def release(conn: sqlite3.Connection, config: Config, drone: str, cpv: str,
     asked; FOUND what it found. No attempt is counted, and the drone is held
     from the package for delegate.idle_max_seconds (others may take it).
     """
-    check_drone(config, drone)
+    config.drone(drone)
     if because is not None and because not in GIVE_BACK:
         raise SwarmError(f"--because is one of {', '.join(GIVE_BACK)}, not {because!r}",
                          ExitCode.USAGE)

@@ -1,4 +1,9 @@
-"""Drift: where a host's real settings differ from the one config.
+"""What a host must have, and where its real settings differ from the one config.
+
+The orchestrator's own paths and programs are checked (:func:`problems`,
+``swarm-config check``); the make.conf lines and binrepos.conf entry a drone
+or client must have are drawn from the config (``swarm-config render``,
+``swarm-config binrepos``).
 
 A drone's facts (from its heartbeat, or fetched over ssh by ``swarm-config
 check --remote``) are compared value by value with what the config and the
@@ -10,13 +15,19 @@ naming the host, the key, the expected and the found value.
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, release
+from .atoms import parse_atom
 from .config import DEFAULT, Config
+from .errors import SwarmError
+from .exclude import file_rules
+from .profile import HOST_LOCAL
 
 REMOTE_TIMEOUT = 60  # seconds for one drone's facts (an ssh login and portageq)
 
@@ -132,7 +143,20 @@ def check_drones(config: Config, current_profile: dict | None) -> list[Finding]:
             findings.append(Finding(name, "reachable", "yes", str(exc), False))
             continue
         findings.extend(compare(name, facts, expected))
+        findings.append(isolation(name, config.drone(name).isolation, facts))
     return findings
+
+
+LIVE = "none: builds in its live system"
+
+
+def isolation(host: str, configured: str, facts: dict) -> Finding:
+    """How a drone isolates its builds against its config: overlay, and able to; or live."""
+    found, problem = facts.get("isolation"), facts.get("isolation_problem")
+    shown = (LIVE if found == "none" else f"{found}: cannot ({problem})" if problem else
+             str(found or "(not told: an older swarm-drone)"))
+    return Finding(host, "isolation", LIVE if configured == "none" else configured, shown,
+                   found == configured and not problem)
 
 
 def check_binhosts(config: Config) -> list[Finding]:
@@ -174,3 +198,95 @@ def _timestamp(index: bytes) -> str:
         if name == "TIMESTAMP":
             return value.strip()
     return ""
+
+
+def problems(config: Config) -> list[str]:
+    """Problems a command would hit later: missing directories, no emerge, no gpg."""
+    found = []
+    orch = config.orchestrator
+    for name, directory in (("state_dir", orch.state_dir), ("staging_dir", orch.staging_dir),
+                            ("database", Path(orch.database).parent),
+                            ("log_file", Path(orch.log_file).parent if orch.log_file else None)):
+        if directory and not Path(directory).is_dir():
+            found.append(f"orchestrator.{name}: directory {directory} does not exist")
+    for name in config.binhost_names():
+        where = config.binhost_named(name).path
+        if not Path(where).is_dir():
+            label = "binhost" if name == DEFAULT else f"binhosts.{name}"
+            found.append(f"{label}.path: directory {where} does not exist")
+    for name, entry in config.profiles.items():
+        if entry.config_root and not Path(entry.config_root, "etc", "portage").is_dir():
+            found.append(f"profiles.{name}.config_root: {entry.config_root}/etc/portage "
+                         "does not exist")
+    if config.binhost.gpg_key and not shutil.which("gpg"):
+        found.append("binhost.gpg_key: gpg is not installed")
+    if config.binhost.gpg_home and not Path(config.binhost.gpg_home).is_dir():
+        found.append(f"binhost.gpg_home: directory {config.binhost.gpg_home} does not exist")
+    command = config.scan.command
+    search = config.scan.environment.get("PATH", os.environ.get("PATH", ""))
+    if shutil.which(command[0], path=search) is None:
+        found.append(f"scan.command: '{command[0]}' not found on PATH")
+    for number, route in enumerate(config.route, 1):
+        try:
+            parse_atom(route.match)
+        except SwarmError as exc:
+            found.append(f"[[route]] {number}: {exc}")
+    try:
+        file_rules(config)
+    except SwarmError as exc:
+        found.append(f"exclude.file: {exc}")
+    return found
+
+
+def binrepos_conf(config: Config, name: str = "swarm", channel: str | None = None) -> str:
+    """The /etc/portage/binrepos.conf entry a client needs for this binhost (or a channel)."""
+    where = f"{release.url(config)}/{channel}" if channel else config.binhost.url
+    lines = [
+        f"# /etc/portage/binrepos.conf/{name}.conf: packages built by the swarm"
+        + (f", channel {channel} (swarm-release)" if channel else ""),
+        f"[{name}]",
+        f"sync-uri = {where}",
+        "priority = 10",
+    ]
+    if config.binhost.gpg_key:
+        lines += ["# Signed with " + config.binhost.gpg_key + ": import its public key into",
+                  "# /etc/portage/gnupg with ultimate or full trust (getuto, or gpg --homedir).",
+                  "verify-signature = true"]
+    else:
+        lines += ["# swarm-sync does not sign (binhost.gpg_key is empty): say so knowingly.",
+                  "verify-signature = false"]
+    return "\n".join(lines) + "\n"
+
+
+def render_client(config: Config, profile: dict | None) -> str:
+    """The make.conf lines and binrepos.conf entry a client of the binhost must have."""
+    lines = ["# /etc/portage/make.conf on a client (swarm-config render client): binaries",
+             "# first, from the swarm's binhost. Portage uses a binary only when its USE,",
+             "# CHOST and so on match this host's: keep the profile's settings (the",
+             "# scan's /etc/portage) here too."]
+    if profile:
+        lines.append(f'CHOST="{profile["chost"]}"')
+    lines += ['FEATURES="${FEATURES} getbinpkg"',
+              'EMERGE_DEFAULT_OPTS="${EMERGE_DEFAULT_OPTS} --getbinpkg"', ""]
+    return "\n".join(lines) + "\n" + binrepos_conf(config)
+
+
+def render_drone(config: Config, name: str, profile: dict | None) -> str:
+    """The make.conf lines a drone must have, and its binrepos.conf entry."""
+    drone = config.drones[name]
+    lines = [f"# /etc/portage/make.conf on drone {name} (swarm-config render drone {name}).",
+             "# swarm-drone builds with the build profile's configuration, fetched from the",
+             "# orchestrator; of this file it keeps only host-local values:",
+             f"#   {' '.join(HOST_LOCAL)}",
+             "# The drone's own toolchain must match the profile's:"]
+    if profile:
+        lines += [f'CHOST="{profile["chost"]}"', f"# ARCH {profile['arch']} (from its profile)"]
+    else:
+        lines.append("# (no scan has recorded a profile yet: run swarm-fresh)")
+    lines += ["# Its own installs come from the swarm's binhost too:",
+              f'PORTAGE_BINHOST="{config.binhost.url}"', 'FEATURES="${FEATURES} getbinpkg"']
+    if drone.environment:
+        lines.append("# Besides, swarm-drone sets for its emerge (drones." + name + ".environment):")
+        lines += [f"#   {k}={json.dumps(v) if chr(10) in v else v}"
+                  for k, v in sorted(drone.environment.items())]
+    return "\n".join(lines) + "\n\n" + binrepos_conf(config)

@@ -27,7 +27,6 @@ from pathlib import Path
 from . import __version__, clock, gpkg
 from .build import Builder, GiveBack, Outcome
 from .config import Config
-from .delegate import check_drone
 from .errors import ConfigError, ExitCode, SwarmError
 from .packages import FailureKind
 from .transport import Transport, TransportError, for_drone
@@ -41,7 +40,7 @@ class Drone:
     """One drone's worker loop: the protocol with the orchestrator around its builds."""
 
     def __init__(self, config: Config, name: str, transport: Transport | None = None):
-        check_drone(config, name)
+        config.drone(name)
         self.config = config
         self.name = name
         self.transport = transport or for_drone(config, name)
@@ -170,7 +169,8 @@ class Drone:
                     raise
                 # The orchestrator refused it (the lease ended, say): nothing to keep.
                 log.error("%s", exc)
-                pending = self._drop(pending)
+                self._drop(pending)
+                pending = None
                 self.stop.wait(wait.next())
                 continue
             if once:
@@ -183,7 +183,6 @@ class Drone:
             if pending.workdir:
                 pending.workdir.cleanup()
             self.working_on = None
-        return None
 
     def build(self, job: dict) -> Outcome | None:
         """Build one claimed package: its Outcome, or None when stopped or given back (released).

@@ -8,12 +8,14 @@ same rules to explain, so what filters and what is said never disagree.
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Iterable, Iterator
 
-from . import clock
+from . import clock, routing
+from .config import Config
 from .packages import State
 
 
@@ -27,6 +29,19 @@ class Claimant:
     build_class: str | None = None
     features: frozenset = frozenset()
     mandatory: frozenset = frozenset()
+
+
+def claimant_for(conn: sqlite3.Connection, config: Config, drone: str,
+                 now: datetime) -> Claimant:
+    """DRONE as the rules see it: its build class and features, from its facts and its config."""
+    row = conn.execute("SELECT facts FROM drones WHERE name = ?", (drone,)).fetchone()
+    facts = json.loads(row["facts"]) if row else {}
+    settings = config.drones.get(drone)
+    return Claimant(
+        drone, now, clock.iso(now), build_class=routing.build_class(facts),
+        features=frozenset(routing.features(facts, settings.features, settings.mandatory_features)
+                           if settings else routing.features(facts)),
+        mandatory=frozenset(settings.mandatory_features if settings else ()))
 
 
 class Rule:
@@ -87,7 +102,7 @@ class Held(Rule):
 
     def where(self, claimant):
         return ("NOT EXISTS (SELECT 1 FROM holds h WHERE h.package_id = packages.id"
-                " AND h.drone = ? AND h.until > ?)", (claimant.name, claimant.at))
+                " AND h.drone = ? AND h.until > ?)"), (claimant.name, claimant.at)
 
     def explain(self, conn, package, claimant):
         rows = conn.execute(
@@ -114,7 +129,7 @@ class DependenciesPublished(Rule):
                 " WHERE r.package_id = packages.id AND d.active = 1 AND d.status != 'synced')"
                 " AND (waits_for IS NULL OR NOT EXISTS (SELECT 1 FROM json_each(waits_for) w"
                 " JOIN packages m ON m.cpv = w.value WHERE m.active = 1"
-                " AND m.binhost = packages.binhost AND m.status != 'synced'))", ())
+                " AND m.binhost = packages.binhost AND m.status != 'synced'))"), ()
 
     def explain(self, conn, package, claimant):
         waiting = conn.execute(
@@ -122,7 +137,8 @@ class DependenciesPublished(Rule):
             " WHERE r.package_id = ? AND d.active = 1 AND d.status != 'synced'"
             " UNION SELECT m.cpv, m.status FROM packages p, json_each(p.waits_for) w"
             " JOIN packages m ON m.cpv = w.value WHERE p.id = ? AND m.active = 1"
-            " AND m.binhost = p.binhost AND m.status != 'synced' ORDER BY 1", (package["id"], package["id"])).fetchall()
+            " AND m.binhost = p.binhost AND m.status != 'synced' ORDER BY 1",
+            (package["id"], package["id"])).fetchall()
         if not waiting:
             return None
         failed = [cpv for cpv, status in waiting if status == State.FAILED]
@@ -138,9 +154,9 @@ class NotExcluded(Rule):
     name = "excluded"
 
     def where(self, claimant):
-        return ("NOT EXISTS (SELECT 1 FROM excluded x WHERE x.package_id = packages.id"
-                " AND (x.drone IS NULL OR x.drone = ?) AND (x.class IS NULL OR x.class IS ?)"
-                " AND (x.until IS NULL OR x.until > ?))",
+        return (("NOT EXISTS (SELECT 1 FROM excluded x WHERE x.package_id = packages.id"
+                 " AND (x.drone IS NULL OR x.drone = ?) AND (x.class IS NULL OR x.class IS ?)"
+                 " AND (x.until IS NULL OR x.until > ?))"),
                 (claimant.name, claimant.build_class, claimant.at))
 
     def explain(self, conn, package, claimant):
@@ -155,8 +171,12 @@ class NotExcluded(Rule):
             return None
         return "; ".join(
             f"excluded by rule {r['id']} ({r['source']}) {r['atom']} for "
-            f"{'drone ' + r['drone'] if r['drone'] else 'class ' + r['class'] if r['class'] else 'every drone'}"
-            f": {r['reason']}" + (f" (until {r['until']})" if r["until"] else "") for r in rows)
+            f"{_scope(r['drone'], r['class'])}: {r['reason']}"
+            + (f" (until {r['until']})" if r["until"] else "") for r in rows)
+
+
+def _scope(drone: str | None, build_class: str | None) -> str:
+    return f"drone {drone}" if drone else f"class {build_class}" if build_class else "every drone"
 
 
 class Capable(Rule):

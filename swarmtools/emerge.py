@@ -196,10 +196,10 @@ def _parse_package(row: Row, package: str, tail: str) -> Row | None:
     if tokens is None:
         return None
     brackets = [value for kind, value in tokens if kind == "bracket"]
-    if not _set_cpv(row, package):
-        # --columns: "cat/pkg   [version:slot::repo]   [old]"
-        if not brackets or not _set_cpv(row, f"{package}-{brackets.pop(0)}"):
-            return None
+    # --columns: "cat/pkg   [version:slot::repo]   [old]"
+    if not _set_cpv(row, package) and (
+            not brackets or not _set_cpv(row, f"{package}-{brackets.pop(0)}")):
+        return None
     row.old = [old for b in brackets for old in b.split(", ") if old]
     for kind, value in tokens:
         if kind == "size":

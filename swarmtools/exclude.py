@@ -3,7 +3,7 @@
 A rule is a Portage atom, wildcards allowed (``media-video/nvidia-drivers``,
 ``*/*-bin``, ``>=sys-devel/gcc-15``, ``dev-lang/rust:*``,
 ``sys-apps/*::gentoo``), matched with Portage's own ``Atom`` and
-``match_from_list``; it holds for every drone, one drone, or one build class
+``match_from_list`` (:mod:`atoms`); it holds for every drone, one drone, or one build class
 (the drones with the same CHOST and CFLAGS), with a reason, a source
 (``manual``, ``auto``, or the ``file`` named by ``exclude.file``, in
 package.mask syntax), who and when, and maybe an end. Which queued packages
@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 
 from . import clock, db, packages, routing
+from .atoms import BadAtom, Pools, Queued, identity_key, parse_atom, versioned
 from .config import Config
 from .errors import ExitCode, SwarmError
 from .packages import Event, FailureKind, State
@@ -40,45 +41,6 @@ log = logging.getLogger(__name__)
 
 # Failures that say something about the package (the rest: about the drone).
 PACKAGE_FAILURES = (FailureKind.BUILD, FailureKind.STALLED)
-
-
-class BadAtom(SwarmError):
-    """Not an atom Portage would accept in package.mask."""
-
-    exit_code = ExitCode.USAGE
-
-
-def parse_atom(text: str):
-    """A Portage atom with wildcards and repository allowed, or BadAtom."""
-    from portage.dep import Atom
-    from portage.exception import InvalidAtom
-
-    try:
-        atom = Atom(text.strip(), allow_wildcard=True, allow_repo=True)
-    except InvalidAtom:
-        raise BadAtom(f"'{text.strip()}' is not a Portage atom (wildcards: */*-bin, "
-                      "sys-apps/*::gentoo; operators: >=sys-devel/gcc-15)") from None
-    if atom.blocker or atom.use:
-        raise BadAtom(f"'{text.strip()}': no blockers or USE dependencies in a rule")
-    return atom
-
-
-def _versioned(text: str) -> str:
-    """A bare CATEGORY/PF (as swarm-status --packages prints) means that version: =CPV."""
-    from portage.versions import catpkgsplit
-
-    text = text.strip()
-    if text[:1].isalnum() and "/" in text and ":" not in text and catpkgsplit(text) is not None:
-        return f"={text}"
-    return text
-
-
-def build_class(facts: dict) -> str | None:
-    """A drone's build class: its CHOST and CFLAGS (None until it sent them)."""
-    chost, cflags = facts.get("chost"), facts.get("cflags")
-    if not chost:
-        return None
-    return f"{chost}|{' '.join(str(cflags or '').split())}"
 
 
 @dataclass
@@ -132,7 +94,7 @@ def add(conn: sqlite3.Connection, config: Config, atoms: list[tuple[int, str]], 
     parsed = []
     for line, text in atoms:
         try:
-            parsed.append((str(parse_atom(_versioned(text))), text.strip()))
+            parsed.append((str(parse_atom(versioned(text))), text.strip()))
         except BadAtom as exc:
             raise BadAtom(f"line {line}: {exc}; nothing was added") from None
     added = []
@@ -186,10 +148,10 @@ def matching(conn: sqlite3.Connection, config: Config, cpv: str, drone: str | No
     for rule in in_force:
         if drone and rule.drone not in (None, drone):
             continue
-        if drone and rule.build_class not in (None, build_class(facts)):
+        if drone and rule.build_class not in (None, routing.build_class(facts)):
             continue
         if match_from_list(parse_atom(rule.atom), [package]) and (
-                rule.identity is None or row is None or rule.identity == _identity(row)):
+                rule.identity is None or row is None or rule.identity == identity_key(row)):
             found.append(rule)
     return found
 
@@ -288,64 +250,15 @@ def refresh(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
     _store_file_rules(conn, config, now)
     pools = Pools(queued)
     for rule in rules(conn, now):
-        atom = parse_atom(rule.atom)
-        pool = pools.of(atom)
         conn.executemany(
             "INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
             " VALUES (?, ?, ?, ?, ?)",
             [(item.id, rule.id, rule.drone, rule.build_class, rule.until)
-             for item in _matches(atom, pool)
+             for item in pools.match(parse_atom(rule.atom))
              if rule.identity is None or rule.identity == item.identity])
-    routing.refresh(conn, config, queued)
+    routing.store_requirements(conn, config, pools)
     conn.execute("INSERT OR REPLACE INTO control_state (key, value) VALUES ('stamp', ?)",
                  (stamp(conn, config)[0],))
-
-
-class Pools:
-    """The queued packages an atom can match: by name, by category, or all (wildcards)."""
-
-    def __init__(self, queued: list):
-        self.all = queued
-        self.by_cp: dict[str, list] = {}
-        self.by_category: dict[str, list] = {}
-        for item in queued:
-            self.by_cp.setdefault(item.cp, []).append(item)
-            self.by_category.setdefault(item.category, []).append(item)
-
-    def of(self, atom) -> list:
-        category, _, name = atom.cp.partition("/")
-        if "*" not in atom.cp:
-            return self.by_cp.get(atom.cp, [])
-        return self.all if "*" in category else self.by_category.get(category, [])
-
-
-class Queued:
-    """An active package as rules see it (its Portage form made only when a rule asks)."""
-
-    __slots__ = ("id", "cpv", "cp", "use", "category", "identity", "_row", "_pkg")
-
-    def __init__(self, row):
-        self.id, self.cpv, self.cp, self.use = row["id"], row["cpv"], row["cp"], row["use"]
-        self.category = self.cpv.split("/", 1)[0]
-        self.identity = _identity(row)
-        self._row, self._pkg = row, None
-
-    @property
-    def pkg(self):
-        if self._pkg is None:
-            from portage.versions import _pkg_str
-
-            row = self._row
-            self._pkg = _pkg_str(self.cpv, slot=f"{row['slot']}/{row['subslot']}"
-                                 if row["subslot"] else row["slot"], repo=row["repo"] or None)
-        return self._pkg
-
-
-def _matches(atom, pool: list[Queued]) -> list[Queued]:
-    from portage.dep import match_from_list
-
-    by_pkg = {id(item.pkg): item for item in pool}
-    return [by_pkg[id(pkg)] for pkg in match_from_list(atom, [item.pkg for item in pool])]
 
 
 def _store_file_rules(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
@@ -357,10 +270,6 @@ def _store_file_rules(conn: sqlite3.Connection, config: Config, now: datetime) -
         "INSERT INTO exclusions (atom, reason, source, who, at) VALUES (?, ?, 'file', ?, ?)",
         [(rule.atom, rule.reason, config.exclude.file, clock.iso(now))
          for rule in file_rules(config)])
-
-
-def _identity(row) -> str:
-    return f"{row['cpv']}|{row['slot']}/{row['subslot'] or ''}|{row['repo']}|{row['use']}"
 
 
 def _facts(conn: sqlite3.Connection, drone: str) -> dict:
@@ -382,7 +291,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     if kind not in PACKAGE_FAILURES:
         return done
     facts = _facts(conn, drone)
-    my_class = build_class(facts)
+    my_class = routing.build_class(facts)
     if my_class is None:
         return done
     pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
@@ -394,7 +303,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     excluded = {r["class"] for r in conn.execute(
         "SELECT class FROM exclusions WHERE source = 'auto' AND identity = ? AND atom = ?"
         " AND (until IS NULL OR until > ?)",
-        (_identity(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
+        (identity_key(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
     everywhere = classes <= excluded
     reason = (f"failed {failures} times on drones of class {my_class}"
               + ("; it has now failed in every class" if everywhere else ""))
@@ -402,12 +311,12 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
         "INSERT INTO exclusions (atom, drone, class, reason, source, who, at, until, identity, log)"
         " VALUES (?, NULL, ?, ?, 'auto', ?, ?, ?, ?, ?)",
         (f"={pkg['cpv']}", None if everywhere else my_class, reason, drone, clock.iso(now),
-         until, _identity(pkg), log_path)).lastrowid
+         until, identity_key(pkg), log_path)).lastrowid
     conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
                  " VALUES (?, ?, NULL, ?, ?)",
                  (package_id, rule_id, None if everywhere else my_class, until))
-    packages.record(conn, package_id, Event.EXCLUDED, "swarm-exclude", clock.iso(now),
-                    pkg["status"], pkg["status"], reason, drone)
+    packages.note(conn, package_id, Event.EXCLUDED, actor="swarm-exclude", at=clock.iso(now),
+                  detail=reason, drone=drone)
     done["excluded"] = "everywhere" if everywhere else my_class
     return done
 
@@ -415,7 +324,7 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
 def known_classes(conn: sqlite3.Connection, config: Config) -> set[str]:
     """The build classes of the configured drones that sent their facts."""
     return {c for name, facts in conn.execute("SELECT name, facts FROM drones")
-            if name in config.drones and (c := build_class(json.loads(facts))) is not None}
+            if name in config.drones and (c := routing.build_class(json.loads(facts))) is not None}
 
 
 def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
@@ -429,7 +338,7 @@ def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
             " WHERE e.package_id = ? AND e.event = ? AND e.id > ? AND e.kind IN (?, ?)"
             " AND e.id NOT IN (SELECT event_id FROM forgiven)",
             (pkg["id"], Event.BUILD_FAILED, since, *PACKAGE_FAILURES)):
-        count += build_class(json.loads(facts)) == my_class
+        count += routing.build_class(json.loads(facts)) == my_class
     return count
 
 
@@ -478,8 +387,8 @@ def _ground(conn, config: Config, drone: str, streak: list[tuple], now: datetime
                           detail=detail, attempts=attempts, retry_after=None)
         elif pkg["status"] == State.NEEDED:
             packages.update(conn, package_id, attempts=attempts, retry_after=None)
-    packages.record(conn, None, Event.GROUNDED, "swarm-exclude", at, None, None,
-                    f"{drone} grounded until {until}: {reason}", drone)
+    packages.note(conn, None, Event.GROUNDED, actor="swarm-exclude", at=at,
+                  detail=f"{drone} grounded until {until}: {reason}", drone=drone)
     log.warning("drone %s grounded until %s: %s", drone, until, reason)
     return until
 
@@ -491,6 +400,6 @@ def unground(conn: sqlite3.Connection, config: Config, drone: str, now: datetime
     with db.write(conn):
         conn.execute("UPDATE drones SET grounded_until = NULL, grounded_reason = NULL WHERE name = ?",
                      (drone,))
-        packages.record(conn, None, Event.UNGROUNDED, "swarm-delegate", clock.iso(now), None, None,
-                        f"{drone}: grounding lifted by hand", drone)
+        packages.note(conn, None, Event.UNGROUNDED, actor="swarm-delegate", at=clock.iso(now),
+                      detail=f"{drone}: grounding lifted by hand", drone=drone)
     return {"drone": drone, "grounded_until": None}

@@ -18,11 +18,9 @@ import shlex
 import sqlite3
 from dataclasses import dataclass, field
 
-from . import profile, verbs
+from . import profile, staging, verbs
 from .config import Config
-from .delegate import check_drone
 from .errors import ExitCode, SwarmError
-from . import staging
 from .staging import staged_path
 
 # Options each verb may carry through the gateway; True: takes a value.
@@ -72,7 +70,7 @@ def parse(config: Config, drone: str, original: str | None) -> VerbRequest | lis
     The one read a drone may make is a profile bundle by its digest (the
     Portage configuration it builds with), which the scan put there.
     """
-    check_drone(config, drone)  # a drone taken out of the config is locked out
+    config.drone(drone)  # a drone taken out of the config is locked out
     if not original:
         raise Refused("this key only runs swarmtools queue verbs and uploads; no shell")
     try:
@@ -221,15 +219,3 @@ def main(argv: list[str]) -> int:
         return console.fail(exc, log_file)
     return 0
 
-
-def delegate_main() -> None:
-    """The swarm-delegate console script: the gateway without click, the rest with it."""
-    import signal
-    import sys
-
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    if sys.argv[1:2] == ["gateway"] and not {"-h", "--help"} & set(sys.argv[2:]):
-        sys.exit(main(sys.argv[2:]))
-    from .cli.delegate import main as cli_main
-
-    cli_main()

@@ -11,7 +11,7 @@ the scan never shows them, so it never asks for them).
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 
 def enabled_use(metadata: Mapping[str, str], hidden: tuple[str, ...] = ()) -> set[str]:

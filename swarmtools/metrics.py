@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import clock
 from .packages import STATES
 
+
 def render(figures: dict) -> str:
     """The text exposition format (version 0.0.4) of status.summary()'s FIGURES."""
     out: list[str] = []

@@ -1,13 +1,18 @@
-"""Every change of a package row, and its history, in one place.
+"""Every change of a package row, of the wants that place it, and its history, in one place.
 
 A package is one row of ``packages``: what the world needs (``cp``, ``slot``,
 ``active``, ``scan_order``), the build identity the scan asked for (``cpv``,
 ``subslot``, ``repo``, ``use``), and the state of its build (``status``,
-lease, file, binhost path). Every change goes through :func:`move` (a state
-change, with its event) or :func:`update` (columns only), inside the
-caller's ``db.write()``: the row changes only if it is still where the
-caller saw it, and the caller learns whether it was. The history
-(``events``) is append-only and explains every state.
+lease, file, binhost path). Every change goes through this module, inside
+the caller's ``db.write()``: :func:`move` (a state change, with its event),
+:func:`take` (a claim), :func:`retire` (wanted no more), :func:`note` (an
+event that changes no state, maybe with columns), :func:`update` (columns
+only) and :func:`insert` (a new row, with its first event). A guarded change
+happens only if the row is still where the caller saw it, and the caller
+learns whether it did. Which profiles want a build (``wants``) and so its
+place in the queue change through :func:`want`, :func:`unwant` and
+:func:`place`. The history (``events``) is append-only and explains every
+state.
 """
 
 from __future__ import annotations
@@ -134,13 +139,47 @@ def update(conn: sqlite3.Connection, package_id: int, *, guard: dict | None = No
         (*columns.values(), package_id, *conditions.values())).rowcount)
 
 
-def insert(conn: sqlite3.Connection, *, at: str, **columns) -> int:
-    """A new row (first seen now); returns its id."""
+def insert(conn: sqlite3.Connection, *, at: str, event: Event, actor: str, detail: str = "",
+           **columns) -> int:
+    """A new row (first seen now) and its first EVENT; returns its id."""
     _checked(columns)
     values = {**columns, "first_seen": at, "updated_at": at}
-    return conn.execute(
+    package_id = conn.execute(
         f"INSERT INTO packages ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
         tuple(values.values())).lastrowid
+    record(conn, package_id, event, actor, at, None, columns.get("status"), detail)
+    return package_id
+
+
+def note(conn: sqlite3.Connection, package_id: int | None, event: Event, *, actor: str, at: str,
+         detail: str = "", drone: str | None = None, **columns) -> None:
+    """Append EVENT, which changes no state (from and to: the row's status), after setting
+    COLUMNS that are not the state. PACKAGE_ID None: an event of a drone, not a package."""
+    _checked(columns)
+    if "status" in columns:
+        raise ValueError("note() changes no state: use move()")
+    status = None
+    if package_id is not None and columns:
+        status = conn.execute(
+            f"UPDATE packages SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
+            " RETURNING status", (*columns.values(), package_id)).fetchone()[0]
+    elif package_id is not None:
+        status = conn.execute("SELECT status FROM packages WHERE id = ?",
+                              (package_id,)).fetchone()[0]
+    record(conn, package_id, event, actor, at, status, status, detail, drone)
+
+
+def retire(conn: sqlite3.Connection, pkg: sqlite3.Row, *, actor: str, at: str, why: str) -> None:
+    """PKG (its id, status and drone as read) is wanted no more: inactive, its history kept."""
+    # A lease on a package nobody wants any more ends here: its drone's
+    # report is refused, and no heartbeat keeps it alive.
+    if pkg["status"] == State.DELEGATED:
+        move(conn, pkg["id"], expect=State.DELEGATED, to=State.NEEDED, event=Event.RETIRED,
+             actor=actor, at=at, active=0, detail=f"{why}; lease of {pkg['drone']} ended",
+             event_drone=pkg["drone"], **NO_LEASE)
+    else:
+        note(conn, pkg["id"], Event.RETIRED, actor=actor, at=at, detail=why, active=0,
+             updated_at=at)
 
 
 def record(conn: sqlite3.Connection, package_id: int | None, event: Event | str, actor: str,
@@ -160,6 +199,36 @@ def hold(conn: sqlite3.Connection, package_id: int, drone: str, until: str, reas
         "INSERT INTO holds (package_id, drone, until, reason) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (package_id, drone) DO UPDATE SET until = excluded.until,"
         " reason = excluded.reason", (package_id, drone, until, reason))
+
+
+def want(conn: sqlite3.Connection, profile: str, package_id: int, order: int) -> None:
+    """PROFILE wants the build, at place ORDER of its scan (again, if it wanted it before)."""
+    conn.execute(
+        "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
+        " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
+        (profile, package_id, order))
+
+
+def unwant(conn: sqlite3.Connection, package_id: int, profile: str | None = None) -> None:
+    """PROFILE (None: every profile) no longer wants the build."""
+    if profile is None:
+        conn.execute("UPDATE wants SET active = 0 WHERE package_id = ?", (package_id,))
+    else:
+        conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
+                     (profile, package_id))
+
+
+def unwant_all_but(conn: sqlite3.Connection, profiles: list[str]) -> None:
+    """The wants of every profile not among PROFILES end (profiles gone from the config)."""
+    conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN"
+                 f" ({', '.join('?' * len(profiles))})", profiles)
+
+
+def place(conn: sqlite3.Connection, package_id: int) -> None:
+    """A build's place in the queue: the earliest any profile that wants it gives it."""
+    # (A subquery update() cannot express.)
+    conn.execute("UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
+                 " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
 
 
 def unwanted(binhost: str, wanted_by: list[str], profiles: list[str],

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from html import escape
 from pathlib import Path
 
-from . import clock, status
+from . import clock, staging, status
 from .config import Config
 from .output import write_atomic
 from .packages import STATES, Event, State
@@ -87,8 +87,8 @@ def queue_history(conn: sqlite3.Connection, now: datetime) -> dict:
     point = 0
 
     def snapshot():
-        for name in series:
-            series[name].append(counts[name])
+        for name, values in series.items():
+            values.append(counts[name])
 
     def count(pkg: int, sign: int):
         if active.get(pkg) and state.get(pkg):
@@ -175,7 +175,7 @@ def failures(conn: sqlite3.Connection, config: Config) -> list[dict]:
             " FROM packages p JOIN events e ON e.id = (SELECT max(id) FROM events"
             " WHERE package_id = p.id AND event = ?) WHERE p.status = ? AND p.active = 1"
             " ORDER BY e.at DESC, p.id LIMIT ?", (Event.BUILD_FAILED, State.FAILED, LIST_LIMIT)):
-        logs = sorted((config.state_dir / "logs" / row["cpv"]).glob("*.log"))
+        logs = sorted(staging.kept_logs(config, row["cpv"]).glob("*.log"))
         items.append({**dict(row), "log": str(logs[-1]) if logs else None, "log_url": None})
     return items
 
@@ -303,8 +303,8 @@ def _overview(data: dict) -> str:
         ("channels", ", ".join(f"{escape(c['channel'])} → {escape(c['release'])} (since "
                                f"{escape(c['since'])})" for c in data["channels"] if c["release"])
          or "none pinned (swarm-release)"),
-        ("waiting", f"{waits['on_dependencies']:,} for dependencies to be published "
-                    f"({waits['on_failure']:,} of them on a failed build)"),
+        ("waiting", (f"{waits['on_dependencies']:,} for dependencies to be published "
+                     f"({waits['on_failure']:,} of them on a failed build)")),
     ]
     return ("<h2>Overview</h2>\n" + states + "\n<dl>\n" +
             "\n".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in facts) + "\n</dl>")
@@ -434,8 +434,9 @@ def _longest_chart(data: dict) -> str:
     builds = data["longest_builds"]
     if not builds:
         return f"<h2>Longest builds</h2>\n<p>No build reported in the last {HISTORY_DAYS} days.</p>"
-    items = [(b["cpv"], b["seconds"], f"{b['cpv']} on {b['drone']}: {_duration(b['seconds'])},"
-              f" reported {b['at']}", {"cpv": b["cpv"], "drone": b["drone"]}) for b in builds]
+    items = [(b["cpv"], b["seconds"], (f"{b['cpv']} on {b['drone']}: {_duration(b['seconds'])},"
+                                       f" reported {b['at']}"), {"cpv": b["cpv"], "drone": b["drone"]})
+             for b in builds]
     words = "; ".join(f"{escape(b['cpv'])} {_duration(b['seconds'])}" for b in builds)
     return (f"<h2>Longest builds</h2>\n<figure>\n{_hbars('longest-chart', 'longest builds', items)}\n"
             f"<figcaption>Claim to report, last {HISTORY_DAYS} days: {words}.</figcaption>\n</figure>")
@@ -446,9 +447,9 @@ def _path_chart(data: dict) -> str:
     if not chain:
         return ("<h2>Critical path</h2>\n<p>Nothing left to build on a resolved chain "
                 "(or swarm-resolve has not run).</p>")
-    items = [(c["cpv"], c["expected_seconds"], f"{c['cpv']} ({c['status']}): expected "
-              f"{_duration(c['expected_seconds'])}", {"cpv": c["cpv"], "status": c["status"]})
-             for c in chain]
+    items = [(c["cpv"], c["expected_seconds"],
+              f"{c['cpv']} ({c['status']}): expected {_duration(c['expected_seconds'])}",
+              {"cpv": c["cpv"], "status": c["status"]}) for c in chain]
     return (f"<h2>Critical path</h2>\n<figure>\n{_hbars('path-chart', 'critical path', items)}\n"
             f"<figcaption>The longest chain still to go: {len(chain)} package(s), about "
             f"{_duration(chain[0]['to_go_seconds'])} of builds one after another, first "

@@ -18,7 +18,7 @@ place for.
 from __future__ import annotations
 
 import sqlite3
-from typing import Iterable
+from collections.abc import Iterable
 
 from . import clock, eligibility
 from .config import Config
@@ -75,11 +75,9 @@ class CriticalPath:
 
     def _may_take(self, drone: str, package_id: int, claimants: dict) -> bool:
         """Whether DRONE's own rules (held, excluded, capability) let it build the package."""
-        from .delegate import claimant_for  # (delegate uses this module)
-
         if drone not in claimants:
             now = next(iter(claimants.values())).now
-            claimants[drone] = claimant_for(self.conn, self.config, drone, now)
+            claimants[drone] = eligibility.claimant_for(self.conn, self.config, drone, now)
         return eligibility.admits(self.conn, package_id, claimants[drone], self.drone_rules)
 
     def speeds(self, claimant: Claimant) -> dict[str, float]:

@@ -33,10 +33,11 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import staging
+from .config import Config
 from .errors import SwarmError
 
 DEFAULT = "default"
-BUNDLE_DIR = "profiles"  # under orchestrator.state_dir: DIGEST.tar
 MAX_BUNDLE_BYTES = 8 << 20  # a Portage configuration is kilobytes; a mistake is not
 # Files of etc/portage that belong to the host, not to the builds: where its
 # repositories are, where it fetches binaries, its keys and sync hooks.
@@ -200,7 +201,7 @@ def binrepos_uris(env: dict[str, str]) -> list[str]:
 
     from . import portageenv
 
-    eprefix, config_root = portageenv.roots(env)
+    _, config_root = portageenv.roots(env)
     where = Path(config_root) / "etc" / "portage" / "binrepos.conf"
     files = sorted(where.glob("*.conf")) if where.is_dir() else [where] if where.is_file() else []
     parser = configparser.ConfigParser(interpolation=None, strict=False)
@@ -226,16 +227,12 @@ def tree_differences(wanted: dict[str, str], repositories: dict[str, Path]) -> l
 
 # The orchestrator's record of the last scan of each profile.
 
-def bundle_path(state_dir: Path, digest: str) -> Path:
-    return Path(state_dir) / BUNDLE_DIR / f"{digest}.tar"
-
-
-def record(conn: sqlite3.Connection, state_dir: Path, snap: Snapshot, inputs: str,
+def record_scan(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs: str,
            at: str) -> None:
     """Keep the bundle (by digest) and what this scan saw (inside the caller's write)."""
     from .output import write_atomic
 
-    path = bundle_path(state_dir, snap.digest)
+    path = staging.bundle_path(config, snap.digest)
     if not path.exists():
         path.parent.mkdir(mode=0o755, exist_ok=True)
         write_atomic(path, snap.bundle)
@@ -248,7 +245,7 @@ def record(conn: sqlite3.Connection, state_dir: Path, snap: Snapshot, inputs: st
          inputs, at))
 
 
-def current(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
+def recorded(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
     """The last scan's profile as a claim tells it (None: no scan ran emerge yet)."""
     row = conn.execute("SELECT * FROM profiles WHERE name = ?", (name,)).fetchone()
     if row is None:
@@ -263,12 +260,12 @@ def last_inputs(conn: sqlite3.Connection, name: str = DEFAULT) -> tuple[str, str
     return (row["inputs"], row["scanned_at"]) if row else None
 
 
-def read_bundle(state_dir: Path, digest: str) -> dict:
+def read_bundle(config: Config, digest: str) -> dict:
     """The bundle of DIGEST as a drone fetches it (JSON: base64 of the tar)."""
     if not DIGEST.fullmatch(digest):
         raise SwarmError(f"not a profile digest: {digest!r}")
     try:
-        data = bundle_path(state_dir, digest).read_bytes()
+        data = staging.bundle_path(config, digest).read_bytes()
     except FileNotFoundError:
         raise SwarmError(f"no profile bundle {digest} on the orchestrator (run swarm-fresh)") \
             from None

@@ -18,10 +18,10 @@ from datetime import datetime
 
 from . import clock, db, packages
 from .binhost import Index
+from .config import DEFAULT
 from .emerge import MergeList, Row
 from .errors import SwarmError
 from .identity import differences
-from .config import DEFAULT
 from .packages import NO_BUILD, Event, State
 
 log = logging.getLogger(__name__)
@@ -214,24 +214,15 @@ class _Wants:
         self.kept.add(package_id)
         # A rescan changes few places: what did not change is not written.
         if self.before.get(package_id) != order:
-            self.conn.execute(
-                "INSERT INTO wants (profile, package_id, scan_order, active) VALUES (?, ?, ?, 1)"
-                " ON CONFLICT DO UPDATE SET scan_order = excluded.scan_order, active = 1",
-                (self.profile, package_id, order))
+            packages.want(self.conn, self.profile, package_id, order)
         if package_id in self.others or current != order:
-            self._place(package_id)
+            packages.place(self.conn, package_id)
 
     def drop(self, package_id: int) -> None:
-        self.conn.execute("UPDATE wants SET active = 0 WHERE profile = ? AND package_id = ?",
-                          (self.profile, package_id))
+        """This profile no longer wants the build."""
+        packages.unwant(self.conn, package_id, self.profile)
         if package_id in self.others:
-            self._place(package_id)
-
-    def _place(self, package_id: int) -> None:
-        # A build's place in the queue: the earliest any profile gives it.
-        self.conn.execute(
-            "UPDATE packages SET scan_order = (SELECT min(scan_order) FROM wants"
-            " WHERE package_id = ? AND active = 1) WHERE id = ?", (package_id, package_id))
+            packages.place(self.conn, package_id)
 
 
 def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], now: datetime,
@@ -242,7 +233,6 @@ def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], n
     brings it back, state and history kept.
     """
     result, at = ScanResult(), clock.iso(now)
-    marks = ", ".join("?" * len(profiles))
     try:
         with db.write(conn):
             gone = [(package_id, why) for package_id, binhost, wanted_by in conn.execute(
@@ -250,10 +240,9 @@ def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], n
                 " WHERE package_id = packages.id AND active = 1) FROM packages WHERE active = 1")
                 if (why := packages.unwanted(binhost, (wanted_by or "").split(), profiles,
                                              binhosts))]
-            conn.execute(f"UPDATE wants SET active = 0 WHERE active = 1 AND profile NOT IN"
-                         f" ({marks})", profiles)
+            packages.unwant_all_but(conn, profiles)
             for package_id, why in gone:
-                conn.execute("UPDATE wants SET active = 0 WHERE package_id = ?", (package_id,))
+                packages.unwant(conn, package_id)
                 pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
                 _retire(conn, pkg, result, at, why)
             if dry_run:
@@ -264,64 +253,100 @@ def forget(conn: sqlite3.Connection, profiles: list[str], binhosts: list[str], n
 
 
 def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at: str,
-               verdict: Verdict, wants: "_Wants") -> int:
+               verdict: Verdict, wants: _Wants) -> int:
     """Apply the scan's rows; return how many packages the profile wanted before."""
-    builds: dict[tuple[str, str], list[sqlite3.Row]] = {}  # active, on this binhost
-    for pkg in conn.execute("SELECT * FROM packages WHERE active = 1 AND binhost = ?",
-                            (wants.binhost,)):
-        builds.setdefault((pkg["cp"], pkg["slot"]), []).append(pkg)
+    builds, retired = _builds(conn, wants.binhost)
     # What the profile wanted, by (cp, slot): one each (its merge list has one a slot).
     mine = {key: pkg for key, group in builds.items() for pkg in group
             if pkg["id"] in wants.before}
-    # Retired rows by (cp, slot), oldest first: one read, not one a row.
-    retired: dict[tuple[str, str], list[sqlite3.Row]] = {}
-    for pkg in conn.execute("SELECT * FROM packages WHERE active = 0 AND binhost = ? ORDER BY id",
-                            (wants.binhost,)):
-        retired.setdefault((pkg["cp"], pkg["slot"]), []).append(pkg)
-    keys = {(row.cp, row.slot) for row in rows}
-    unmatched_rows = []
+    for match in _matched(rows, builds, mine, retired, wants):
+        _apply(conn, match, result, at, verdict, wants)
+    _drop_unwanted(conn, result, at, wants)
+    return len(mine)
+
+
+Builds = dict[tuple[str, str], list[sqlite3.Row]]
+
+
+def _builds(conn: sqlite3.Connection, binhost: str) -> tuple[Builds, Builds]:
+    """The active and the retired builds on BINHOST by (cp, slot), oldest first: one read
+    each, not one a row."""
+    found: tuple[Builds, Builds] = ({}, {})
+    for pkg in conn.execute("SELECT * FROM packages WHERE binhost = ? ORDER BY id", (binhost,)):
+        found[0 if pkg["active"] else 1].setdefault((pkg["cp"], pkg["slot"]), []).append(pkg)
+    return found
+
+
+@dataclass
+class _Match:
+    """What one scan row is: HOW it matched the build PKG (for a new one: the retired row
+    it comes back as, or None)."""
+
+    order: int
+    row: Row
+    how: str  # same, shared, adopted, changed, slot, added
+    pkg: sqlite3.Row | None
+
+
+def _matched(rows: list[Row], builds: Builds, mine: dict, retired: Builds,
+             wants: _Wants) -> list[_Match]:
+    """Each scan row's build, in the order they are applied (reads and writes nothing)."""
+    matched, unmatched = [], []
     for order, row in enumerate(rows):
         key = (row.cp, row.slot)
         same = next((p for p in builds.get(key, ()) if _stored_identity(p) == identity(row)), None)
         own = mine.get(key)
         if same is not None and own is not None and same["id"] == own["id"]:
-            _update(conn, own, row, order, result, at, verdict,
-                    shared=bool(wants.shared_with(own["id"])))
-            wants.want(own["id"], order, own["scan_order"])
+            matched.append(_Match(order, row, "same", own))
         elif same is not None and wants.shared_with(same["id"]):
             # Another profile wants this very build: one build serves both.
-            packages.record(conn, same["id"], Event.WANTED, ACTOR, at, same["status"],
-                            same["status"], f"wanted by profile {wants.profile} too")
-            wants.want(same["id"], order, same["scan_order"])
-            result.note(Event.WANTED, row.cpv,
-                        "shared with profile " + ", ".join(wants.shared_with(same["id"])))
+            matched.append(_Match(order, row, "shared", same))
         elif same is not None:  # a build nobody wants any more (its profile left): adopted
-            _update(conn, same, row, order, result, at, verdict)
-            wants.want(same["id"], order, same["scan_order"])
+            matched.append(_Match(order, row, "adopted", same))
         elif own is not None and not wants.shared_with(own["id"]):
-            _update(conn, own, row, order, result, at, verdict)  # its identity changed
-            wants.want(own["id"], order, own["scan_order"])
+            matched.append(_Match(order, row, "changed", own))  # its identity changed
         else:
-            unmatched_rows.append((order, row))
+            unmatched.append((order, row))
     # A slot change keeps the package's row: pair what is left by category/package.
+    keys = {(row.cp, row.slot) for row in rows}
     leftover_by_cp: dict[str, list[sqlite3.Row]] = {}
     for key, pkg in mine.items():
         if key not in keys and not wants.shared_with(pkg["id"]):
             leftover_by_cp.setdefault(pkg["cp"], []).append(pkg)
-    for order, row in unmatched_rows:
-        candidates = leftover_by_cp.get(row.cp)
-        if candidates:
-            pkg = candidates.pop(0)
-            _update(conn, pkg, row, order, result, at, verdict)
-            wants.want(pkg["id"], order, pkg["scan_order"])
-        else:
-            gone = retired.get((row.cp, row.slot), [])
-            back = next((p for p in gone if _stored_identity(p) == identity(row)),
-                        gone[-1] if gone else None)
-            if back is not None:
-                gone.remove(back)
-            package_id = _add(conn, row, order, back, result, at, verdict, wants.binhost)
-            wants.want(package_id, order, order)
+    for order, row in unmatched:
+        if candidates := leftover_by_cp.get(row.cp):
+            matched.append(_Match(order, row, "slot", candidates.pop(0)))
+            continue
+        # Back in the world: the retired row of the same identity, else the latest.
+        gone = retired.get((row.cp, row.slot), [])
+        back = next((p for p in gone if _stored_identity(p) == identity(row)),
+                    gone[-1] if gone else None)
+        matched.append(_Match(order, row, "added", back))
+    return matched
+
+
+def _apply(conn: sqlite3.Connection, match: _Match, result: ScanResult, at: str,
+           verdict: Verdict, wants: _Wants) -> None:
+    """Bring one build in line with its scan row; this profile wants it."""
+    order, row, pkg = match.order, match.row, match.pkg
+    if match.how == "shared":
+        packages.note(conn, pkg["id"], Event.WANTED, actor=ACTOR, at=at,
+                      detail=f"wanted by profile {wants.profile} too")
+        wants.want(pkg["id"], order, pkg["scan_order"])
+        result.note(Event.WANTED, row.cpv,
+                    "shared with profile " + ", ".join(wants.shared_with(pkg["id"])))
+    elif match.how == "added":
+        package_id = _add(conn, row, order, pkg, result, at, verdict, wants.binhost)
+        wants.want(package_id, order, order)
+    else:
+        shared = match.how == "same" and bool(wants.shared_with(pkg["id"]))
+        _update(conn, pkg, row, order, result, at, verdict, shared=shared)
+        wants.want(pkg["id"], order, pkg["scan_order"])
+
+
+def _drop_unwanted(conn: sqlite3.Connection, result: ScanResult, at: str,
+                   wants: _Wants) -> None:
+    """What the profile wanted and its scan does not: retired, unless others want it."""
     # All it wanted, on any binhost: a profile moved to another binhost
     # leaves its builds on the old one to the profiles still there.
     for pkg in conn.execute("SELECT p.* FROM packages p JOIN wants w ON w.package_id = p.id"
@@ -331,28 +356,17 @@ def _reconcile(conn: sqlite3.Connection, rows: list[Row], result: ScanResult, at
             continue
         wants.drop(pkg["id"])
         if others := wants.shared_with(pkg["id"]):
-            packages.record(conn, pkg["id"], Event.UNWANTED, ACTOR, at, pkg["status"],
-                            pkg["status"], f"profile {wants.profile} no longer wants it; "
-                            f"{', '.join(others)} still do")
+            packages.note(conn, pkg["id"], Event.UNWANTED, actor=ACTOR, at=at,
+                          detail=f"profile {wants.profile} no longer wants it; "
+                                 f"{', '.join(others)} still do")
         else:
             _retire(conn, pkg, result, at)
             wants.moved += pkg["binhost"] != wants.binhost
-    return len(mine)
 
 
 def _retire(conn: sqlite3.Connection, pkg: sqlite3.Row, result: ScanResult, at: str,
             why: str = "no longer in the merge list") -> None:
-    # A lease on a package nobody wants any more ends here: its drone's
-    # report is refused, and no heartbeat keeps it alive.
-    if pkg["status"] == State.DELEGATED:
-        packages.move(conn, pkg["id"], expect=State.DELEGATED, to=State.NEEDED,
-                      event=Event.RETIRED, actor=ACTOR, at=at, active=0,
-                      detail=f"{why}; lease of {pkg['drone']} ended",
-                      event_drone=pkg["drone"], **packages.NO_LEASE)
-    else:
-        packages.update(conn, pkg["id"], active=0, updated_at=at)
-        packages.record(conn, pkg["id"], Event.RETIRED, ACTOR, at, pkg["status"], pkg["status"],
-                        why)
+    packages.retire(conn, pkg, actor=ACTOR, at=at, why=why)
     result.note(Event.RETIRED, pkg["cpv"])
 
 
@@ -410,9 +424,9 @@ def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanRe
     published = verdict.lists(row)
     if retired and _stored_identity(retired) == identity(row) and not published:
         # Back unchanged (after a bad scan, say): it keeps its state too.
-        packages.update(conn, retired["id"], active=1, scan_order=order, updated_at=at)
-        packages.record(conn, retired["id"], Event.ADDED, ACTOR, at, retired["status"],
-                        retired["status"], "back in the merge list, unchanged")
+        packages.note(conn, retired["id"], Event.ADDED, actor=ACTOR, at=at,
+                      detail="back in the merge list, unchanged", active=1, scan_order=order,
+                      updated_at=at)
         result.note(Event.ADDED, row.cpv, "back, unchanged")
         return retired["id"]
     status, event = ((State.SYNCED, Event.ON_BINHOST) if published
@@ -424,9 +438,9 @@ def _add(conn, row: Row, order: int, retired: sqlite3.Row | None, result: ScanRe
         _rebuild(conn, retired, row, status, event, detail or "back in the merge list", result,
                  at, active=1, scan_order=order)
         return retired["id"]
-    package_id = packages.insert(conn, at=at, cp=row.cp, status=status, scan_order=order,
-                                 build_id=row.build_id, binhost=binhost, **_identity_columns(row))
-    packages.record(conn, package_id, event, ACTOR, at, None, status, detail)
+    package_id = packages.insert(conn, at=at, event=event, actor=ACTOR, detail=detail, cp=row.cp,
+                                 status=status, scan_order=order, build_id=row.build_id,
+                                 binhost=binhost, **_identity_columns(row))
     result.note(event, row.cpv, detail)
     return package_id
 

@@ -29,11 +29,10 @@ import os
 import re
 import shutil
 import sqlite3
-import time
 from datetime import datetime
 from pathlib import Path
 
-from . import clock, db, gpkg, identity
+from . import clock, db, gpkg, identity, staging
 from .binhost import CLIENT_TOLERANCE, Index, portage_config, read_index
 from .config import DEFAULT, Config
 from .crashpoints import crashpoint
@@ -114,13 +113,11 @@ def create(config: Config, conn: sqlite3.Connection, now: datetime, name: str | 
     IF_CHANGED, None when the newest release holds exactly what the binhost
     lists now.
     """
-    from .sync import lock_path
-
     if name is not None:
         _check_name(name, RELEASE_NAME, "a release name must start with a digit (2026.12.05)")
     base = root(config)
     binhost = Path(config.binhost.path)
-    with db.run_lock(lock_path(config), config.database, "swarm-sync", timeout=wait):
+    with db.run_lock(staging.sync_lock(config), config.database, "swarm-sync", timeout=wait):
         index = read_index(binhost)
         if index is None or not index.entries:
             raise SwarmError(f"nothing is published on {binhost} yet: no release to make")
@@ -136,27 +133,7 @@ def create(config: Config, conn: sqlite3.Connection, now: datetime, name: str | 
         work = base / f".{name}.tmp"
         shutil.rmtree(work, ignore_errors=True)  # a create killed before its rename
         work.mkdir()
-        size = 0
-        entries = []
-        for entry in index.entries:
-            # CATEGORY/FILE: names are unique in a category (PF and a build id),
-            # and a directory a category, not a package, keeps a release small.
-            flat = f"{entry['PATH'].split('/')[0]}/{Path(entry['PATH']).name}"
-            target = work / flat
-            target.parent.mkdir(exist_ok=True)
-            entries.append({**entry, "PATH": flat})
-            try:
-                os.link(binhost / entry["PATH"], target)
-            except FileNotFoundError:
-                raise SwarmError(f"{entry['PATH']} is listed in the binhost's index but not on "
-                                 "disk; run swarm-sync first") from None
-            except OSError as exc:
-                if exc.errno == 18:  # EXDEV
-                    raise SwarmError(f"binhost.releases_path {base} is on another filesystem "
-                                     f"than binhost.path {binhost}: releases are hardlinks "
-                                     "(no copies), so it must be on the same one") from None
-                raise
-            size += int(entry.get("SIZE", 0) or 0)
+        entries, size = _link_files(index, binhost, work, base)
         crashpoint(HOOK_VARIABLE, "linked")
         write_index(work, Index(index.header, entries))
         info = {"name": name, "profile": PROFILE, "at": clock.iso(now),
@@ -169,6 +146,32 @@ def create(config: Config, conn: sqlite3.Connection, now: datetime, name: str | 
         os.rename(work, base / name)
         fsync_path(base)
     return info
+
+
+def _link_files(index: Index, binhost: Path, work: Path, base: Path) -> tuple[list[dict], int]:
+    """Hardlink every file the index lists into WORK; the release's entries and bytes."""
+    size = 0
+    entries = []
+    for entry in index.entries:
+        # CATEGORY/FILE: names are unique in a category (PF and a build id),
+        # and a directory a category, not a package, keeps a release small.
+        flat = f"{entry['PATH'].split('/')[0]}/{Path(entry['PATH']).name}"
+        target = work / flat
+        target.parent.mkdir(exist_ok=True)
+        entries.append({**entry, "PATH": flat})
+        try:
+            os.link(binhost / entry["PATH"], target)
+        except FileNotFoundError:
+            raise SwarmError(f"{entry['PATH']} is listed in the binhost's index but not on "
+                             "disk; run swarm-sync first") from None
+        except OSError as exc:
+            if exc.errno == 18:  # EXDEV
+                raise SwarmError(f"binhost.releases_path {base} is on another filesystem "
+                                 f"than binhost.path {binhost}: releases are hardlinks "
+                                 "(no copies), so it must be on the same one") from None
+            raise
+        size += int(entry.get("SIZE", 0) or 0)
+    return entries, size
 
 
 def index_digest(index: Index) -> str:
@@ -339,12 +342,12 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     base = root(config)
     release = release_path(config, name)
     before = current(config, channel)
-    if before is not None and not _stack(conn, channel, None)[-1:] == [before]:
+    if before is not None and _stack(conn, channel, None)[-1:] != [before]:
         _record(conn, channel, before, "found", now, actor)  # a move killed before its record
     # A client that cached the old view's index asks If-Modified-Since its
     # TIMESTAMP + CLIENT_TOLERANCE: the new view is stamped later than that,
     # a few seconds ahead of the clock if channels move that fast.
-    stamp = max(int(time.time()), _view_timestamp(base / channel) + CLIENT_TOLERANCE + 1)
+    stamp = max(int(now.timestamp()), _view_timestamp(base / channel) + CLIENT_TOLERANCE + 1)
     views = base / VIEWS
     views.mkdir(exist_ok=True)
     view = views / f"{channel}.{stamp}"

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from . import clock, db, emergelog, packages, portageenv
+from . import clock, db, emergelog, packages, portageenv, staging
 from .config import Config
 from .packages import Event
 
@@ -92,17 +92,12 @@ class Result:
                 "cycles_broken": len(self.cycles_broken), "seconds": round(self.seconds, 3)}
 
 
-def lock_path(config: Config) -> Path:
-    """The lock file every swarm-resolve takes."""
-    return config.state_dir / "swarm-resolve.lock"
-
-
 def run(config: Config, now: datetime, env: dict | None = None) -> Result:
     """Resolve the queue under the lock; TryLater when another run holds it."""
     from portage.versions import _pkg_str
 
     _pkg_str("a/b-1", slot="0")  # Portage imports lazily: the process pays, not the resolution
-    with db.run_lock(lock_path(config), config.database, "swarm-resolve"):
+    with db.run_lock(staging.resolve_lock(config), config.database, "swarm-resolve"):
         conn = db.connect(config.database)
         try:
             return resolve(conn, config, now, env)
@@ -125,7 +120,13 @@ def queue_nodes(conn: sqlite3.Connection) -> list[Node]:
 
 def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
             env: dict | None = None) -> Result:
-    """Compute edges, what gates each claim, expected times and priorities; store them."""
+    """Compute edges, what gates each claim, expected times and priorities; store them.
+
+    In phases, each ending the run when what it found changes nothing of
+    what is stored: each package's key (its identity, its ebuild's
+    metadata, the queued packages its atoms name), then the edges of the
+    packages whose key changed, then what gates claims and the priorities.
+    """
     started = time.monotonic()
     result = Result()
     nodes = queue_nodes(conn)
@@ -135,55 +136,74 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
     # (each package's own USE is applied to them).
     first = config.for_profile(config.profile_names()[0])
     portage = _Portage(env or portageenv.scan_environment(first), state)
-    pools = _Pools(nodes)  # Portage package strings, made only if something must be matched
-    fingerprints = _fingerprints(nodes)
-    # Only the names each cached entry matches against: its reduced
-    # dependencies are read only for a package whose edges must be matched again.
-    cache = dict(_plain_rows(conn, "SELECT key, names FROM dep_cache"))
-    used, new_cache, new_keys, changed = set(), {}, {}, []
-    for node in nodes:
-        key = _hash(f"{node.cpv}|{node.repo}|{node.use}|{portage.metadata_stamp(node)}")
-        used.add(key)
-        names = cache.get(key)
-        if names is None and key not in new_cache:
-            deps = portage.reduce(node)
-            names = " ".join(sorted({cp for atoms in deps.values() for cp in _named_cps(atoms)}))
-            new_cache[key] = (deps, names)
-            result.recomputed += 1
-        elif names is None:
-            names = new_cache[key][1]
-        else:
-            result.cached += 1
-        named = " ".join(fingerprints.get((node.binhost, cp), "-") for cp in names.split())
-        named += " " + " ".join(node.profiles)
-        new_keys[node.id] = f"{key}:{_hash(named)}"
-        if new_keys[node.id] != node.resolved:
-            changed.append((node, key))
+    keys = _Keys.of(conn, nodes, portage, result)
     expected = expected_seconds(conn, config, nodes, state)
-    graph_key = _hash(" ".join(f"{n.id}:{n.order}:{new_keys[n.id]}" for n in nodes))
+    graph_key = _hash(" ".join(f"{n.id}:{n.order}:{keys.new[n.id]}" for n in nodes))
     priority_key = _hash(f"{graph_key} {sorted(expected.items())}")
-    if not changed and state.get("graph") == graph_key and state.get("priorities") == priority_key:
+    if (not keys.changed and state.get("graph") == graph_key
+            and state.get("priorities") == priority_key):
         result.edges, result.requires = state.counts()
-        result.seconds = time.monotonic() - started
-        return result  # nothing changed since the last run: the stored graph stands
+    else:
+        found = _resolve_changed(conn, config, now, nodes, keys, expected, state, result)
+        state.set(graph=graph_key, priorities=priority_key, **found)
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@dataclass
+class _Keys:
+    """Each package's key, and what must be read and matched again for it."""
+
+    new: dict[int, str]  # package id -> its key now
+    changed: list[tuple[Node, str]]  # packages whose key changed, with their cache key
+    cache: dict[str, tuple[dict, str]]  # new cache entries: reduced dependencies, names
+    used: set[str]  # cache keys of the queued packages
+
+    @classmethod
+    def of(cls, conn: sqlite3.Connection, nodes: list[Node], portage: _Portage,
+           result: Result) -> _Keys:
+        """The keys of NODES: cached reductions where the identity and metadata are known."""
+        fingerprints = _fingerprints(nodes)
+        # Only the names each cached entry matches against: its reduced
+        # dependencies are read only for a package whose edges must be matched again.
+        cache = dict(_plain_rows(conn, "SELECT key, names FROM dep_cache"))
+        keys = cls({}, [], {}, set())
+        for node in nodes:
+            key = _hash(f"{node.cpv}|{node.repo}|{node.use}|{portage.metadata_stamp(node)}")
+            keys.used.add(key)
+            names = cache.get(key)
+            if names is None and key not in keys.cache:
+                deps = portage.reduce(node)
+                names = " ".join(sorted({cp for atoms in deps.values() for cp in _named_cps(atoms)}))
+                keys.cache[key] = (deps, names)
+                result.recomputed += 1
+            elif names is None:
+                names = keys.cache[key][1]
+            else:
+                result.cached += 1
+            named = " ".join(fingerprints.get((node.binhost, cp), "-") for cp in names.split())
+            named += " " + " ".join(node.profiles)
+            keys.new[node.id] = f"{key}:{_hash(named)}"
+            if keys.new[node.id] != node.resolved:
+                keys.changed.append((node, key))
+        return keys
+
+    def deps(self, conn: sqlite3.Connection, key: str) -> dict[str, list]:
+        """The reduced dependencies of cache entry KEY."""
+        if key in self.cache:
+            return self.cache[key][0]
+        return json.loads(conn.execute("SELECT deps FROM dep_cache WHERE key = ?",
+                                       (key,)).fetchone()[0])
+
+
+def _resolve_changed(conn: sqlite3.Connection, config: Config, now: datetime, nodes: list[Node],
+                     keys: _Keys, expected: dict[int, int], state: _State,
+                     result: Result) -> dict[str, object]:
+    """Match the changed packages' edges again; store what gates and the priorities if the
+    edges, the cycles the merge order breaks or the expected times changed. Returns what
+    the state must remember of them (stored with the run's keys, last)."""
     stored = _stored_edges(conn)
-    edges = {(pkg, dep): kinds for pkg, deps in stored.items() for dep, kinds in deps.items()}
-    edges_changed = False
-    for node, key in changed:
-        deps = new_cache[key][0] if key in new_cache else json.loads(conn.execute(
-            "SELECT deps FROM dep_cache WHERE key = ?", (key,)).fetchone()[0])
-        for dep in stored.get(node.id, {}):
-            edges.pop((node.id, dep), None)
-        mine: dict[int, set[str]] = {}
-        for by_cp in pools.of(node):
-            for dep_id, kinds in match_edges(node, deps, by_cp).items():
-                mine.setdefault(dep_id, set()).update(kinds)
-        edges_changed |= mine != stored.get(node.id, {})
-        for dep_id, kinds in mine.items():
-            edges[(node.id, dep_id)] = kinds
-        result.rematched += 1
-    active = {n.id for n in nodes}
-    edges = {e: k for e, k in edges.items() if e[0] in active and e[1] in active}
+    edges, edges_changed = _rematched(conn, nodes, keys, stored, result)
     order = {node.id: node.order for node in nodes}
     # What gates depends on the edges and on which of them the merge order breaks.
     broken_key = _hash(" ".join(f"{a}>{b}" for a, b in sorted(
@@ -193,28 +213,48 @@ def resolve(conn: sqlite3.Connection, config: Config, now: datetime,
             and state.get("broken") == broken_key and state.get("expected") == expected_key):
         # A bump that changed no dependency: what gates and priorities stand.
         with db.write(conn):
-            for node, _ in changed:
-                packages.update(conn, node.id, guard={"cpv": node.cpv}, resolved=new_keys[node.id])
-        _store_cache(conn, new_cache, used, now)
+            for node, _ in keys.changed:
+                packages.update(conn, node.id, guard={"cpv": node.cpv}, resolved=keys.new[node.id])
+        _store_cache(conn, keys.cache, keys.used, now)
         result.edges, result.requires = state.counts()
-        state.set(graph=graph_key, priorities=priority_key)
-        result.seconds = time.monotonic() - started
-        return result
+        return {}
     requires, broken = gating(order, edges)
     names = {node.id: node.cpv for node in nodes}
     result.cycles_broken = [f"{names[a]} -> {names[b]}" for a, b in broken]
     for edge in result.cycles_broken:
         log.info("cycle broken as Portage's merge order breaks it: %s", edge)
     priority = priorities(order, requires, expected)
-    store_graph(conn, nodes, edges, requires, expected, priority, new_keys)
-    _store_cache(conn, new_cache, used, now)
+    store_graph(conn, nodes, edges, requires, expected, priority, keys.new)
+    _store_cache(conn, keys.cache, keys.used, now)
     _store_speeds(conn, drone_speeds(conn, config))
     result.edges = len(edges)
     result.requires = sum(len(v) for v in requires.values())
-    state.set(graph=graph_key, priorities=priority_key, edges=result.edges,
-              requires=result.requires, broken=broken_key, expected=expected_key)
-    result.seconds = time.monotonic() - started
-    return result
+    return {"edges": result.edges, "requires": result.requires, "broken": broken_key,
+            "expected": expected_key}
+
+
+def _rematched(conn: sqlite3.Connection, nodes: list[Node], keys: _Keys,
+               stored: dict[int, dict[int, set[str]]],
+               result: Result) -> tuple[dict[tuple[int, int], set[str]], bool]:
+    """Every edge between active packages, the changed packages' matched again; and whether
+    any of those differ from the stored ones."""
+    edges = {(pkg, dep): kinds for pkg, deps in stored.items() for dep, kinds in deps.items()}
+    pools = _Pools(nodes)  # Portage package strings, made only if something must be matched
+    changed = False
+    for node, key in keys.changed:
+        deps = keys.deps(conn, key)
+        for dep in stored.get(node.id, {}):
+            edges.pop((node.id, dep), None)
+        mine: dict[int, set[str]] = {}
+        for by_cp in pools.of(node):
+            for dep_id, kinds in match_edges(node, deps, by_cp).items():
+                mine.setdefault(dep_id, set()).update(kinds)
+        changed |= mine != stored.get(node.id, {})
+        for dep_id, kinds in mine.items():
+            edges[(node.id, dep_id)] = kinds
+        result.rematched += 1
+    active = {n.id for n in nodes}
+    return {e: k for e, k in edges.items() if e[0] in active and e[1] in active}, changed
 
 
 class _State:
@@ -263,7 +303,7 @@ class _Portage:
     def metadata_stamp(self, node: Node) -> str:
         """Changes when the ebuild or its md5-cache entry does (stat only, no Portage)."""
         if node.repo and node.repo not in self.locations and self._portdb is None:
-            self.portdb  # a repository the last run did not know: ask Portage where
+            _ = self.portdb  # a repository the last run did not know: ask Portage where
         location = self.locations.get(node.repo) if node.repo else None
         if location:
             pf = node.cpv.split("/", 1)[1]
@@ -342,7 +382,7 @@ class _Pools:
         self.nodes = nodes
         self.indexes: dict[tuple[str, str], _LazyIndex] = {}
 
-    def of(self, node: Node) -> list["_LazyIndex"]:
+    def of(self, node: Node) -> list[_LazyIndex]:
         keys = [("profile", name) for name in node.profiles] or [("binhost", node.binhost)]
         for key in keys:
             if key not in self.indexes:
@@ -472,9 +512,8 @@ def _matches(atoms: list, by_cp) -> list[Node]:
                     break
         elif isinstance(item, list):
             matched.extend(_matches(item, by_cp))
-        elif not item.startswith("!"):
-            if (node := _match(item, by_cp)) is not None:
-                matched.append(node)
+        elif not item.startswith("!") and (node := _match(item, by_cp)) is not None:
+            matched.append(node)
     return matched
 
 
@@ -554,7 +593,7 @@ def priorities(order: dict[int, int], requires: dict[int, set[int]],
 
 
 def expected_seconds(conn: sqlite3.Connection, config: Config, nodes: list[Node],
-                     state: "_State | None" = None) -> dict[int, int]:
+                     state: _State | None = None) -> dict[int, int]:
     """Each package's expected build time at speed 1: the swarm's builds, emerge.log, a default."""
     own = build_times(conn, config)
     logged = _logged_seconds(config, state)
@@ -562,7 +601,7 @@ def expected_seconds(conn: sqlite3.Connection, config: Config, nodes: list[Node]
     return {n.id: int(own.get(n.cp) or logged.get(n.cp) or default) for n in nodes}
 
 
-def _logged_seconds(config: Config, state: "_State | None") -> dict[str, int]:
+def _logged_seconds(config: Config, state: _State | None) -> dict[str, int]:
     """Median times from resolve.emerge_logs, read again only when a log changed."""
     paths = [Path(p) for p in config.resolve.emerge_logs]
     stamp = _hash(" ".join(f"{p}:{p.stat().st_mtime_ns}:{p.stat().st_size}" if p.exists() else str(p)
@@ -603,7 +642,7 @@ def drone_speeds(conn: sqlite3.Connection, config: Config) -> dict[str, float]:
     """Each drone's speed: configured, else learned (others' time for the same packages / its own)."""
     runs = _builds(conn)
     ratios = defaultdict(list)
-    for cp, builds in runs.items():
+    for builds in runs.values():
         for drone, seconds in builds:
             others = [s for d, s in builds if d != drone]
             if others:

@@ -10,13 +10,16 @@ needs ``multilib``, ``cuda`` needs ``cuda``), the build profile's ARCH and
 CHOST (a drone of another builds nothing of it), and the
 ``[[route]]`` tables of the config (``match`` an atom, ``requires`` a list).
 They are kept in the table ``requirements`` (made again with the exclusion
-matches), so a claim tests them in SQL.
+matches), so a claim tests them in SQL. A drone's build class (its CHOST and
+CFLAGS) is read from its facts here too: exclusions and failure memory hold
+for a class.
 """
 
 from __future__ import annotations
 
 import sqlite3
 
+from .atoms import Pools, parse_atom
 from .config import Config
 
 # USE flags that need a drone feature.
@@ -35,6 +38,14 @@ def features(facts: dict, configured: list[str] = (), mandatory: list[str] = ())
     if facts.get("cuda"):
         found.add("cuda")
     return found
+
+
+def build_class(facts: dict) -> str | None:
+    """A drone's build class: its CHOST and CFLAGS (None until it sent them)."""
+    chost, cflags = facts.get("chost"), facts.get("cflags")
+    if not chost:
+        return None
+    return f"{chost}|{' '.join(str(cflags or '').split())}"
 
 
 def targets(conn: sqlite3.Connection) -> dict[int, set[tuple[str, str]]]:
@@ -59,18 +70,14 @@ FINGERPRINT = ("SELECT group_concat(name || ':' || arch || ':' || chost, ' ')"
                " FROM (SELECT * FROM profiles ORDER BY name)")
 
 
-def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
-    """What every queued package requires of a drone (inside the caller's transaction).
-
-    QUEUED: the active packages (exclude.Queued).
-    """
-    from .exclude import Pools, _matches, parse_atom
-
+def store_requirements(conn: sqlite3.Connection, config: Config, queued: Pools) -> None:
+    """What every queued package (QUEUED: the active ones) requires of a drone, stored
+    in ``requirements`` (inside the caller's transaction, exclude.refresh's)."""
     conn.execute("DELETE FROM requirements")
     rows = []
     built_for = targets(conn)
     fallback = {(fallback_arch(conn), None)}
-    for item in queued:
+    for item in queued.all:
         flags = set(item.use.split())
         for flag, feature in USE_FEATURES.items():
             if flag in flags:
@@ -80,10 +87,8 @@ def refresh(conn: sqlite3.Connection, config: Config, queued: list) -> None:
                 rows.append((item.id, f"arch:{arch}", "the profile's ARCH"))
             if chost:
                 rows.append((item.id, f"chost:{chost}", "the profile's CHOST"))
-    pools = Pools(queued)
     for route in config.route:
-        atom = parse_atom(route.match)
-        for item in _matches(atom, pools.of(atom)):
+        for item in queued.match(parse_atom(route.match)):
             rows.extend((item.id, feature, f"[[route]] {route.match}") for feature in route.requires)
     conn.executemany("INSERT OR IGNORE INTO requirements (package_id, feature, why) VALUES (?, ?, ?)",
                      rows)

@@ -1,16 +1,22 @@
 """The orchestrator's files: where drones upload, what is kept, what is quarantined.
 
-The layout, drawn once::
+The layout, drawn once (a path a module uses: the function here that names it)::
 
     orchestrator.state_dir/
-      swarm.db  swarm.log  swarm-sync.lock
-      logs/CAT/PF/STAMP-DRONE.log         failed builds' logs, kept
+      swarm.db  swarm.log                 the queue; errors of cron runs (config: database, log_file)
+      swarm-fresh.lock                    one scan at a time (fresh_lock)
+      swarm-resolve.lock                  one swarm-resolve at a time (resolve_lock)
+      swarm-sync.lock                     one publication at a time, or release (sync_lock)
+      swarm-sync.waiter.lock              the one publication waiting for it (sync_waiter_lock)
+      swarm-sync.pending                  a reported build waits to be published (sync_pending)
+      logs/CAT/PF/STAMP-DRONE.log         failed builds' logs, kept (kept_logs, keep_log)
+      profiles/DIGEST.tar                 build profiles' bundles, by sha256 (bundle_path)
     orchestrator.staging_dir/
-      DRONE/CAT/PN/PF-ID.gpkg.tar         a drone's upload (rsync), until published
-      DRONE/logs/...                      a failed build's log, until reported
-      quarantine/STAMP/DRONE/CAT/PN/...   files swarm-sync refused to publish
-      quarantine/orphans/DRONE/...        files no package ever claimed
-    binhost.path/
+      DRONE/CAT/PN/PF-ID.gpkg.tar         a drone's upload (rsync), until published (staged_path)
+      DRONE/logs/...                      a failed build's log, until reported (staged_path)
+      quarantine/STAMP/DRONE/CAT/PN/...   files swarm-sync refused to publish (quarantine)
+      quarantine/orphans/DRONE/...        files no package ever claimed (quarantine)
+    binhost.path/                         (binhost.Binhost)
       Packages  Packages.gz               the index clients read
       CAT/PN/PF-ID.gpkg.tar               published; a name is never reused
       .incoming/                          copies being verified, renamed into place
@@ -23,15 +29,50 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
 
 from . import clock
 from .config import Config
 from .errors import SwarmError
 
 QUARANTINE = "quarantine"
+
+
+def fresh_lock(config: Config) -> Path:
+    """The lock file every swarm-fresh takes."""
+    return config.state_dir / "swarm-fresh.lock"
+
+
+def resolve_lock(config: Config) -> Path:
+    """The lock file every swarm-resolve takes."""
+    return config.state_dir / "swarm-resolve.lock"
+
+
+def sync_lock(config: Config) -> Path:
+    """The lock file every swarm-sync takes (and swarm-release create: no publication meanwhile)."""
+    return config.state_dir / "swarm-sync.lock"
+
+
+def sync_waiter_lock(config: Config) -> Path:
+    """Held by the one coalescing swarm-sync that waits for a running one."""
+    return config.state_dir / "swarm-sync.waiter.lock"
+
+
+def sync_pending(config: Config) -> Path:
+    """Touched by every successful report; a coalescing run publishes while it exists."""
+    return config.state_dir / "swarm-sync.pending"
+
+
+def kept_logs(config: Config, cpv: str) -> Path:
+    """Where the logs of CPV's failed builds are kept."""
+    return config.state_dir / "logs" / cpv
+
+
+def bundle_path(config: Config, digest: str) -> Path:
+    """A build profile's bundle (its Portage configuration, a tar), by its sha256."""
+    return config.state_dir / "profiles" / f"{digest}.tar"
 
 
 def staged_path(config: Config, drone: str, relative: str) -> Path:
@@ -47,7 +88,7 @@ def staged_path(config: Config, drone: str, relative: str) -> Path:
 
 def keep_log(config: Config, source: Path, cpv: str, drone: str, now: datetime) -> Path:
     """Move a failed build's log out of staging into state_dir/logs/CAT/PF/."""
-    target_dir = config.state_dir / "logs" / cpv
+    target_dir = kept_logs(config, cpv)
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / f"{clock.stamp(now)}-{drone}.log"
     shutil.move(source, target)

@@ -43,7 +43,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
                       "profile": scan["profile"], **json.loads(scan["summary"])} if scan else None,
         # What drones build with: the scan's Portage configuration and tree
         # (of the first profile; each one's is under "profiles").
-        "profile": profile.current(conn, config.profile_names()[0]),
+        "profile": profile.recorded(conn, config.profile_names()[0]),
         "profiles": by_profile(conn, config, kept),
         "last_sync": last_run(conn, "swarm-sync"),
         "channels": release.channels(config, now),
@@ -73,7 +73,7 @@ def by_profile(conn: sqlite3.Connection, config: Config,
                         "packages": len(members), "retired": retired,
                         "waiting": waiting(conn, members),
                         "blocked": {rule: len(ids & members) for rule, ids in kept.items()},
-                        "profile": profile.current(conn, name)}
+                        "profile": profile.recorded(conn, name)}
     return answer
 
 
@@ -119,10 +119,8 @@ def kept_back(conn: sqlite3.Connection, config: Config, now: datetime,
     needed packages while no drone may claim at all. A package kept by
     several rules is under each. DRONES: drone_table's answer, if at hand.
     """
-    from .delegate import claimant_for
-
     anyone = eligibility.Claimant(None, now, clock.iso(now))
-    claimants = [claimant_for(conn, config, d["drone"], now)
+    claimants = [eligibility.claimant_for(conn, config, d["drone"], now)
                  for d in drones or drone_table(conn, config, now)
                  if d["online"] and not d["grounded_until"]]
     kept = {}
@@ -156,8 +154,6 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
     every drone), then each drone's own (offline, grounded, held, excluded
     for it, lacking a feature), and the drones that would take it now.
     """
-    from .delegate import claimant_for
-
     rows = conn.execute("SELECT * FROM packages WHERE (cpv = ? OR cp = ?) ORDER BY active DESC,"
                         " slot, id", (package, package)).fetchall()
     if not rows:
@@ -172,23 +168,9 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
         general = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
                    if rule.name not in eligibility.DRONE_RULES
                    and (why := rule.explain(conn, pkg, anyone)) is not None]
-        drones = []
-        for name in [drone] if drone else sorted(config.drones):
-            facts = table.get(name, {})
-            claimant = claimant_for(conn, config, name, now)
-            # A drone that never sent its facts: what it can build is not known yet.
-            own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
-                   if rule.name in eligibility.DRONE_RULES
-                   and (facts.get("last_heartbeat") or rule.name != "capability")
-                   and (why := rule.explain(conn, pkg, claimant)) is not None]
-            if facts.get("grounded_until"):
-                own.insert(0, {"rule": "grounded", "why": f"grounded until "
-                               f"{facts['grounded_until']}: {facts['grounded_reason']}"})
-            if not facts.get("online"):
-                own.insert(0, {"rule": "offline", "why": "no heartbeat since "
-                               f"{facts['last_heartbeat']}" if facts.get("last_heartbeat")
-                               else "never sent a heartbeat"})
-            drones.append({"drone": name, "reasons": own})
+        drones = [{"drone": name, "reasons": _drone_reasons(conn, config, pkg, name,
+                                                            table.get(name, {}), now)}
+                  for name in ([drone] if drone else sorted(config.drones))]
         online = [d for d in drones if not any(r["rule"] == "offline" for r in d["reasons"])]
         if pkg["status"] == State.NEEDED and pkg["active"] and online and all(
                 any(r["rule"] == "capability" for r in d["reasons"]) for d in online):
@@ -210,6 +192,25 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
     return answers
 
 
+def _drone_reasons(conn: sqlite3.Connection, config: Config, pkg: sqlite3.Row, name: str,
+                   entry: dict, now: datetime) -> list[dict]:
+    """Why drone NAME (ENTRY: its drone_table entry) does not take PKG: its own reasons."""
+    claimant = eligibility.claimant_for(conn, config, name, now)
+    # A drone that never sent its facts: what it can build is not known yet.
+    own = [{"rule": rule.name, "why": why} for rule in eligibility.RULES
+           if rule.name in eligibility.DRONE_RULES
+           and (entry.get("last_heartbeat") or rule.name != "capability")
+           and (why := rule.explain(conn, pkg, claimant)) is not None]
+    if entry.get("grounded_until"):
+        own.insert(0, {"rule": "grounded", "why": f"grounded until "
+                       f"{entry['grounded_until']}: {entry['grounded_reason']}"})
+    if not entry.get("online"):
+        own.insert(0, {"rule": "offline", "why": "no heartbeat since "
+                       f"{entry['last_heartbeat']}" if entry.get("last_heartbeat")
+                       else "never sent a heartbeat"})
+    return own
+
+
 def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list[dict]:
     """One entry a drone: configured or seen, online, building, built, failed, facts."""
     outcomes = {
@@ -225,7 +226,7 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
         building[drone].append({"cpv": cpv, "since": since})
     online = eligibility.online_drones(conn, config.delegate.online_seconds, now)
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
-    expected = drift.expected_of_drones(config, profile.current(conn, config.profile_names()[0]))
+    expected = drift.expected_of_drones(config, profile.recorded(conn, config.profile_names()[0]))
     names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
     drones = []
     for name in names:

@@ -27,14 +27,15 @@ import json
 import logging
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import clock, db, gpkg, identity, packages, staging
-from .crashpoints import crashpoint
 from .binhost import Binhost, Index, PortageIndex, mirror, portage_config, read_index
 from .config import DEFAULT, Config
+from .crashpoints import crashpoint
 from .errors import SwarmError, TryLater
 from .packages import Event, State
 
@@ -65,14 +66,9 @@ class SyncResult:
                 "requeued": self.requeued, "reindexed": self.reindexed}
 
 
-def lock_path(config: Config) -> Path:
-    """The lock file every swarm-sync takes."""
-    return config.state_dir / "swarm-sync.lock"
-
-
 def publish(config: Config, now: datetime, dry_run: bool = False, progress=None) -> SyncResult:
     """Publish every received package; raise TryLater when another run holds the lock."""
-    with db.run_lock(lock_path(config), config.database, "swarm-sync"):
+    with db.run_lock(staging.sync_lock(config), config.database, "swarm-sync"):
         return _publish_locked(config, now, dry_run, progress)
 
 
@@ -126,11 +122,6 @@ def publisher_config(config: Config, binhost: str) -> Config:
     return config.for_binhost(binhost)
 
 
-def pending_path(config: Config) -> Path:
-    """Touched by every successful report; a coalescing run publishes while it exists."""
-    return config.state_dir / "swarm-sync.pending"
-
-
 def publish_soon(config: Config) -> None:
     """Start a coalescing swarm-sync in the background (after a drone's report).
 
@@ -141,7 +132,7 @@ def publish_soon(config: Config) -> None:
     import subprocess
     import sys
 
-    pending_path(config).touch()
+    staging.sync_pending(config).touch()
     program = Path(sys.executable).parent / "swarm-sync"
     try:
         subprocess.Popen([str(program) if program.exists() else "swarm-sync", "--quiet",
@@ -152,20 +143,24 @@ def publish_soon(config: Config) -> None:
         log.warning("could not start swarm-sync (cron will publish): %s", exc)
 
 
-def publish_pending(config: Config, clock_now=clock.utcnow, wait: float = 3600) -> SyncResult:
-    """Publish while reports are pending; leave at once when another run will do it."""
+def publish_pending(config: Config, clock_now: Callable[[], datetime],
+                    wait: float = 3600) -> SyncResult:
+    """Publish while reports are pending; leave at once when another run will do it.
+
+    It runs as long as reports keep coming: each run reads CLOCK_NOW.
+    """
     with contextlib.ExitStack() as held:
         try:
-            with db.run_lock(config.state_dir / "swarm-sync.waiter.lock", config.database,
+            with db.run_lock(staging.sync_waiter_lock(config), config.database,
                              "waiting swarm-sync"):
                 # Wait for a running swarm-sync; leaving the waiter's lock
                 # then lets the next report's run wait in turn.
-                held.enter_context(db.run_lock(lock_path(config), config.database, "swarm-sync",
+                held.enter_context(db.run_lock(staging.sync_lock(config), config.database, "swarm-sync",
                                                timeout=wait))
         except TryLater:
             return SyncResult()  # one waits already: it will see what was reported
         result = SyncResult()
-        marker = pending_path(config)
+        marker = staging.sync_pending(config)
         while marker.exists():
             marker.unlink(missing_ok=True)
             done = _publish_locked(config, clock_now())
@@ -428,8 +423,8 @@ class Publisher:
         published = []
         with db.write(self.conn):
             for pkg, path in reindex:
-                packages.record(self.conn, pkg["id"], Event.REINDEXED, ACTOR, self.at,
-                                State.SYNCED, State.SYNCED, f"{path} listed again in the index")
+                packages.note(self.conn, pkg["id"], Event.REINDEXED, actor=ACTOR, at=self.at,
+                              detail=f"{path} listed again in the index")
                 self.result.reindexed.append(pkg["cpv"])
             for pkg, path in ready:
                 if packages.move(self.conn, pkg["id"], expect=State.RECEIVED, to=State.SYNCED,

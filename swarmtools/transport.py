@@ -143,7 +143,7 @@ class SshTransport(Transport):
 
     def __init__(self, config: Config, drone: str, sleep=time.sleep):
         super().__init__(config, drone, sleep)
-        ssh = with_timeouts(config.drones[drone].ssh_command or config.orchestrator.ssh_command)
+        ssh = with_timeouts(config.drone(drone).ssh_command or config.orchestrator.ssh_command)
         self.ssh = with_multiplexing(ssh, drone)
         self.destination = config.orchestrator.ssh
 
@@ -200,7 +200,7 @@ def control_directory() -> Path | None:
 
 def for_drone(config: Config, drone: str) -> Transport:
     """The transport the config names for DRONE."""
-    kind = config.drones[drone].transport
+    kind = config.drone(drone).transport
     return LocalTransport(config, drone) if kind == "local" else SshTransport(config, drone)
 
 

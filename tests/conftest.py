@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -316,7 +317,7 @@ class HandDrone:
         self.swarm, self.pkgdir, self.name = swarm, pkgdir, name
 
     # What swarm-drone says of itself with every claim (the example repository's profile).
-    FACTS = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}
+    FACTS: ClassVar[dict] = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}
 
     def claim(self) -> str | None:
         r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json",

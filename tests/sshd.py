@@ -29,6 +29,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd")
 START_TIMEOUT = 10.0   # seconds to wait for sshd to listen
@@ -139,7 +140,7 @@ class SshServer:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> SshServer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

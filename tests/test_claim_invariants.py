@@ -3,10 +3,12 @@
 import json
 import subprocess
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import settings, strategies as st
+from conftest import Swarm, add_drones, script, synthetic_scan
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from swarmtools import config as config_mod
@@ -15,7 +17,6 @@ from swarmtools.emerge import parse_merge_list
 from swarmtools.errors import SwarmError
 from swarmtools.packages import STATES
 from swarmtools.queue import apply_scan
-from conftest import Swarm, add_drones, script, synthetic_scan
 
 PACKAGES = 2000
 PROCESSES = 16
@@ -48,7 +49,7 @@ def test_sixteen_claim_processes_hand_out_every_package_exactly_once(swarm):
 
 
 DRONES = ("d1", "d2", "d3")
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 class Delegation(RuleBasedStateMachine):

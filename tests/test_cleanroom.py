@@ -163,8 +163,8 @@ def test_a_root_spanning_two_file_systems_gets_an_overlay_for_each(system, tmp_p
     (extra / "data").write_text("on another file system\n")
     (system / "usr/share/extra").mkdir()
     room = room_in(system)
-    build = room.command(["sh", "-c", f"cat {system}/usr/share/extra/data;"
-                                      f" echo new > {system}/usr/share/extra/data"])
+    build = room.command(["sh", "-c", (f"cat {system}/usr/share/extra/data;"
+                                      f" echo new > {system}/usr/share/extra/data")])
     script = (f"import subprocess; subprocess.run(['mount', '--bind', {str(extra)!r}, "
               f"{str(system / 'usr/share/extra')!r}], check=True); "
               f"raise SystemExit(subprocess.run({build!r}).returncode)")

@@ -4,7 +4,6 @@ import json
 import subprocess
 
 import pytest
-
 from conftest import one_line_error, script
 
 # Every command that reads the config, with the arguments it needs to get that far.

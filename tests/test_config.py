@@ -19,7 +19,8 @@ def test_init_writes_a_config_that_checks_and_shows(swarm):
                                         "features": [], "mandatory_features": [],
                                         "ssh_command": [], "environment": {},
                                         "check_command": [],
-                                        "sync_command": ["emerge", "--sync"]}}
+                                        "sync_command": ["emerge", "--sync"],
+                                        "isolation": "overlay", "build_root": ""}}
     assert data["file"] == str(swarm.config)
     # The human form is TOML that loads back to the same values.
     text = swarm.run("swarm-config", "show").stdout
@@ -113,10 +114,26 @@ def test_history_is_append_only(tmp_path):
     conn = db.connect(tmp_path / "s.db", create=True)
     with db.write(conn):
         packages.record(conn, None, "note", "test", "2026-01-01T00:00:00+00:00", None, None, "x")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        with db.write(conn):
-            conn.execute("UPDATE events SET detail = 'y'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        with db.write(conn):
-            conn.execute("DELETE FROM events")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), db.write(conn):
+        conn.execute("UPDATE events SET detail = 'y'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"), db.write(conn):
+        conn.execute("DELETE FROM events")
     assert conn.execute("SELECT detail FROM events").fetchall()[0][0] == "x"
+
+
+def test_render_says_what_a_drone_and_a_client_must_have(swarm):
+    from swarmtools.config import edit
+
+    edit(swarm.config, {"drones": {"local": {"environment": {"MAKEOPTS": "-j3"}}}})
+    r = swarm.run("swarm-config", "render", "drone", "local")
+    assert r.returncode == 0, r.stderr
+    assert "#   PKGDIR DISTDIR" in r.stdout  # the host-local values it keeps of its own
+    assert 'PORTAGE_BINHOST="http://127.0.0.1:8080"' in r.stdout
+    assert "#   MAKEOPTS=-j3" in r.stdout and "sync-uri = http://127.0.0.1:8080" in r.stdout
+    r = swarm.run("swarm-config", "render", "client")
+    assert r.returncode == 0, r.stderr
+    assert "getbinpkg" in r.stdout and "verify-signature = false" in r.stdout
+    r = swarm.run("swarm-config", "render", "drone", "d9")
+    assert r.returncode == 2
+    assert r.stderr == (f"swarm-config: error: unknown drone 'd9': add a [drones.d9] table to "
+                        f"{swarm.config}\n")

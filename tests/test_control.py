@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import json
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import DroneSwarm, Swarm, add_drones, ebuild, one_line_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from swarmtools import config as config_mod
-from swarmtools import db, delegate, exclude
+from swarmtools import db, delegate, exclude, routing
 from swarmtools.build import failure_kind
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import FailureKind
 from swarmtools.queue import apply_scan
-from conftest import DroneSwarm, Swarm, add_drones, ebuild, one_line_error
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 AMD64 = "x86_64-pc-linux-gnu"
 CLASS_X = {"chost": AMD64, "cflags": "-O2 -pipe"}
 CLASS_Y = {"chost": AMD64, "cflags": "-O3 -march=native"}
@@ -110,14 +111,14 @@ def test_claims_never_go_to_a_drone_a_rule_covers_and_always_to_the_others(rules
             if scope.startswith("class:"):  # as failure memory makes them
                 conn.execute("INSERT INTO exclusions (atom, class, reason, source, who, at)"
                              " VALUES (?, ?, 'test', 'auto', 'test', ?)",
-                             (atom, exclude.build_class(facts[scope[6:]]), T0.isoformat()))
+                             (atom, routing.build_class(facts[scope[6:]]), T0.isoformat()))
             else:
                 exclude.add(conn, config, [(1, atom)], "test", "test", T0, drone=drone)
         with db.write(conn):
             exclude.refresh(conn, config, T0)
 
         def covered(cpv: str, drone: str) -> bool:
-            slot = next((p.partition(":")[2] or "0" for p in queue if p.split(":")[0] == cpv))
+            slot = next(p.partition(":")[2] or "0" for p in queue if p.split(":")[0] == cpv)
             pkg = _pkg_str(cpv, slot=slot, repo="gentoo")
             my_class = classes[int(drone[1:])]
             return any(match_from_list(Atom(atom, allow_wildcard=True, allow_repo=True), [pkg])

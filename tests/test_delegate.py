@@ -1,18 +1,18 @@
 """Delegation in the library: claims, leases, heartbeats, reports, back-off."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
+from conftest import add_drones, synthetic_scan
 
 from swarmtools import config as config_mod
-from swarmtools import db
-from swarmtools import delegate, gpkg
+from swarmtools import db, delegate, gpkg
 from swarmtools.emerge import parse_merge_list
 from swarmtools.errors import ConfigError, SwarmError
 from swarmtools.queue import apply_scan
-from conftest import add_drones, synthetic_scan
 
-T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_failures_back_off_doubling_and_keep_the_log(queue):
         result = delegate.report_failed(conn, config, "d1", cpv, now, log)
         assert result["attempts"] == attempt
         assert result["retry_after"] == (now + timedelta(seconds=backoff)).isoformat()
-        assert open(result["log"]).read() == "compile error\n"
+        assert Path(result["log"]).read_text() == "compile error\n"
         assert not (config.staging_dir / "d1" / log).exists()
         # In back-off: others are handed out, not this one.
         assert delegate.claim(conn, config, "d2", now=now)["cpv"] != cpv

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 import pytest
+from conftest import script
 
 from swarmtools import config as config_mod
 from swarmtools import gateway, verbs
 from swarmtools.cli.delegate import cli as delegate_cli
-from conftest import script
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -39,6 +39,29 @@ def test_every_verb_has_a_gateway_entry():
 def test_every_console_script_is_in_the_readme(name):
     assert f"`{name}`" in README, f"{name} is missing from the README's command table"
     assert (ROOT / "bin" / name).exists(), f"bin/{name} (a link to bin/swarm-shim) is missing"
+
+
+def layout_modules() -> tuple[set[str], set[str]]:
+    """The modules the README's Layout names: (library, cli/)."""
+    block = README.split("\n## Layout\n", 1)[1].split("```")[1]
+    library, commands, part = set(), set(), None
+    for line in block.splitlines():
+        if re.match(r" \S", line):  # a stage: cli/, observe, control ...
+            part = commands if line.split()[0] == "cli/" else library
+        elif not line.startswith("  "):  # swarmtools/, bin/, tests/ ...
+            part = None
+        elif part is not None:
+            part.update(re.findall(r"\b(\w+)\.py\b", line))
+    return library, commands
+
+
+def test_the_readme_layout_lists_every_module():
+    library, commands = layout_modules()
+    package = ROOT / "swarmtools"
+    modules = {path.stem for path in package.glob("*.py")} - {"__init__"}
+    cli = {path.stem for path in (package / "cli").glob("*.py")} - {"__init__"}
+    assert sorted(modules - library) == [], "missing from the README's Layout"
+    assert sorted(cli - commands) == [], "missing from the README's Layout, under cli/"
 
 
 def schema_keys():
@@ -69,7 +92,7 @@ def test_the_readme_sshd_snippet_is_accepted_by_sshd(tmp_path):
     sshd = Path("/usr/sbin/sshd")
     if not sshd.exists():
         pytest.skip("no sshd here (scripts/system-deps installs openssh-server)")
-    snippet = re.search(r"```\n(# Above the drone count:\n.*?)```", README, re.S)
+    snippet = re.search(r"```\n(# Above the drone count:\n.*?)```", README, re.DOTALL)
     assert snippet, "the README's sshd snippet is gone"
     key = tmp_path / "host_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)

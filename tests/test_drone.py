@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import DroneSwarm, build_root_digest, ebuild
+
 from swarmtools.build import STOP_GRACE_SECONDS
 from swarmtools.prefix import EXAMPLE_REPO
 
@@ -82,7 +82,7 @@ def test_a_killed_drone_loses_its_lease_and_another_builds(held_swarm):
     time.sleep(FAST["lease_seconds"] + 1.5)
     held_swarm.hold.unlink()
     d2 = held_swarm.drone("d2", "--once")
-    out, err = d2.communicate(timeout=120)
+    _out, err = d2.communicate(timeout=120)
     assert d2.returncode == 0, err
     assert held_swarm.query("SELECT status, drone FROM packages") == [("received", "d2")]
     assert events(held_swarm, "app-misc/held-1") == [
@@ -111,7 +111,7 @@ def test_a_drone_killed_mid_build_leaves_its_system_and_the_mounts_as_they_were(
     (stale,) = builds.iterdir()  # the killed build's layers, until the next start
     held_swarm.hold.unlink()
     d1 = held_swarm.drone("d1", "--once")
-    out, err = d1.communicate(timeout=120)
+    _out, err = d1.communicate(timeout=120)
     assert d1.returncode == 0, err
     assert held_swarm.query("SELECT status, drone FROM packages") == [("received", "d1")]
     assert not stale.exists() and not any(builds.iterdir())
@@ -127,7 +127,7 @@ def test_sigterm_stops_the_build_and_releases(held_swarm):
     ignored = int(_proc_status(d1.pid)["SigIgn"], 16)
     assert ignored & (1 << (signal.SIGPIPE - 1))
     d1.send_signal(signal.SIGTERM)
-    out, err = d1.communicate(timeout=60)
+    _out, err = d1.communicate(timeout=60)
     assert d1.returncode == 0, err
     assert "releasing app-misc/held-1" in err
     assert held_swarm.query("SELECT status, drone FROM packages") == [("needed", None)]
@@ -141,7 +141,7 @@ def test_a_build_that_ignores_sigterm_is_killed_and_released(stubborn_swarm):
         assert time.monotonic() < deadline and d1.poll() is None, d1.communicate()
         time.sleep(0.1)
     d1.send_signal(signal.SIGTERM)
-    out, err = d1.communicate(timeout=90)
+    _out, err = d1.communicate(timeout=90)
     assert d1.returncode == 0, err
     assert f"still running {STOP_GRACE_SECONDS} s after SIGTERM: killing it" in err
     assert "releasing app-misc/held-1" in err
@@ -160,7 +160,7 @@ def test_a_long_build_keeps_its_lease_through_heartbeats(held_swarm):
     assert held_swarm.run("swarm-delegate", "expire", "--json").stdout.strip() == \
         '{"expired": 0, "retried": 0}'
     held_swarm.hold.unlink()
-    out, err = d1.communicate(timeout=120)
+    _out, err = d1.communicate(timeout=120)
     assert d1.returncode == 0, err
     assert held_swarm.query("SELECT status, drone FROM packages") == [("received", "d1")]
 
@@ -172,13 +172,13 @@ def test_a_failed_build_is_reported_with_its_log(tmp_path):
                        extra_ebuilds={"app-misc/broken/broken-1.ebuild": ebuild(body)})
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     d1 = swarm.drone("d1", "--once")
-    out, err = d1.communicate(timeout=120)
+    _out, _err = d1.communicate(timeout=120)
     assert d1.returncode == 1
     (status, attempts, retry_after), = swarm.query("SELECT status, attempts, retry_after FROM packages")
     assert (status, attempts) == ("failed", 1) and retry_after
     detail, kind = swarm.query("SELECT detail, kind FROM events WHERE event = 'build-failed'")[0]
     log_path = detail.split("log ")[1]
-    kept = open(log_path).read()
+    kept = Path(log_path).read_text()
     assert "this package does not build" in kept and kind == "build"
     # Portage's own build log (PORTAGE_LOG_FILE), not only emerge's console.
     assert "==> build log app-misc:broken-1" in kept and ">>> Unpacking source" in kept
@@ -194,10 +194,10 @@ def test_a_build_that_shows_no_progress_is_stopped_as_stalled(tmp_path):
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     started = time.monotonic()
     d1 = swarm.drone("d1", "--once")
-    out, err = d1.communicate(timeout=120)
+    _out, err = d1.communicate(timeout=120)
     assert d1.returncode == 1 and time.monotonic() - started < 60, err
     (status, attempts), = swarm.query("SELECT status, attempts FROM packages")
     assert (status, attempts) == ("failed", 1)
     detail, kind = swarm.query("SELECT detail, kind FROM events WHERE event = 'build-failed'")[0]
     assert kind == "stalled"
-    assert "no output and no CPU time for 3 s" in open(detail.split("log ")[1]).read()
+    assert "no output and no CPU time for 3 s" in Path(detail.split("log ")[1]).read_text()

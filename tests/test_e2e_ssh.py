@@ -13,9 +13,9 @@ import threading
 import time
 
 import pytest
-
-from conftest import DroneSwarm, HandDrone, add_drones, script
+from conftest import DroneSwarm, HandDrone, script
 from sshd import start_sshd
+
 from swarmtools.prefix import EXAMPLE_REPO
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
@@ -87,7 +87,7 @@ def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
         assert swarm.run("swarm-fresh", "-q", "--from", str(empty)).returncode == 0
         before = logins()  # an empty queue: one claim, one session, the facts recorded
         drone = swarm.drone("d1", "--once")
-        out, err = drone.communicate(timeout=120)
+        _out, err = drone.communicate(timeout=120)
         assert drone.returncode == 0 and logins() - before == 1, err
         facts = json.loads(swarm.query("SELECT facts FROM drones WHERE name = 'd1'")[0][0])
         assert facts["building"] == [] and facts["version"] and facts["chost"]
@@ -103,12 +103,12 @@ def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
         assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
         # The first build also fetches the build profile (once a digest).
         before = logins()  # a build: claim (the heartbeat with it), profile, upload, report
-        out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
+        _out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
         assert "reported" in err, err
         assert swarm.query("SELECT count(*) FROM events WHERE event = 'built'") == [(1,)]
         assert logins() - before == 4, err
         before = logins()  # the next: claim, upload, report
-        out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
+        _out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
         assert "reported" in err, err
         assert swarm.query("SELECT count(*) FROM events WHERE event = 'built'") == [(2,)]
         assert logins() - before == 3, err

@@ -1,12 +1,12 @@
 """The merge-list parser against real emerge outputs and hand-made edge cases."""
 
-import re
 
 import pytest
-from hypothesis import given, strategies as st
+from conftest import EMERGE_DATA, emerge_files
+from hypothesis import given
+from hypothesis import strategies as st
 
 from swarmtools.emerge import ParseError, parse_merge_list
-from conftest import EMERGE_DATA, emerge_files
 
 
 def parse_file(name: str):
@@ -101,7 +101,8 @@ def test_columns_and_quiet_forms():
         ("app-misc/bdeppkg-1", "test_repo"), ("app-misc/top-1", "test_repo")]
     assert rows[1].enabled_use() == "foo python_targets_python3_12"
     rows = parse_file("varieties-06.txt").rows  # -q: six flag columns
-    assert [(r.cpv, r.flag("new")) for r in rows] == [("app-misc/testing-1", "N"), ("app-misc/newpkg-1.0", "N")]
+    assert [(r.cpv, r.flag("new")) for r in rows] == [("app-misc/testing-1", "N"),
+                                                      ("app-misc/newpkg-1.0", "N")]
 
 
 def test_portage_messages_are_kept_as_notes_with_line_numbers():

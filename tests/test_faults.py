@@ -12,7 +12,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from conftest import Swarm, add_drones, one_line_error, script, synthetic_scan
 
 
@@ -175,7 +174,7 @@ def received_on_a_small_disk(tmp_path):
 
 
 def test_a_full_disk_is_one_line_and_loses_nothing(received_on_a_small_disk):
-    swarm, binhost = received_on_a_small_disk
+    swarm, _binhost = received_on_a_small_disk
     r = swarm.run("swarm-sync", "-q")
     assert r.returncode == 1
     one_line_error(r, "swarm-sync", swarm.log)
@@ -287,7 +286,8 @@ def test_staging_leftovers_are_swept_and_empty_folders_removed(swarm):
 def test_an_upload_whose_folder_swarm_sync_removed_meanwhile_is_made_again(swarm, tmp_path):
     """swarm-sync drops empty folders in staging; one made for an upload may go before
     rsync enters it. The drone's upload makes it again and retries (real rsync)."""
-    from swarmtools import config as config_mod, staging
+    from swarmtools import config as config_mod
+    from swarmtools import staging
     from swarmtools.transport import LocalTransport
 
     config = config_mod.load(swarm.config)

@@ -2,11 +2,10 @@
 
 import json
 import re
-import subprocess
 import sqlite3
+import subprocess
 
 import pytest
-
 from conftest import EMERGE_DATA, emerge_files, write_index
 
 SERVER = EMERGE_DATA / "server-pretend-emptytree-verbose.txt"
@@ -22,8 +21,8 @@ def fresh_json(swarm, *args, input=None):
 @pytest.mark.parametrize("path", emerge_files(), ids=lambda p: p.name)
 def test_every_real_output_fills_the_queue_and_a_rerun_changes_nothing(swarm, path):
     text = path.read_text()
-    ebuilds = len(re.findall(r"^\[ebuild", text, re.M))
-    binaries = len(re.findall(r"^\[binary", text, re.M))
+    ebuilds = len(re.findall(r"^\[ebuild", text, re.MULTILINE))
+    binaries = len(re.findall(r"^\[binary", text, re.MULTILINE))
     counts = fresh_json(swarm, "--from", str(path))
     # The swarm's binhost is empty: a [binary row is some other binary, built again.
     assert counts["added"] == ebuilds + binaries
@@ -189,7 +188,8 @@ def test_stdin_and_pipe_to_head(swarm):
 def test_a_scan_that_would_empty_the_queue_is_refused(swarm):
     fresh_json(swarm, "--from", str(SERVER))
     before = swarm.dump()
-    empty = "These are the packages that would be merged, in order:\n\nTotal: 0 packages, Size of downloads: 0 KiB\n"
+    empty = ("These are the packages that would be merged, in order:\n\n"
+             "Total: 0 packages, Size of downloads: 0 KiB\n")
     r = swarm.run("swarm-fresh", "--from", "-", input=empty)
     assert r.returncode == 1 and "would retire 234 of 234" in r.stderr
     assert swarm.dump() == before

@@ -9,7 +9,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import add_drones, script, synthetic_scan
 
 CPV = "app-test/pkg0-1.0"

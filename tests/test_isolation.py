@@ -13,9 +13,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import DroneSwarm, HttpServer, build_root_digest, drone_emerge_log, ebuild, script
 
-from conftest import (DroneSwarm, HttpServer, build_root_digest, drone_emerge_log, ebuild,
-                      script)
 from swarmtools.config import edit
 from swarmtools.prefix import create_prefix
 
@@ -45,7 +44,7 @@ def published(swarm: DroneSwarm, cpv: str, binhost: str = "default") -> Path:
 
 def drain(swarm: DroneSwarm, name: str) -> None:
     d = swarm.drone(name, "--drain", "-v")
-    out, err = d.communicate(timeout=600)
+    _out, err = d.communicate(timeout=600)
     assert d.returncode == 0, err
     r = swarm.run("swarm-sync", "-q")
     assert r.returncode == 0, r.stderr
@@ -182,12 +181,17 @@ def test_a_drone_that_cannot_isolate_refuses_to_start_unless_told_to_build_live(
         " PID namespaces: Operation not permitted (needs root with CAP_SYS_ADMIN, not an"
         " unprivileged container); set drones.d1.isolation = \"none\" to build in its live"
         " system\n")
-    facts = json.loads(subprocess.run([*confined, script("swarm-drone"), "--drone", "d1",
-                                       "--facts"], env=swarm.env, capture_output=True,
-                                      text=True).stdout)
-    assert facts["isolation"] == "overlay" and "Operation not permitted" in facts[
-        "isolation_problem"]
+    # swarm-config check --remote asks the drone (here: confined as above) and says so.
+    edit(swarm.config, {"drones": {"d1": {"check_command": confined}}})
+    (found,) = [f for f in json.loads(swarm.run("swarm-config", "check", "--remote",
+                                                "--json").stdout) if f["key"] == "isolation"]
+    assert (found["expected"], found["ok"]) == ("overlay", False)
+    assert found["found"].startswith("overlay: cannot (cannot make mount and PID namespaces")
     edit(swarm.config, {"drones": {"d1": {"isolation": "none"}}})
+    (found,) = [f for f in json.loads(swarm.run("swarm-config", "check", "--remote",
+                                                "--json").stdout) if f["key"] == "isolation"]
+    assert found == {"host": "d1", "key": "isolation", "expected": "none: builds in its live "
+                     "system", "found": "none: builds in its live system", "ok": True}
     r = subprocess.run([*confined, script("swarm-drone"), "--drone", "d1", "--once", "-v"],
                        env=swarm.env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

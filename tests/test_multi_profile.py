@@ -8,8 +8,8 @@ import json
 import sqlite3
 
 import pytest
-
 from conftest import HandDrone, add_drones
+
 from swarmtools import db
 from swarmtools.config import edit
 from swarmtools.errors import ConfigError
@@ -21,8 +21,8 @@ def scan(*rows: tuple[str, str]) -> str:
              "Calculating dependencies... done!"]
     for cpv, use in rows:
         lines.append(f'[ebuild  N     ] {cpv}::swarm-example  USE="{use}" 0 KiB')
-    return "\n".join(lines + ["", f"Total: {len(rows)} packages ({len(rows)} new), Size of "
-                              "downloads: 0 KiB", ""])
+    total = f"Total: {len(rows)} packages ({len(rows)} new), Size of downloads: 0 KiB"
+    return "\n".join([*lines, "", total, ""])
 
 
 PLAIN = ("app-misc/plain-1", "")

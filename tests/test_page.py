@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EMERGE_DATA, HttpServer, script
+
 from swarmtools import page
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -3,13 +3,12 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("portage")  # the PyPI wheel, from the test extra
 
-from swarmtools.prefix import EXAMPLE_REPO, create_prefix  # noqa: E402
+from swarmtools.prefix import EXAMPLE_REPO, create_prefix
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
@@ -19,7 +18,7 @@ LEAF = "app-misc/example-docs-1.0"  # no dependencies: builds alone
 def merge_rows(stdout: str) -> dict[str, str]:
     """Map each CPV of an `emerge --pretend --color=n` list to its row type."""
     rows = {}
-    for m in re.finditer(r"^\[(\w+)[^\]]*\] (\S+)", stdout, re.M):
+    for m in re.finditer(r"^\[(\w+)[^\]]*\] (\S+)", stdout, re.MULTILINE):
         # "dev-libs/libfoo-1.2:0/1.2::repo" -> "dev-libs/libfoo-1.2"
         rows[m.group(2).split("::")[0].split(":")[0]] = m.group(1)
     return rows
@@ -97,7 +96,7 @@ def test_client_sees_binary_from_binhost(tmp_path, built, http_server):
     # Binaries may carry -BUILD_ID: "app-misc/example-docs-1.0-1".
     assert merge_rows(r.stdout) == {LEAF + "-1": "binary"}
     # "g": still to be downloaded, i.e. it came from the remote index.
-    assert re.search(r"^\[binary +N g +\] " + re.escape(LEAF), r.stdout, re.M), r.stdout
+    assert re.search(r"^\[binary +N g +\] " + re.escape(LEAF), r.stdout, re.MULTILINE), r.stdout
 
     server.terminate()
     log = server.communicate(timeout=10)[1]

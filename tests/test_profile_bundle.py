@@ -41,8 +41,8 @@ def test_a_bundle_holds_the_build_settings_and_not_the_hosts(etc):
     bundle = profile.make_bundle(etc_portage, {"gentoo": repo})
     assert names(bundle) == ["swarm-profile.json", "make.conf", "package.use",
                              "package.use/app"]
-    manifest = json.loads(tarfile.open(fileobj=io.BytesIO(bundle)).extractfile(
-        "swarm-profile.json").read())
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        manifest = json.loads(tar.extractfile("swarm-profile.json").read())
     assert manifest == {"make_profile": {"repo": "gentoo", "path": "profiles/default/linux/amd64"}}
 
 
@@ -131,8 +131,8 @@ def test_a_repositorys_state(tmp_path):
     (repo / "metadata" / "timestamp.chk").write_text("Sat, 05 Dec 2026 01:15:01 +0000\n")
     assert profile.tree_state(repo) == "timestamp:Sat, 05 Dec 2026 01:15:01 +0000"
     assert profile.tree_differences({"gentoo": "timestamp:older"}, {"gentoo": repo}) == [
-        "repository gentoo is at timestamp:Sat, 05 Dec 2026 01:15:01 +0000, the scan's at "
-        "timestamp:older"]
+        ("repository gentoo is at timestamp:Sat, 05 Dec 2026 01:15:01 +0000, the scan's at "
+         "timestamp:older")]
     assert profile.tree_differences({"other": "x"}, {"gentoo": repo}) == [
         "repository other is missing"]
 

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import DroneSwarm, HandDrone, HttpServer, add_drones, ebuild
+
 from swarmtools.config import edit
 
 pytestmark = pytest.mark.slow  # real emerge: seconds a test
@@ -47,7 +47,7 @@ def test_a_drone_builds_with_the_profiles_use_not_its_own(tmp_path):
         assert f"profile:       default {digest[:12]} (x86_64-pc-linux-gnu, amd64; " \
                "swarm-example files:" in swarm.run("swarm-status").stdout
         drone = swarm.drone("d1", "--drain")
-        out, err = drone.communicate(timeout=300)
+        _out, err = drone.communicate(timeout=300)
         assert drone.returncode == 0, err
         assert swarm.run("swarm-sync", "-q").returncode == 0
         assert swarm.query("SELECT cpv, status FROM packages") == [("app-misc/flavour-1", "synced")]
@@ -209,9 +209,13 @@ def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path
         make_conf.write_text(plain + f'PORTAGE_BINHOST="{swarm.http.url}"\n')
         r = swarm.run("swarm-config", "check", "--remote", "--json")
         assert r.returncode == 0, r.stdout + r.stderr
-        checked = {(f["host"], f["key"]) for f in json.loads(r.stdout)}
+        findings = json.loads(r.stdout)
+        checked = {(f["host"], f["key"]) for f in findings}
         assert {("d1", "PORTAGE_BINHOST"), ("d1", "CHOST"), ("d1", "config digest"),
                 ("binhost", "reachable")} <= checked
+        # As root here, d1 builds in throw-away roots, as its config says.
+        assert {"host": "d1", "key": "isolation", "expected": "overlay", "found": "overlay",
+                "ok": True} in findings
         assert "Accepted publickey" in server.log_text()
 
         wrong = swarm.http.url.rsplit(":", 1)[0] + ":1"

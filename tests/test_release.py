@@ -8,9 +8,10 @@ import os
 import shutil
 
 import pytest
-
 from conftest import DroneSwarm, HandDrone, HttpServer
-from swarmtools import clock, config as config_mod, release
+
+from swarmtools import clock, release
+from swarmtools import config as config_mod
 
 pytestmark = pytest.mark.slow  # real emerge: seconds a test
 
@@ -133,13 +134,13 @@ def test_a_client_pinned_to_stable_follows_promotions_and_rollbacks(published, t
 
 def test_promote_refuses_a_missing_file_a_wrong_digest_and_another_identity(published):
     missing, tampered, good = (make(published)["name"] for _ in range(3))
-    victim = sorted((published.releases / missing).rglob("*.gpkg.tar"))[0]
+    victim = min((published.releases / missing).rglob("*.gpkg.tar"))
     victim.unlink()  # one hardlink less: the binhost's file is still there
     r = published.run("swarm-release", "promote", missing)
     assert r.returncode == 1 and f"{victim.relative_to(published.releases / missing)}: missing" in r.stderr
     assert current(published) is None  # nothing promoted
 
-    victim = sorted((published.releases / tampered).rglob("*.gpkg.tar"))[0]
+    victim = min((published.releases / tampered).rglob("*.gpkg.tar"))
     data = bytearray(victim.read_bytes())
     data[-1000] ^= 0xFF  # same size, another byte
     victim.unlink()
@@ -190,7 +191,8 @@ def test_create_if_changed_and_prune(published):
     assert published.run("swarm-release", "promote", names[1]).returncode == 0
     r = published.run("swarm-release", "prune", "--keep", "1", "--json")
     assert json.loads(r.stdout)["removed"] == [names[0], names[2]]
-    left = [x["name"] for x in json.loads(published.run("swarm-release", "list", "--json").stdout)["releases"]]
+    listed = json.loads(published.run("swarm-release", "list", "--json").stdout)["releases"]
+    left = [x["name"] for x in listed]
     assert left == [names[1], names[3]]  # the pinned one, and the newest
     for path in published.binhost.rglob("*.gpkg.tar"):
         assert path.stat().st_nlink == 3  # the binhost's, and the two releases left

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import DroneSwarm, drone_emerge_log
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
@@ -143,7 +142,7 @@ def test_a_missing_binary_dependency_is_reported_not_built(scanned):
         conn.execute("UPDATE packages SET priority = 9 WHERE cp = 'dev-libs/libbar'")
     conn.close()  # (edited by hand, test only: libbar first, the others out of the way)
     d1 = scanned.drone("d1", "--once")
-    out, err = d1.communicate(timeout=300)
+    _out, err = d1.communicate(timeout=300)
     assert d1.returncode == 0, err
     (status, attempts, waits), = scanned.query(
         "SELECT status, attempts, waits_for FROM packages WHERE cp = 'dev-libs/libbar'")
@@ -154,7 +153,7 @@ def test_a_missing_binary_dependency_is_reported_not_built(scanned):
     assert "dev-libs/libbar" not in " ".join(compiled(scanned.prefixes["d1"], "d1"))
     # Once libfoo (and what it needs) is published, libbar is claimed and built.
     d1 = scanned.drone("d1", "--drain")
-    out, err = d1.communicate(timeout=300)
+    _out, err = d1.communicate(timeout=300)
     assert d1.returncode == 0, err
     scanned.wait_for("SELECT 1 FROM packages WHERE cp = 'dev-libs/libbar' AND status = 'synced'",
                      timeout=60)

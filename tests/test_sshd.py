@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 import sshd
 from sshd import SshServer, generate_key, start_sshd
 

@@ -1,17 +1,17 @@
 """swarm-status: figures derived from the database, table and JSON."""
 
 import json
-import sqlite3
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+
+from conftest import EMERGE_DATA
 
 from swarmtools import db, packages
-from conftest import EMERGE_DATA
 
 
 def test_status_counts_states_drones_and_success_rate(swarm):
     assert swarm.run("swarm-fresh", "-q", "--from", str(EMERGE_DATA / "varieties-15.txt")).returncode == 0
     conn = db.connect(swarm.db)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with db.write(conn):
         # Facts as swarm-delegate will write them: two heartbeats, three outcomes.
         conn.execute("INSERT INTO drones (name, last_heartbeat, facts) VALUES (?, ?, ?)",

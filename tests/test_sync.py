@@ -13,8 +13,7 @@ import tarfile
 import time
 
 import pytest
-
-from conftest import DroneSwarm, HandDrone, Swarm, script
+from conftest import DroneSwarm, HandDrone, script
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
@@ -248,7 +247,8 @@ def test_dry_run_and_backlog_in_status(received):
     assert "BACKLOG" in received.run("swarm-status").stdout
     assert received.run("swarm-sync", "-q").returncode == 0
     figures = json.loads(received.run("swarm-status", "--json").stdout)
-    assert (figures["staging_bytes"], figures["backlog"], figures["oldest_received_seconds"]) == (0, False, None)
+    assert (figures["staging_bytes"], figures["backlog"],
+            figures["oldest_received_seconds"]) == (0, False, None)
 
 
 def test_mirror_to_another_binhost_with_rsync(received, tmp_path):

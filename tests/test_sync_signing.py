@@ -6,7 +6,6 @@ import subprocess
 import tarfile
 
 import pytest
-
 from conftest import DroneSwarm, HandDrone
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
@@ -29,7 +28,7 @@ def signing_key(tmp_path):
     gpg(home, "--passphrase", "", "--quick-gen-key", "swarm test <swarm@example.invalid>",
         "ed25519", "sign", "never")
     listing = gpg(home, "--with-colons", "--list-secret-keys").stdout.decode()
-    fingerprint = re.search(r"^fpr:+([0-9A-F]{40}):", listing, re.M).group(1)
+    fingerprint = re.search(r"^fpr:+([0-9A-F]{40}):", listing, re.MULTILINE).group(1)
     return home, fingerprint, gpg(home, "--armor", "--export", fingerprint).stdout
 
 

@@ -6,11 +6,9 @@ code.
 """
 
 import json
-import shutil
 import time
 
 import pytest
-
 from conftest import DroneSwarm, HandDrone, HttpServer, ebuild, one_line_error
 
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
@@ -35,7 +33,7 @@ def foo_swarm(tmp_path):
 
 def drone_once(swarm, name):
     proc = swarm.drone(name, "--once")
-    out, err = proc.communicate(timeout=180)
+    _out, err = proc.communicate(timeout=180)
     assert proc.returncode in (0, 1), err
     return err
 
@@ -148,7 +146,7 @@ def test_a_client_that_cached_an_index_sees_the_next_one_a_second_later(tmp_path
         assert hand.report(first, hand.stage(first)).returncode == 0
         assert swarm.run("swarm-sync", "-q").returncode == 0
         r = client.run([*pretend, f"={first}"])
-        assert f"[binary" in r.stdout, r.stdout + r.stderr  # the client cached this index
+        assert "[binary" in r.stdout, r.stdout + r.stderr  # the client cached this index
         second = hand.claim()
         assert hand.report(second, hand.stage(second)).returncode == 0
         time.sleep(1)

@@ -75,7 +75,7 @@ class SwarmCommand(click.Command):
             _fail(ctx, SwarmError(exc.format_message(), ExitCode.USAGE))
         except (SwarmError, OSError, sqlite3.Error) as exc:
             _fail(ctx, exc)
-        except Exception as exc:  # a bug: one line here, the whole story in the log
+        except Exception as exc:  # noqa: BLE001 - a bug: one line here, the whole story in the log
             run = ctx.find_object(Run)
             console.append_to_log(run.log_file if run else None, traceback.format_exc())
             _fail(ctx, exc)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
+from .. import drift
 from ..errors import ConfigError, ExitCode, SwarmError
 from ..output import emit_json, emit_table
 from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
@@ -143,13 +144,11 @@ def check(run_, remote, as_json):
       swarm-config check --remote --json | jq '.[] | select(.ok | not)'
     """
     config = run_.config()
-    problems = config_mod.problems(config)
+    problems = drift.problems(config)
     if problems:
         raise ConfigError(f"{config.path}: " + "; ".join(problems))
     if not remote:
         return
-    from .. import drift
-
     findings = drift.check_drones(config, _recorded_profile(run_, config.profile_names()[0]))
     findings += drift.check_binhosts(config)
     if as_json:
@@ -192,14 +191,12 @@ def render(run_, role, name, profile_name):
     if role == "drone":
         if not name:
             raise ConfigError("render drone takes the drone's NAME")
-        from ..delegate import check_drone
-
-        check_drone(config, name)
+        config.drone(name)
     elif name:
         raise ConfigError("render client takes no NAME")
     current = _recorded_profile(run_, profile_name)
-    text = (config_mod.render_drone(config, name, current) if role == "drone"
-            else config_mod.render_client(config.for_profile(profile_name), current))
+    text = (drift.render_drone(config, name, current) if role == "drone"
+            else drift.render_client(config.for_profile(profile_name), current))
     click.echo(text, nl=False)
 
 
@@ -209,7 +206,7 @@ def _recorded_profile(run_, name: str) -> dict | None:
         return None
     from .. import profile
 
-    return profile.current(run_.database(writer=False), name)
+    return profile.recorded(run_.database(writer=False), name)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -236,7 +233,7 @@ def binrepos(run_, name, channel):
 
         if not CHANNEL_NAME.fullmatch(channel):
             raise ConfigError(f"--channel {channel!r}: lower-case letters, digits, - and _")
-    click.echo(config_mod.binrepos_conf(run_.config(), name, channel), nl=False)
+    click.echo(drift.binrepos_conf(run_.config(), name, channel), nl=False)
 
 
 def main():

@@ -131,7 +131,7 @@ def cli(run_, name, once, drain, syslog, print_facts, make_base, profile_name, v
         code = drone.make_base(profile_name or config.profile_names()[0])
         if code:
             raise SwarmError(f"emerge exited {code} updating the build root "
-                             f"{config.drones[name].build_root}")
+                             f"{config.drone(name).build_root}")
         return
     drone.start()
     # A service, not a filter: an ssh that died before reading its request

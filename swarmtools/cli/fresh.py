@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import sys
 
 import click
 
-from pathlib import Path
-
-from .. import clock, db, exclude, portageenv, profile, resolve
-from ..binhost import read_index
-from ..emerge import BINHOST_UNREADABLE, ParseError, consults_binhost, parse_merge_list, run_emerge
-from ..errors import ExitCode, SwarmError, TryLater
+from .. import clock, scan
 from ..output import emit_json, emit_table
-from ..queue import Verdict, apply_scan, forget
 from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run, run, verbosity_options
-
-log = logging.getLogger(__name__)
 
 
 @click.command(cls=SwarmCommand, context_settings=CONTEXT)
@@ -114,51 +104,20 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
       emerge -pev --color=n @world | swarm-fresh --from - --json | jq .added
     """
     config = run_.config()
-    if if_changed and source:
-        raise SwarmError("--if-changed looks at what a scan would read; it does not go with "
-                         "--from", ExitCode.USAGE)
-    names = list(dict.fromkeys(profile_names)) or config.profile_names()
-    for name in names:
-        config.for_profile(name)  # an unknown name is a config error before anything runs
-    if source and len(names) > 1:
-        raise SwarmError(f"--from is the scan of one profile; name it with --profile (one of "
-                         f"{', '.join(names)})", ExitCode.USAGE)
+    names = scan.profiles_to_scan(config, list(profile_names), source, if_changed)
+    request = scan.Request(names, source, dry_run, force, consulted_binhost, if_changed,
+                           then_resolve, progress=sys.stderr.isatty() and not quiet)
     # Open the database first: a config or schema problem should not wait for emerge.
     conn = run_.database(create=True)
-    with contextlib.ExitStack() as held:
-        # One scan at a time. An overlapping hook (--if-changed) leaves it to
-        # the running one; a scan asked for by hand waits for it to end.
-        try:
-            held.enter_context(db.run_lock(config.state_dir / "swarm-fresh.lock",
-                                           config.database, "swarm-fresh",
-                                           timeout=0 if if_changed else config.scan.timeout))
-        except TryLater as exc:
-            if not if_changed:
-                raise
-            log.info("%s: that scan will do", exc)
-            return
-        # What the config no longer wants goes first, scan or not.
-        forgotten = forget(conn, config.profile_names(), config.binhost_names(),
-                           clock.utcnow(), dry_run=dry_run)
-        for change in forgotten.changes:
-            log.warning("retired %s: %s", change.cpv, change.detail)
-        results = {}
-        for name in names:
-            result = _fresh(config.for_profile(name), conn, source, dry_run, force,
-                            consulted_binhost, if_changed, quiet)
-            if result is not None:
-                results[name] = result
+    outcome = scan.run(config, conn, request, clock.utcnow)
+    if outcome is None:  # --if-changed, and another scan runs
+        return
+    forgotten, results = outcome.forgotten, outcome.profiles
     if not results:  # --if-changed, and nothing changed
         if as_json:
             emit_json({"scanned": False, **({"forgotten": forgotten.retired}
                                             if forgotten.retired else {})})
         return
-    if then_resolve and not dry_run:
-        try:
-            resolved = resolve.run(config, clock.utcnow())
-            log.info("resolved: %s", resolved.to_dict())
-        except TryLater as exc:
-            log.warning("%s: the running swarm-resolve started before this scan; run it again", exc)
     several = len(config.profile_names()) > 1
     if as_json:
         answer = {**_summed([r.counts() for r in results.values()]),
@@ -179,131 +138,6 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
 
 def _summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return {key: sum(c[key] for c in counts) for key in counts[0]}
-
-
-def _fresh(config, conn, source, dry_run, force, consulted_binhost, if_changed, quiet):
-    """One profile's scan under the lock (CONFIG: its view, Config.for_profile): the
-    ScanResult, or None when --if-changed found no change."""
-    snap = inputs = unrecorded = None
-    complaints: list[str] = []
-    if not source:
-        # What the scan reads, taken before it runs: a change during the
-        # scan is seen by the next --if-changed.
-        # Portage's complaints about its configuration are said once the scan
-        # succeeded: when it fails, emerge's own error says it better.
-        with _held_back(logging.getLogger(portageenv.__name__)) as complaints:
-            try:
-                snap = profile.snapshot(portageenv.scan_environment(config), config.profile)
-            except (SwarmError, OSError) as exc:
-                unrecorded = exc
-        if snap is not None:
-            _same_build_target(conn, config, snap)
-            inputs = snap.inputs(config.scan.command, config.scan.environment,
-                                 f"{config.binhost_of(config.profile)} {config.binhost.url}")
-            last = profile.last_inputs(conn, snap.name)
-            if if_changed and last and last[0] == inputs:
-                log.info("profile %s: nothing changed since the scan at %s: not scanning",
-                         config.profile, last[1])
-                return None
-    published = read_index(Path(config.binhost.path))  # refuses an index it cannot trust
-    merge_list, consulted = _scan(config, source, quiet, published is not None)
-    for complaint in complaints:
-        log.warning("%s", complaint)
-    if unrecorded is not None:
-        # Claims would name the last scan's profile (its USE, its tree) for
-        # this scan's packages: better no change at all.
-        raise SwarmError(f"the scan ran, but what it read cannot be recorded as the build "
-                         f"profile drones build with: {unrecorded}; nothing was changed")
-    result = apply_scan(conn, merge_list, source or " ".join(config.scan.command),
-                        clock.utcnow(), dry_run=dry_run, force=force,
-                        verdict=Verdict(published, consulted or consulted_binhost),
-                        profile=config.profile, binhost=config.binhost_of(config.profile))
-    if not dry_run:
-        with db.write(conn):  # what the rules match and packages require, for the new queue
-            exclude.refresh(conn, config, clock.utcnow())
-            if snap is not None:
-                profile.record(conn, config.state_dir, snap, inputs, clock.iso(clock.utcnow()))
-    return result
-
-
-def _same_build_target(conn, config, snap) -> None:
-    """Refuse a profile whose CHOST or ARCH is not that of another profile on its binhost:
-    swarm-sync checks a binhost's builds against one CHOST, and a build both
-    want could go to no drone."""
-    binhost = config.binhost_of(config.profile)
-    for other in conn.execute("SELECT name, chost, arch FROM profiles WHERE name != ?",
-                              (config.profile,)):
-        if (other["name"] in config.profile_names() and config.binhost_of(other["name"]) == binhost
-                and (other["chost"], other["arch"]) != (snap.chost, snap.arch)):
-            raise SwarmError(
-                f"profile {config.profile} is for {snap.chost} ({snap.arch}) but profile "
-                f"{other['name']}, on the same binhost {binhost}, is for {other['chost']} "
-                f"({other['arch']}): give one of them a binhost of its own ([binhosts.NAME])")
-
-
-@contextlib.contextmanager
-def _held_back(logger: logging.Logger):
-    """Collect LOGGER's records as text instead of printing them."""
-    held: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            held.append(record.getMessage())
-
-    handler, propagate = Collect(), logger.propagate
-    logger.addHandler(handler)
-    logger.propagate = False
-    try:
-        yield held
-    finally:
-        logger.removeHandler(handler)
-        logger.propagate = propagate
-
-
-def _scan(config, source: str | None, quiet: bool, published: bool):
-    """The parsed merge list, from --from or from the scan command; did it ask the binhost?"""
-    consulted = False
-    if source:
-        text = _read_source(source)
-    else:
-        scan = config.scan
-        environment = dict(scan.environment)
-        consulted = consults_binhost(scan.command)
-        if consulted:
-            # The swarm's binhost, from the one config: not written twice.
-            environment.setdefault("PORTAGE_BINHOST", config.binhost.url)
-        progress = sys.stderr.isatty() and not quiet
-        text, errors = run_emerge(scan.command, environment, scan.timeout, progress)
-        for line in filter(str.strip, errors.splitlines()):
-            log.warning("emerge: %s", line)
-        if consulted and BINHOST_UNREADABLE in errors:
-            if published:
-                raise SwarmError(
-                    f"the scan could not read the binhost's index at "
-                    f"{environment['PORTAGE_BINHOST']}, so its list does not say what is "
-                    "published; nothing was changed (is the web server up? binhost.url?)")
-            consulted = False  # nothing published yet: nothing to weigh
-    merge_list = parse_merge_list(text)
-    for line_no, note in merge_list.notes:
-        log.info("line %d is not a merge-list row: %s", line_no, note)
-    for row in merge_list.rows:
-        if row.kind == "blocks":
-            log.warning("blocker (%s): %s", "satisfied" if row.satisfied else "unsatisfied",
-                        row.detail or row.blocker)
-        elif row.kind in ("uninstall", "nomerge"):
-            log.info("%s row, not queued: %s", row.kind, row.cpv)
-    return merge_list, consulted
-
-
-def _read_source(source: str) -> str:
-    try:
-        data = sys.stdin.buffer.read() if source == "-" else open(source, "rb").read()
-    except OSError as exc:
-        raise SwarmError(f"cannot read {source}: {exc.strerror}", ExitCode.USAGE) from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ParseError(f"{source} is not text: is it emerge --pretend output?") from None
 
 
 def main():

@@ -8,8 +8,7 @@ import click
 
 from .. import clock, release
 from ..output import emit_json, emit_ndjson, emit_table
-from .common import (CONTEXT, SwarmGroup, config_option, json_option, pass_run, run,
-                     verbosity_options, who)
+from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run, verbosity_options, who
 
 
 @click.group(cls=SwarmGroup, context_settings=CONTEXT)

@@ -89,7 +89,7 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     \b
     Crontab (cron/crontab):
       * * * * *  swarm-status --html /var/www/swarm/index.html
-      * * * * *  swarm-status --prometheus > /var/lib/node_exporter/swarm.prom.$$ && mv /var/lib/node_exporter/swarm.prom.$$ /var/lib/node_exporter/swarm.prom
+      * * * * *  cd /var/lib/node_exporter && swarm-status --prometheus > p.$$ && mv p.$$ swarm.prom
     \b
     Examples:
       swarm-status

@@ -63,7 +63,7 @@ def cli(run_, dry_run, pending, as_json, verbose, quiet):
     # A progress line only for a person watching: never from cron or a pipe.
     progress = _progress_line if sys.stderr.isatty() and not quiet else None
     try:
-        result = (sync.publish_pending(config) if pending else
+        result = (sync.publish_pending(config, clock.utcnow) if pending else
                   sync.publish(config, clock.utcnow(), dry_run=dry_run, progress=progress))
     except TryLater:
         if quiet:  # cron: the run that holds the lock does the work
