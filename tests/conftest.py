@@ -163,7 +163,7 @@ class DroneSwarm(Swarm):
             edit(self.config, {"binhost": {"publish_on_report": True, "url": self.http.url}})
 
     @classmethod
-    def attach(cls, root: Path, drones=("d1", "d2")) -> "DroneSwarm":
+    def attach(cls, root: Path, drones=("d1", "d2")) -> DroneSwarm:
         """The DroneSwarm made under ROOT (by another process, say), changing nothing."""
         from swarmtools.prefix import open_prefix
 
