@@ -307,10 +307,13 @@ def built_packages(tmp_path_factory) -> Path:
 
 
 class HandDrone:
-    """Claims and reports through the real swarm-delegate, staging files by hand.
+    """Claims and reports in-process (the library's delegate.claim and report_built),
+    staging files by hand.
 
     Stands in for swarm-drone where a test is about what happens after the
-    upload (test_drone.py and test_e2e_ssh.py run the real drone).
+    upload (test_drone.py and test_e2e_ssh.py run the real drone); the
+    swarm-delegate commands themselves are tested in test_delegate.py,
+    test_gateway.py and test_commands.py.
     """
 
     def __init__(self, swarm: Swarm, pkgdir: Path, name: str = "d1"):
@@ -319,11 +322,26 @@ class HandDrone:
     # What swarm-drone says of itself with every claim (the example repository's profile).
     FACTS: ClassVar[dict] = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}
 
+    def _delegate(self, act):
+        from swarmtools import clock, db
+        from swarmtools.config import load
+
+        config = load(self.swarm.config)  # (read again: tests change it between calls)
+        conn = db.connect(config.database)
+        try:
+            return act(conn, config, clock.utcnow())
+        finally:
+            conn.close()
+
     def claim(self) -> str | None:
-        r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json",
-                           "--heartbeat", input=json.dumps(self.FACTS))
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)["cpv"] if r.stdout else None
+        """The CPV the orchestrator hands this drone (its heartbeat riding along), or None."""
+        from swarmtools import delegate
+
+        def act(conn, config, now):
+            delegate.heartbeat(conn, config, self.name, self.FACTS, now)
+            return delegate.claim(conn, config, self.name, now)
+        job = self._delegate(act)
+        return job["cpv"] if job else None
 
     def stage(self, cpv: str, source: Path | None = None) -> str:
         category, pf = cpv.split("/")
@@ -335,16 +353,18 @@ class HandDrone:
         shutil.copyfile(source, target)
         return relative
 
-    def report(self, cpv: str, relative: str) -> subprocess.CompletedProcess:
-        return self.swarm.run("swarm-delegate", "report", "--drone", self.name, cpv, "--ok",
-                              "--file", relative)
+    def report(self, cpv: str, relative: str) -> dict:
+        """Report CPV built, its file staged at RELATIVE (raises what the orchestrator refuses)."""
+        from swarmtools import delegate
+
+        return self._delegate(lambda conn, config, now: delegate.report_built(
+            conn, config, self.name, cpv, relative, now))
 
     def build_all(self) -> list[str]:
         """Claim, stage and report every needed package."""
         done = []
         while cpv := self.claim():
-            r = self.report(cpv, self.stage(cpv))
-            assert r.returncode == 0, r.stderr
+            self.report(cpv, self.stage(cpv))
             done.append(cpv)
         return done
 
