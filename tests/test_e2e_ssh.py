@@ -21,10 +21,10 @@ from swarmtools.prefix import EXAMPLE_REPO
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
 
-def ssh_swarm_with(tmp_path, settings=(), delegate=None):
+def ssh_swarm_with(tmp_path, settings=(), delegate=None, world=None):
     pytest.importorskip("portage")
     swarm = DroneSwarm(tmp_path, delegate=delegate or {"heartbeat_seconds": 2, "poll_seconds": 1},
-                       publish=True)
+                       publish=True, world=world)
     gateway = script("swarm-delegate")
     server = start_sshd(tmp_path / "sshd", {
         name: f"{gateway} gateway --drone {name} --config {swarm.config}" for name in ("d1", "d2")},
@@ -69,6 +69,7 @@ def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
     assert 2 <= log.count("Accepted publickey") <= 4
 
 
+@pytest.mark.xdist_group("lease-timing")  # counts sessions over seconds of back-off
 def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
     """Counted in sshd's log: the heartbeat rides on the claim, and idle waits back off."""
     swarm = ssh_swarm_with(tmp_path, delegate={"lease_seconds": 600, "poll_seconds": 1,
@@ -135,7 +136,14 @@ def test_a_drone_key_cannot_claim_as_another_over_ssh(ssh_swarm):
 
 def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
     """sshd's MaxStartups drops connections in a burst; drones retry, nothing is lost."""
-    swarm = ssh_swarm_with(tmp_path, ("MaxStartups 1:100:1",))  # a second at once is dropped
+    # A chain of three packages (libbar needs libfoo needs example-base); every
+    # session a login of its own (no shared connection), so drops reach the drones.
+    swarm = ssh_swarm_with(tmp_path, ("MaxStartups 1:100:1",),  # a second at once is dropped
+                           world=["dev-libs/libbar"])
+    from swarmtools.config import edit
+
+    edit(swarm.config, {"drones": {name: {"ssh_command": [
+        *swarm.server.ssh_command(name), "-o", "ControlMaster=no"]} for name in ("d1", "d2")}})
     try:
         assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
         stop = threading.Event()
