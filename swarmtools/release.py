@@ -46,10 +46,24 @@ LIVE = "latest"                                     # the channel that is the bi
 VIEWS = ".views"
 DIGESTS = {"SHA1": "sha1", "MD5": "md5"}  # what Portage's index lists: hashlib's names
 PROFILE = "default"  # releases are of [binhost], the binhost named default
+# A promote verifies every file (minutes for a big release): a second command waits for it.
+LOCK_WAIT_SECONDS = 600
 
 
 def root(config: Config) -> Path:
     return Path(config.binhost.releases_path)
+
+
+def lock_file(config: Config) -> Path:
+    """The lock promote, rollback and prune take: one moves channels or removes releases at a time."""
+    return config.state_dir / "swarm-release.lock"
+
+
+def _one_at_a_time(config: Config, wait: float):
+    # A second promote would build its view under the same name; a prune would
+    # remove the release a promote is about to point a channel at.
+    return db.run_lock(lock_file(config), config.database,
+                       "swarm-release promote, rollback or prune", timeout=wait)
 
 
 def url(config: Config) -> str:
@@ -287,9 +301,18 @@ def _wrong_digests(file: Path, entry: dict) -> list[str]:
 
 
 def promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, now: datetime,
-            actor: str) -> dict:
-    """Point CHANNEL at release NAME once it verifies; SwarmError with the problems if not."""
+            actor: str, wait: float = LOCK_WAIT_SECONDS) -> dict:
+    """Point CHANNEL at release NAME once it verifies; SwarmError with the problems if not.
+
+    Waits up to WAIT seconds for another promote, rollback or prune (TryLater after).
+    """
     _check_channel(channel)
+    with _one_at_a_time(config, wait):
+        return _promote(config, conn, name, channel, now, actor)
+
+
+def _promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, now: datetime,
+             actor: str) -> dict:
     problems = verify(config, conn, name)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
@@ -301,9 +324,15 @@ def promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, n
 
 
 def rollback(config: Config, conn: sqlite3.Connection, channel: str, now: datetime,
-             actor: str) -> dict:
-    """Point CHANNEL back at the release it served before the current one."""
+             actor: str, wait: float = LOCK_WAIT_SECONDS) -> dict:
+    """Point CHANNEL back at the release it served before the current one (waits as promote)."""
     _check_channel(channel)
+    with _one_at_a_time(config, wait):
+        return _rollback(config, conn, channel, now, actor)
+
+
+def _rollback(config: Config, conn: sqlite3.Connection, channel: str, now: datetime,
+              actor: str) -> dict:
     stack = _stack(conn, channel, current(config, channel))
     if len(stack) < 2:
         raise SwarmError(f"channel {channel} has no earlier release to go back to",
@@ -350,9 +379,9 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     stamp = max(int(now.timestamp()), _view_timestamp(base / channel) + CLIENT_TOLERANCE + 1)
     views = base / VIEWS
     views.mkdir(exist_ok=True)
+    _drop_temporaries(base, channel)
     view = views / f"{channel}.{stamp}"
-    work = views / f".{channel}.{stamp}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
+    work = views / f".{channel}.{stamp}.{os.getpid()}.tmp"
     work.mkdir()
     for category in sorted(p.name for p in release.iterdir() if p.is_dir()):
         os.symlink(os.path.join("..", "..", name, category), work / category)
@@ -364,8 +393,7 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     shutil.rmtree(view, ignore_errors=True)
     os.rename(work, view)
     crashpoint(HOOK_VARIABLE, "viewed")
-    link = base / f".{channel}.link.tmp"
-    link.unlink(missing_ok=True)
+    link = base / f".{channel}.{os.getpid()}.link.tmp"
     os.symlink(os.path.join(VIEWS, view.name), link)
     crashpoint(HOOK_VARIABLE, "linked")
     os.replace(link, base / channel)  # the one step clients see: old view or new, whole
@@ -375,6 +403,14 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     _drop_old_views(views, channel)
     return {"channel": channel, "release": name, "previous": before, "action": action,
             "at": clock.iso(now)}
+
+
+def _drop_temporaries(base: Path, channel: str) -> None:
+    """Remove what a killed move of CHANNEL left (under the lock: no other move is running)."""
+    for work in (base / VIEWS).glob(f".{channel}.*.tmp"):
+        shutil.rmtree(work)
+    for link in base.glob(f".{channel}.*.link.tmp"):
+        link.unlink()
 
 
 def _drop_old_views(views: Path, channel: str) -> None:
@@ -455,13 +491,20 @@ def _rebuild_reason(before: dict, after: dict) -> str:
 
 
 def prune(config: Config, conn: sqlite3.Connection, keep: int, now: datetime,
-          dry_run: bool = False) -> list[str]:
+          dry_run: bool = False, wait: float = LOCK_WAIT_SECONDS) -> list[str]:
     """Remove releases beyond the newest KEEP that no channel ever pointed at; their names.
 
     A release a channel pointed at stays (a rollback may need it); the
     binhost's files are not touched (a hardlink less, the data stays while
-    the binhost or another release links it).
+    the binhost or another release links it). Waits for a promote or
+    rollback (as promote does): the release it is pointing a channel at stays.
     """
+    with _one_at_a_time(config, wait):
+        return _prune(config, conn, keep, now, dry_run)
+
+
+def _prune(config: Config, conn: sqlite3.Connection, keep: int, now: datetime,
+           dry_run: bool) -> list[str]:
     pinned = {row[0] for row in conn.execute("SELECT DISTINCT release FROM channel_moves")}
     pinned |= {c["release"] for c in channels(config, now) if c["release"]}
     made = releases(config)
