@@ -46,6 +46,7 @@ LIVE = "latest"                                     # the channel that is the bi
 VIEWS = ".views"
 DIGESTS = {"SHA1": "sha1", "MD5": "md5"}  # what Portage's index lists: hashlib's names
 PROFILE = "default"  # releases are of [binhost], the binhost named default
+RELEASE_FILES = ("release.json", "Packages", "Packages.gz")  # beside the CATEGORY/FILE it lists
 # A promote verifies every file (minutes for a big release): a second command waits for it.
 LOCK_WAIT_SECONDS = 600
 
@@ -249,7 +250,10 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
     Every index entry's file present with the size and digests the index
     lists, signatures valid when binhost.gpg_key is set, and no package the
     queue wants under the same CPV with another identity (USE, slot,
-    repository, CHOST): Portage would not install it for the profile.
+    repository, CHOST): Portage would not install it for the profile. The
+    tree holds nothing else: no link (a web server that follows links would
+    serve what it points at through the channel), no file the index does
+    not list.
     """
     path = release_path(config, name)
     try:
@@ -267,8 +271,15 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
         queue.setdefault(row["cpv"], []).append(row)
     chost = settings.get("CHOST")
     hidden = identity.hidden_prefixes(settings)
+    flat = {entry["PATH"] for entry in index.entries if _is_flat(entry["PATH"])}
+    problems.extend(_strays(path, flat))
     for entry in index.entries:
         file = path / entry["PATH"]
+        if entry["PATH"] not in flat:
+            problems.append(f"{entry['PATH']}: not CATEGORY/FILE inside the release")
+            continue
+        if file.is_symlink() or file.parent.is_symlink():
+            continue  # named among the links
         if not file.is_file():
             problems.append(f"{entry['PATH']}: missing")
             continue
@@ -289,6 +300,30 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
                                       chost, hidden) for queued in queue.get(entry["CPV"], [])]
         if found and all(found):
             problems.append(f"{entry['CPV']}: not the queue's build: " + "; ".join(found[0]))
+    return problems
+
+
+def _is_flat(path: str) -> bool:
+    """PATH is CATEGORY/FILE, as create writes it: nothing above or beside the release."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(part not in ("", ".", "..") for part in parts)
+
+
+def _strays(release: Path, listed: set[str]) -> list[str]:
+    """Every link in RELEASE, and every file or directory its index does not list."""
+    known = {*RELEASE_FILES, *listed, *(p.split("/")[0] for p in listed)}
+    problems = []
+    for top, dirs, files in os.walk(release):  # a link to a directory is listed, never entered
+        for name in sorted(dirs + files):
+            found = os.path.join(top, name)
+            relative = os.path.relpath(found, release)
+            if os.path.islink(found):
+                problems.append(f"{relative}: a link to {os.readlink(found)}; a release holds "
+                                "only the files its index lists")
+            elif relative not in known:
+                problems.append(f"{relative}: not in the index")
+        dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(top, d), release) in known
+                   and not os.path.islink(os.path.join(top, d))]
     return problems
 
 

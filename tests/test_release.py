@@ -329,3 +329,46 @@ def test_a_move_waits_for_the_lock_then_says_try_again_later(swarm):
         release.prune(config, conn, 1, clock.utcnow(), wait=0.2)
     assert held.value.exit_code == ExitCode.TEMPFAIL and "try again later" in str(held.value)
     assert release.prune(config, conn, 1, clock.utcnow(), wait=0) == []  # free again
+
+def test_promote_refuses_links_and_files_the_index_does_not_list(published, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    good, linked, moved = (make(published)["name"] for _ in range(3))
+    assert published.run("swarm-release", "promote", good).returncode == 0
+    tree = published.releases / linked
+    (tree / "app-misc" / "shadow.gpkg.tar").symlink_to("/etc/shadow")
+    (tree / "etc").symlink_to("/etc")
+    (tree / "notes.txt").write_text("not in the index\n")
+    r = published.run("swarm-release", "promote", linked)
+    assert r.returncode == 1, r.stderr
+    for named in ("app-misc/shadow.gpkg.tar: a link to /etc/shadow", "etc: a link to /etc",
+                  "notes.txt: not in the index"):
+        assert named in r.stderr, r.stderr
+    # A category replaced by a link to a directory outside holding the same files.
+    category = published.releases / moved / "app-misc"
+    outside = tmp_path / "outside"
+    shutil.move(category, outside)
+    category.symlink_to(outside)
+    r = published.run("swarm-release", "promote", moved)
+    assert r.returncode == 1 and f"app-misc: a link to {outside}" in r.stderr, r.stderr
+    # The channel still serves the good release; nothing outside the tree through it.
+    assert channel_serves_one_release(published) == good
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{published.http.url}/releases/stable/etc/hostname")
+
+
+def test_promote_refuses_an_index_that_lists_a_path_outside_the_release(published):
+    from swarmtools.binhost import Index, read_index
+
+    name = make(published)["name"]
+    tree = published.releases / name
+    index = read_index(tree)
+    first, *rest = index.entries
+    # The binhost's own file: there, with the digests the index lists, but not the release's.
+    (original,) = published.binhost.glob(f"*/*/{os.path.basename(first['PATH'])}")
+    outside = os.path.relpath(original, tree)
+    release.write_index(tree, Index(index.header, [{**first, "PATH": outside}, *rest]))
+    (tree / first["PATH"]).unlink()
+    r = published.run("swarm-release", "promote", name)
+    assert r.returncode == 1 and f"{outside}: not CATEGORY/FILE" in r.stderr, r.stderr

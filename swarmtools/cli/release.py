@@ -129,6 +129,9 @@ def promote(run_, as_json, name, channel):
     valid (when binhost.gpg_key is set), and no package in it has another
     identity (USE, slot, repository, CHOST) than the queue wants for that
     version now: a client with the profile's settings would not take it.
+    The release must hold nothing else: a link (a web server that follows
+    links would serve what it points at), or a file or directory its index
+    does not list, is refused too, by name.
 
     Waits for a running promote, rollback or prune (up to 10 minutes, then
     exit 75: try again later).
