@@ -50,6 +50,12 @@ def write_atomic(path: Path, data: str | bytes, mtime: int | None = None) -> Non
         if mtime is not None:
             os.utime(temporary, (mtime, mtime))
         os.replace(temporary, path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        if exc.errno is None:
+            raise
+        # The file asked for, not the hidden temporary nobody asked for.
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import clock, staging, status
 from .config import Config
+from .errors import ExitCode, SwarmError
 from .output import write_atomic
 from .packages import STATES, Event, State
 
@@ -197,6 +198,9 @@ def kept_list(conn: sqlite3.Connection, kept: dict[str, set[int]]) -> list[dict]
 def write(conn: sqlite3.Connection, config: Config, now: datetime, html_path: Path) -> dict:
     """Write the page, its JSON twin (same name, .json) and the failure logs beside it."""
     html_path = Path(html_path)
+    if not html_path.parent.is_dir():  # checked first: the failure logs would make it
+        raise SwarmError(f"{html_path.parent} is not a directory: create it (mkdir -p "
+                         f"{html_path.parent}) or give --html a file in one", ExitCode.USAGE)
     data = gather(conn, config, now)
     publish_logs(data["failures"], html_path.parent / LOG_DIR)
     write_atomic(html_path.with_suffix(".json"), json.dumps(data, sort_keys=True, indent=1) + "\n")

@@ -46,10 +46,25 @@ LIVE = "latest"                                     # the channel that is the bi
 VIEWS = ".views"
 DIGESTS = {"SHA1": "sha1", "MD5": "md5"}  # what Portage's index lists: hashlib's names
 PROFILE = "default"  # releases are of [binhost], the binhost named default
+RELEASE_FILES = ("release.json", "Packages", "Packages.gz")  # beside the CATEGORY/FILE it lists
+# A promote verifies every file (minutes for a big release): a second command waits for it.
+LOCK_WAIT_SECONDS = 600
 
 
 def root(config: Config) -> Path:
     return Path(config.binhost.releases_path)
+
+
+def lock_file(config: Config) -> Path:
+    """The lock promote, rollback and prune take: one moves channels or removes releases at a time."""
+    return config.state_dir / "swarm-release.lock"
+
+
+def _one_at_a_time(config: Config, wait: float):
+    # A second promote would build its view under the same name; a prune would
+    # remove the release a promote is about to point a channel at.
+    return db.run_lock(lock_file(config), config.database,
+                       "swarm-release promote, rollback or prune", timeout=wait)
 
 
 def url(config: Config) -> str:
@@ -235,7 +250,10 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
     Every index entry's file present with the size and digests the index
     lists, signatures valid when binhost.gpg_key is set, and no package the
     queue wants under the same CPV with another identity (USE, slot,
-    repository, CHOST): Portage would not install it for the profile.
+    repository, CHOST): Portage would not install it for the profile. The
+    tree holds nothing else: no link (a web server that follows links would
+    serve what it points at through the channel), no file the index does
+    not list.
     """
     path = release_path(config, name)
     try:
@@ -253,8 +271,15 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
         queue.setdefault(row["cpv"], []).append(row)
     chost = settings.get("CHOST")
     hidden = identity.hidden_prefixes(settings)
+    flat = {entry["PATH"] for entry in index.entries if _is_flat(entry["PATH"])}
+    problems.extend(_strays(path, flat))
     for entry in index.entries:
         file = path / entry["PATH"]
+        if entry["PATH"] not in flat:
+            problems.append(f"{entry['PATH']}: not CATEGORY/FILE inside the release")
+            continue
+        if file.is_symlink() or file.parent.is_symlink():
+            continue  # named among the links
         if not file.is_file():
             problems.append(f"{entry['PATH']}: missing")
             continue
@@ -278,6 +303,30 @@ def verify(config: Config, conn: sqlite3.Connection, name: str) -> list[str]:
     return problems
 
 
+def _is_flat(path: str) -> bool:
+    """PATH is CATEGORY/FILE, as create writes it: nothing above or beside the release."""
+    parts = path.split("/")
+    return len(parts) == 2 and all(part not in ("", ".", "..") for part in parts)
+
+
+def _strays(release: Path, listed: set[str]) -> list[str]:
+    """Every link in RELEASE, and every file or directory its index does not list."""
+    known = {*RELEASE_FILES, *listed, *(p.split("/")[0] for p in listed)}
+    problems = []
+    for top, dirs, files in os.walk(release):  # a link to a directory is listed, never entered
+        for name in sorted(dirs + files):
+            found = os.path.join(top, name)
+            relative = os.path.relpath(found, release)
+            if os.path.islink(found):
+                problems.append(f"{relative}: a link to {os.readlink(found)}; a release holds "
+                                "only the files its index lists")
+            elif relative not in known:
+                problems.append(f"{relative}: not in the index")
+        dirs[:] = [d for d in dirs if os.path.relpath(os.path.join(top, d), release) in known
+                   and not os.path.islink(os.path.join(top, d))]
+    return problems
+
+
 def _wrong_digests(file: Path, entry: dict) -> list[str]:
     known = [name for name in DIGESTS if name in entry]
     if not known:
@@ -287,9 +336,18 @@ def _wrong_digests(file: Path, entry: dict) -> list[str]:
 
 
 def promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, now: datetime,
-            actor: str) -> dict:
-    """Point CHANNEL at release NAME once it verifies; SwarmError with the problems if not."""
+            actor: str, wait: float = LOCK_WAIT_SECONDS) -> dict:
+    """Point CHANNEL at release NAME once it verifies; SwarmError with the problems if not.
+
+    Waits up to WAIT seconds for another promote, rollback or prune (TryLater after).
+    """
     _check_channel(channel)
+    with _one_at_a_time(config, wait):
+        return _promote(config, conn, name, channel, now, actor)
+
+
+def _promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, now: datetime,
+             actor: str) -> dict:
     problems = verify(config, conn, name)
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more"
@@ -301,9 +359,15 @@ def promote(config: Config, conn: sqlite3.Connection, name: str, channel: str, n
 
 
 def rollback(config: Config, conn: sqlite3.Connection, channel: str, now: datetime,
-             actor: str) -> dict:
-    """Point CHANNEL back at the release it served before the current one."""
+             actor: str, wait: float = LOCK_WAIT_SECONDS) -> dict:
+    """Point CHANNEL back at the release it served before the current one (waits as promote)."""
     _check_channel(channel)
+    with _one_at_a_time(config, wait):
+        return _rollback(config, conn, channel, now, actor)
+
+
+def _rollback(config: Config, conn: sqlite3.Connection, channel: str, now: datetime,
+              actor: str) -> dict:
     stack = _stack(conn, channel, current(config, channel))
     if len(stack) < 2:
         raise SwarmError(f"channel {channel} has no earlier release to go back to",
@@ -350,9 +414,9 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     stamp = max(int(now.timestamp()), _view_timestamp(base / channel) + CLIENT_TOLERANCE + 1)
     views = base / VIEWS
     views.mkdir(exist_ok=True)
+    _drop_temporaries(base, channel)
     view = views / f"{channel}.{stamp}"
-    work = views / f".{channel}.{stamp}.tmp"
-    shutil.rmtree(work, ignore_errors=True)
+    work = views / f".{channel}.{stamp}.{os.getpid()}.tmp"
     work.mkdir()
     for category in sorted(p.name for p in release.iterdir() if p.is_dir()):
         os.symlink(os.path.join("..", "..", name, category), work / category)
@@ -364,8 +428,7 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     shutil.rmtree(view, ignore_errors=True)
     os.rename(work, view)
     crashpoint(HOOK_VARIABLE, "viewed")
-    link = base / f".{channel}.link.tmp"
-    link.unlink(missing_ok=True)
+    link = base / f".{channel}.{os.getpid()}.link.tmp"
     os.symlink(os.path.join(VIEWS, view.name), link)
     crashpoint(HOOK_VARIABLE, "linked")
     os.replace(link, base / channel)  # the one step clients see: old view or new, whole
@@ -375,6 +438,14 @@ def _point(config: Config, conn: sqlite3.Connection, channel: str, name: str, ac
     _drop_old_views(views, channel)
     return {"channel": channel, "release": name, "previous": before, "action": action,
             "at": clock.iso(now)}
+
+
+def _drop_temporaries(base: Path, channel: str) -> None:
+    """Remove what a killed move of CHANNEL left (under the lock: no other move is running)."""
+    for work in (base / VIEWS).glob(f".{channel}.*.tmp"):
+        shutil.rmtree(work)
+    for link in base.glob(f".{channel}.*.link.tmp"):
+        link.unlink()
 
 
 def _drop_old_views(views: Path, channel: str) -> None:
@@ -455,13 +526,20 @@ def _rebuild_reason(before: dict, after: dict) -> str:
 
 
 def prune(config: Config, conn: sqlite3.Connection, keep: int, now: datetime,
-          dry_run: bool = False) -> list[str]:
+          dry_run: bool = False, wait: float = LOCK_WAIT_SECONDS) -> list[str]:
     """Remove releases beyond the newest KEEP that no channel ever pointed at; their names.
 
     A release a channel pointed at stays (a rollback may need it); the
     binhost's files are not touched (a hardlink less, the data stays while
-    the binhost or another release links it).
+    the binhost or another release links it). Waits for a promote or
+    rollback (as promote does): the release it is pointing a channel at stays.
     """
+    with _one_at_a_time(config, wait):
+        return _prune(config, conn, keep, now, dry_run)
+
+
+def _prune(config: Config, conn: sqlite3.Connection, keep: int, now: datetime,
+           dry_run: bool) -> list[str]:
     pinned = {row[0] for row in conn.execute("SELECT DISTINCT release FROM channel_moves")}
     pinned |= {c["release"] for c in channels(config, now) if c["release"]}
     made = releases(config)

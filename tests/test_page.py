@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EMERGE_DATA, HttpServer, script
+from conftest import EMERGE_DATA, HttpServer, one_line_error, script
 
 from swarmtools import page
+from swarmtools.output import write_atomic
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(os.environ.get("SWARM_TEST_ARTIFACTS",
@@ -140,6 +141,26 @@ def test_a_failure_and_its_log_are_one_click_apart_in_a_browser(busy, tmp_path):
             tab.click("#failures a")
         assert tab.inner_text("body").rstrip().endswith("ERROR: the build died here")
         chromium.close()
+
+
+def test_page_into_a_missing_directory_names_the_directory(busy, tmp_path):
+    missing = tmp_path / "www"
+    r = busy.run("swarm-status", "--html", str(missing / "index.html"))
+    assert r.returncode == 2, r.stderr
+    one_line_error(r, "swarm-status")
+    assert f"{missing} is not a directory" in r.stderr and "mkdir -p" in r.stderr, r.stderr
+    assert not missing.exists()  # nothing written by halves (the failure's log neither)
+    (tmp_path / "file").write_text("")
+    r = busy.run("swarm-status", "--html", str(tmp_path / "file" / "index.html"))
+    assert r.returncode == 2 and f"{tmp_path / 'file'} is not a directory" in r.stderr, r.stderr
+
+
+def test_a_file_that_cannot_be_written_is_named_not_its_temporary(tmp_path):
+    target = tmp_path / "gone" / "index.html"
+    with pytest.raises(FileNotFoundError) as failed:
+        write_atomic(target, "<html>")
+    assert failed.value.filename == str(target)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_page_options_refuse_to_mix(busy, tmp_path):

@@ -6,9 +6,11 @@ The client tests run the real emerge against the binhost over real HTTP.
 import json
 import os
 import shutil
+import subprocess
+import time
 
 import pytest
-from conftest import DroneSwarm, HandDrone, HttpServer
+from conftest import DroneSwarm, HandDrone, HttpServer, script
 
 from swarmtools import clock, release
 from swarmtools import config as config_mod
@@ -260,3 +262,113 @@ def test_promote_checks_signatures_when_signing_is_on(tmp_path, built_packages):
     r = swarm.run("swarm-release", "promote", "1.0", "--channel", "testing",
                   env={**signed, "SWARM_BINHOST_GPG_HOME": str(stranger)})
     assert r.returncode == 1 and "signature not valid" in r.stderr, r.stderr
+
+
+def channel_serves_one_release(swarm, channel="stable") -> str:
+    """The index, view.json and files CHANNEL serves are all of one release; its name."""
+    from swarmtools.binhost import read_index
+
+    served = swarm.releases / channel
+    name = json.loads((served / "view.json").read_text())["release"]
+    links = {p.name: os.readlink(p) for p in served.iterdir() if p.is_symlink()}
+    assert links and all(target == os.path.join("..", "..", name, category)
+                         for category, target in links.items()), (name, links)
+    index = read_index(served)
+    assert sorted(e["PATH"] for e in index.entries) == sorted(
+        e["PATH"] for e in read_index(swarm.releases / name).entries)
+    missing = [e["PATH"] for e in index.entries if not (served / e["PATH"]).is_file()]
+    assert not missing, f"{channel} -> {name} lists files that are not there: {missing}"
+    return name
+
+
+def test_promotes_and_rollbacks_at_once_take_turns(published):
+    a, b = make(published)["name"], make(published)["name"]
+    tool = script("swarm-release")
+    for round_ in range(30):
+        # Two admins (or an admin and cron) at once; every third round one rolls back.
+        second = ["rollback"] if round_ % 3 == 2 else ["promote", b]
+        started = [subprocess.Popen([tool, *args], env=published.env, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                   for args in (["promote", a], second)]
+        for process in started:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, (round_, process.args, err)
+        assert channel_serves_one_release(published) in (a, b)
+    leftovers = [p.name for p in [*published.releases.iterdir(),
+                                  *(published.releases / release.VIEWS).iterdir()]
+                 if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_prune_during_a_promote_spares_the_release_being_promoted(published):
+    promoted, older, _newest = (make(published)["name"] for _ in range(3))
+    # The promote stops once its view is made, before the channel moves to it.
+    env = {**published.env, release.HOOK_VARIABLE: "viewed:pause=4"}
+    promote = subprocess.Popen([script("swarm-release"), "promote", promoted], env=env,
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not list((published.releases / release.VIEWS).glob("stable.*")):
+        assert promote.poll() is None and time.monotonic() < deadline, promote.communicate()
+        time.sleep(0.05)
+    r = published.run("swarm-release", "prune", "--keep", "1", "--json")
+    _, err = promote.communicate(timeout=120)
+    assert promote.returncode == 0, err
+    assert r.returncode == 0 and json.loads(r.stdout)["removed"] == [older], r.stderr
+    assert channel_serves_one_release(published) == promoted
+
+
+def test_a_move_waits_for_the_lock_then_says_try_again_later(swarm):
+    from filelock import FileLock
+
+    from swarmtools import db
+    from swarmtools.errors import ExitCode, TryLater
+
+    config = config_mod.load(swarm.config)
+    conn = db.connect(config.database, create=True)
+    with FileLock(str(release.lock_file(config))), pytest.raises(TryLater) as held:
+        release.prune(config, conn, 1, clock.utcnow(), wait=0.2)
+    assert held.value.exit_code == ExitCode.TEMPFAIL and "try again later" in str(held.value)
+    assert release.prune(config, conn, 1, clock.utcnow(), wait=0) == []  # free again
+
+def test_promote_refuses_links_and_files_the_index_does_not_list(published, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    good, linked, moved = (make(published)["name"] for _ in range(3))
+    assert published.run("swarm-release", "promote", good).returncode == 0
+    tree = published.releases / linked
+    (tree / "app-misc" / "shadow.gpkg.tar").symlink_to("/etc/shadow")
+    (tree / "etc").symlink_to("/etc")
+    (tree / "notes.txt").write_text("not in the index\n")
+    r = published.run("swarm-release", "promote", linked)
+    assert r.returncode == 1, r.stderr
+    for named in ("app-misc/shadow.gpkg.tar: a link to /etc/shadow", "etc: a link to /etc",
+                  "notes.txt: not in the index"):
+        assert named in r.stderr, r.stderr
+    # A category replaced by a link to a directory outside holding the same files.
+    category = published.releases / moved / "app-misc"
+    outside = tmp_path / "outside"
+    shutil.move(category, outside)
+    category.symlink_to(outside)
+    r = published.run("swarm-release", "promote", moved)
+    assert r.returncode == 1 and f"app-misc: a link to {outside}" in r.stderr, r.stderr
+    # The channel still serves the good release; nothing outside the tree through it.
+    assert channel_serves_one_release(published) == good
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(f"{published.http.url}/releases/stable/etc/hostname")
+
+
+def test_promote_refuses_an_index_that_lists_a_path_outside_the_release(published):
+    from swarmtools.binhost import Index, read_index
+
+    name = make(published)["name"]
+    tree = published.releases / name
+    index = read_index(tree)
+    first, *rest = index.entries
+    # The binhost's own file: there, with the digests the index lists, but not the release's.
+    (original,) = published.binhost.glob(f"*/*/{os.path.basename(first['PATH'])}")
+    outside = os.path.relpath(original, tree)
+    release.write_index(tree, Index(index.header, [{**first, "PATH": outside}, *rest]))
+    (tree / first["PATH"]).unlink()
+    r = published.run("swarm-release", "promote", name)
+    assert r.returncode == 1 and f"{outside}: not CATEGORY/FILE" in r.stderr, r.stderr

@@ -30,6 +30,10 @@ def cli():
     channel, wherever a command is stopped. RELEASES_URL/latest is the live
     binhost.
 
+    One promote, rollback or prune runs at a time (lock
+    state_dir/swarm-release.lock): a second waits for the first to finish,
+    by hand as from cron, and exits 75 (try again later) after 10 minutes.
+
     \b
       create    freeze the binhost as a release (NAME: today's date, .N when taken)
       list      releases, and where each channel points
@@ -125,6 +129,12 @@ def promote(run_, as_json, name, channel):
     valid (when binhost.gpg_key is set), and no package in it has another
     identity (USE, slot, repository, CHOST) than the queue wants for that
     version now: a client with the profile's settings would not take it.
+    The release must hold nothing else: a link (a web server that follows
+    links would serve what it points at), or a file or directory its index
+    does not list, is refused too, by name.
+
+    Waits for a running promote, rollback or prune (up to 10 minutes, then
+    exit 75: try again later).
 
     \b
     Examples:
@@ -144,7 +154,8 @@ def rollback(run_, as_json, channel):
     """Point CHANNEL back at the release it served before the current one.
 
     Each rollback steps back one promotion (verifying that release first);
-    exit 1 when there is none.
+    exit 1 when there is none. Waits for a running promote, rollback or
+    prune (up to 10 minutes, then exit 75).
 
     \b
     Example:
@@ -200,6 +211,8 @@ def prune(run_, as_json, keep, dry_run):
 
     A release a channel served stays (a rollback may go back to it). The
     binhost's files are not touched: a release's files are hardlinks.
+    Waits for a running promote or rollback (up to 10 minutes, then exit
+    75), so the release it is pointing a channel at is never removed.
 
     \b
     Examples:

@@ -78,7 +78,8 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     logs (their last 256 KiB, of the failures shown) go to logs/ beside
     FILE, and logs there that no failure shows any more are removed. Every
     file is written under a temporary name and renamed: a browser sees the
-    old page or the new one, whole.
+    old page or the new one, whole. FILE's directory must exist (exit 2,
+    naming it, when it does not).
 
     --prometheus prints the figures in Prometheus's text format: packages
     per state, waiting and kept back, drones online, builds per drone and
