@@ -22,12 +22,15 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check swarmtools tests benchmarks demo
 
+# On every core: what several tests share is built once a run (tests/conftest.py).
+PARALLEL ?= -n auto --dist loadgroup
+
 test: setup lint
 	./scripts/system-deps --browser
-	$(RUN) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(RUN) $(BIN)/python -m pytest $(PARALLEL) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(RUN) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(RUN) $(BIN)/python -m pytest $(PARALLEL) -m "not slow" $(PYTEST_ARGS)
 
 # Every benchmark at full size (the fleet alone takes minutes; the scheduling
 # simulator's full figures are its --summary); the quick mode is what

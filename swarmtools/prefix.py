@@ -85,6 +85,14 @@ def _symlink(link: Path, target: Path | str) -> None:
     link.symlink_to(target)
 
 
+def open_prefix(root: Path, portage_home: Path | None = None) -> Prefix:
+    """The prefix create_prefix laid out under ROOT, as it is (nothing is written)."""
+    root = Path(root).resolve()
+    (repo,) = (root / "var" / "db" / "repos").iterdir()
+    return Prefix(root=root, repo=repo, pkgdir=root / "var" / "cache" / "binpkgs",
+                  portage_home=Path(portage_home or sys.prefix).resolve())
+
+
 def create_prefix(
     root: Path,
     repo_src: Path = EXAMPLE_REPO,

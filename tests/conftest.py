@@ -55,6 +55,11 @@ class Swarm:
         from swarmtools.config import edit
 
         edit(self.config, {"binhost": {"publish_on_report": False}})
+        self._paths(root)
+
+    def _paths(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "swarm.toml"
         self.db = root / "state" / "swarm.db"
         self.log = root / "state" / "swarm.log"
         self.env = {**os.environ, "SWARM_CONFIG": str(self.config),
@@ -157,6 +162,18 @@ class DroneSwarm(Swarm):
             self.http = HttpServer(self.root / "binhost")
             edit(self.config, {"binhost": {"publish_on_report": True, "url": self.http.url}})
 
+    @classmethod
+    def attach(cls, root: Path, drones=("d1", "d2")) -> DroneSwarm:
+        """The DroneSwarm made under ROOT (by another process, say), changing nothing."""
+        from swarmtools.prefix import open_prefix
+
+        swarm = cls.__new__(cls)
+        swarm._paths(root / "swarm")
+        swarm.prefixes = {name: open_prefix(root / f"prefix-{name}")
+                          for name in ("orchestrator", *drones)}
+        swarm.http = None
+        return swarm
+
     def stop(self) -> None:
         """Stop the binhost's web server, if any."""
         if self.http:
@@ -181,7 +198,7 @@ class DroneSwarm(Swarm):
         raise AssertionError(f"timed out waiting for: {sql}")
 
 
-def tree_digest(root: Path, leave_out: list[Path] = ()) -> dict[str, tuple]:
+def tree_digest(root: Path, leave_out: list[Path] = ()) -> dict[str, list]:
     """Every file, directory and link under ROOT with its mode, size and content (or target),
     but what is under LEAVE_OUT: what a build must not change."""
     skip = {Path(p).resolve() for p in leave_out}
@@ -197,12 +214,12 @@ def tree_digest(root: Path, leave_out: list[Path] = ()) -> dict[str, tuple]:
                 content = hashlib.sha256(path.read_bytes()).hexdigest()
             else:
                 content = None
-            found[str(path.relative_to(root))] = (info.st_mode, info.st_size if content else 0,
-                                                  content)
+            found[str(path.relative_to(root))] = [info.st_mode, info.st_size if content else 0,
+                                                  content]
     return found
 
 
-def build_root_digest(prefix) -> dict[str, tuple]:
+def build_root_digest(prefix) -> dict[str, list]:
     """A drone prefix as its builds must leave it: all but what the drone passes through
     (PKGDIR, DISTDIR) and its work directory (profile bundles, the builds' layers)."""
     return tree_digest(prefix.root, [prefix.pkgdir, prefix.root / "var/cache/distfiles",
@@ -223,48 +240,80 @@ def ebuild(body: str = "", description: str = "test package") -> str:
             'src_install() { insinto /usr/share/${P}; doins "${T}/environment"; }\n' + body)
 
 
-@pytest.fixture(scope="session")
-def example_swarm(tmp_path_factory) -> DroneSwarm:
-    """Two local drones that built and published the example world with the real emerge
-    (about a minute), each build in its throw-away root: shared by the tests that look at
-    such a swarm without changing it. Its drones' (returncode, stdout, stderr) are in
-    .drone_results; their build roots' digests and the host's mount table before the
-    builds in .before."""
-    pytest.importorskip("portage")
-    swarm = DroneSwarm(tmp_path_factory.mktemp("example"), publish=True)
+def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
+    """A directory MAKE(directory) filled once per test run, however many xdist workers
+    ask (the first makes it under a lock in the run's shared temporary directory, the others
+    wait), and what MAKE returned (JSON data)."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    directory, record = shared / name, shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not record.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a worker failed half-way
+            directory.mkdir()
+            record.write_text(json.dumps(make(directory)))
+    return directory, json.loads(record.read_text())
+
+
+def _example_world(root: Path) -> dict:
+    swarm = DroneSwarm(root, publish=True)
     try:
         assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
         # Each drone's system and the host's mounts, as the builds must leave them.
-        swarm.before = ({n: build_root_digest(swarm.prefixes[n]) for n in ("d1", "d2")},
-                        Path("/proc/self/mountinfo").read_text())
+        digests = {n: build_root_digest(swarm.prefixes[n]) for n in ("d1", "d2")}
+        mounts = Path("/proc/self/mountinfo").read_text()
         procs = [swarm.drone(name, "--drain") for name in ("d1", "d2")]
         outputs = [p.communicate(timeout=400) for p in procs]
-        swarm.drone_results = [(p.returncode, *out) for p, out in zip(procs, outputs)]
+        results = [(p.returncode, *out) for p, out in zip(procs, outputs)]
         if all(p.returncode == 0 for p in procs):  # (else the tests say what the drones said)
             swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE"
                            " status != 'synced')", timeout=60)
     finally:
         swarm.stop()
+    return {"drone_results": results, "digests": digests, "mountinfo": mounts}
+
+
+@pytest.fixture(scope="session")
+def example_swarm(tmp_path_factory) -> DroneSwarm:
+    """Two local drones that built and published the example world with the real emerge
+    (about a minute, once per run), each build in its throw-away root: shared by the tests
+    that look at such a swarm without changing it. Its drones' (returncode, stdout,
+    stderr) are in .drone_results; their build roots' digests and the host's mount table
+    before the builds in .before."""
+    pytest.importorskip("portage")
+    root, made = once_per_run(tmp_path_factory, "example", _example_world)
+    swarm = DroneSwarm.attach(root)
+    swarm.drone_results = made["drone_results"]
+    swarm.before = (made["digests"], made["mountinfo"])
     return swarm
+
+
+def _build_world(root: Path) -> dict:
+    from swarmtools.prefix import create_prefix
+
+    prefix = create_prefix(root)
+    r = prefix.run(["emerge", "--buildpkg=y", "--color=n", "@world"])
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return {"pkgdir": str(prefix.pkgdir)}
 
 
 @pytest.fixture(scope="session")
 def built_packages(tmp_path_factory) -> Path:
-    """A PKGDIR holding a real gpkg of every example package (one emerge, ~30 s)."""
+    """A PKGDIR holding a real gpkg of every example package (one emerge, ~30 s, once a run)."""
     pytest.importorskip("portage")
-    from swarmtools.prefix import create_prefix
-
-    prefix = create_prefix(tmp_path_factory.mktemp("builder"))
-    r = prefix.run(["emerge", "--buildpkg=y", "--color=n", "@world"])
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return prefix.pkgdir
+    return Path(once_per_run(tmp_path_factory, "builder", _build_world)[1]["pkgdir"])
 
 
 class HandDrone:
-    """Claims and reports through the real swarm-delegate, staging files by hand.
+    """Claims and reports in-process (the library's delegate.claim and report_built),
+    staging files by hand.
 
     Stands in for swarm-drone where a test is about what happens after the
-    upload (test_drone.py and test_e2e_ssh.py run the real drone).
+    upload (test_drone.py and test_e2e_ssh.py run the real drone); the
+    swarm-delegate commands themselves are tested in test_delegate.py,
+    test_gateway.py and test_commands.py.
     """
 
     def __init__(self, swarm: Swarm, pkgdir: Path, name: str = "d1"):
@@ -273,11 +322,26 @@ class HandDrone:
     # What swarm-drone says of itself with every claim (the example repository's profile).
     FACTS: ClassVar[dict] = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu"}
 
+    def _delegate(self, act):
+        from swarmtools import clock, db
+        from swarmtools.config import load
+
+        config = load(self.swarm.config)  # (read again: tests change it between calls)
+        conn = db.connect(config.database)
+        try:
+            return act(conn, config, clock.utcnow())
+        finally:
+            conn.close()
+
     def claim(self) -> str | None:
-        r = self.swarm.run("swarm-delegate", "claim", "--drone", self.name, "--json",
-                           "--heartbeat", input=json.dumps(self.FACTS))
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)["cpv"] if r.stdout else None
+        """The CPV the orchestrator hands this drone (its heartbeat riding along), or None."""
+        from swarmtools import delegate
+
+        def act(conn, config, now):
+            delegate.heartbeat(conn, config, self.name, self.FACTS, now)
+            return delegate.claim(conn, config, self.name, now)
+        job = self._delegate(act)
+        return job["cpv"] if job else None
 
     def stage(self, cpv: str, source: Path | None = None) -> str:
         category, pf = cpv.split("/")
@@ -289,16 +353,18 @@ class HandDrone:
         shutil.copyfile(source, target)
         return relative
 
-    def report(self, cpv: str, relative: str) -> subprocess.CompletedProcess:
-        return self.swarm.run("swarm-delegate", "report", "--drone", self.name, cpv, "--ok",
-                              "--file", relative)
+    def report(self, cpv: str, relative: str) -> dict:
+        """Report CPV built, its file staged at RELATIVE (raises what the orchestrator refuses)."""
+        from swarmtools import delegate
+
+        return self._delegate(lambda conn, config, now: delegate.report_built(
+            conn, config, self.name, cpv, relative, now))
 
     def build_all(self) -> list[str]:
         """Claim, stage and report every needed package."""
         done = []
         while cpv := self.claim():
-            r = self.report(cpv, self.stage(cpv))
-            assert r.returncode == 0, r.stderr
+            self.report(cpv, self.stage(cpv))
             done.append(cpv)
         return done
 

@@ -12,7 +12,9 @@ from conftest import DroneSwarm, build_root_digest, ebuild
 from swarmtools.build import STOP_GRACE_SECONDS
 from swarmtools.prefix import EXAMPLE_REPO
 
-pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
+# Real emerge, seconds a test; leases of seconds: these run one after the
+# other on one xdist worker (make test runs --dist loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("lease-timing")]
 
 FAST = {"lease_seconds": 4, "heartbeat_seconds": 1, "poll_seconds": 1}
 

@@ -16,15 +16,13 @@ import pytest
 from conftest import DroneSwarm, HandDrone, script
 from sshd import start_sshd
 
-from swarmtools.prefix import EXAMPLE_REPO
-
 pytestmark = pytest.mark.slow  # real emerge, sshd or GnuPG: seconds a test
 
 
-def ssh_swarm_with(tmp_path, settings=(), delegate=None):
+def ssh_swarm_with(tmp_path, settings=(), delegate=None, world=None):
     pytest.importorskip("portage")
     swarm = DroneSwarm(tmp_path, delegate=delegate or {"heartbeat_seconds": 2, "poll_seconds": 1},
-                       publish=True)
+                       publish=True, world=world)
     gateway = script("swarm-delegate")
     server = start_sshd(tmp_path / "sshd", {
         name: f"{gateway} gateway --drone {name} --config {swarm.config}" for name in ("d1", "d2")},
@@ -38,9 +36,17 @@ def ssh_swarm_with(tmp_path, settings=(), delegate=None):
     return swarm
 
 
+# example-app and what it needs (build-time, runtime, a USE-conditional one): two
+# drones build these over ssh (the whole world is built by two local drones in
+# tests/test_drone.py, with the same code on their side of the transport).
+APP = {"app-misc/example-app-1.0", "dev-libs/libbar-2.0", "dev-libs/libfoo-1.2",
+       "sys-apps/example-base-1.0", "dev-libs/libcompress-0.5", "dev-lang/example-lang-2.3",
+       "dev-build/example-make-3.1"}
+
+
 @pytest.fixture
 def ssh_swarm(tmp_path):
-    swarm = ssh_swarm_with(tmp_path)
+    swarm = ssh_swarm_with(tmp_path, world=["app-misc/example-app"])
     yield swarm
     swarm.server.stop()
     swarm.stop()
@@ -54,7 +60,7 @@ def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
     ssh_swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE status != 'synced')",
                        timeout=60)
     rows = ssh_swarm.query("SELECT cpv, status, drone, file FROM packages")
-    expected = {f"{p.parent.parent.name}/{p.stem}" for p in EXAMPLE_REPO.glob("*/*/*.ebuild")}
+    expected = APP
     assert {r[0] for r in rows} == expected
     assert {r[1] for r in rows} == {"synced"}
     for cpv, _, drone, file in rows:
@@ -69,6 +75,7 @@ def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
     assert 2 <= log.count("Accepted publickey") <= 4
 
 
+@pytest.mark.xdist_group("lease-timing")  # counts sessions over seconds of back-off
 def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
     """Counted in sshd's log: the heartbeat rides on the claim, and idle waits back off."""
     swarm = ssh_swarm_with(tmp_path, delegate={"lease_seconds": 600, "poll_seconds": 1,
@@ -135,7 +142,14 @@ def test_a_drone_key_cannot_claim_as_another_over_ssh(ssh_swarm):
 
 def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
     """sshd's MaxStartups drops connections in a burst; drones retry, nothing is lost."""
-    swarm = ssh_swarm_with(tmp_path, ("MaxStartups 1:100:1",))  # a second at once is dropped
+    # A chain of three packages (libbar needs libfoo needs example-base); every
+    # session a login of its own (no shared connection), so drops reach the drones.
+    swarm = ssh_swarm_with(tmp_path, ("MaxStartups 1:100:1",),  # a second at once is dropped
+                           world=["dev-libs/libbar"])
+    from swarmtools.config import edit
+
+    edit(swarm.config, {"drones": {name: {"ssh_command": [
+        *swarm.server.ssh_command(name), "-o", "ControlMaster=no"]} for name in ("d1", "d2")}})
     try:
         assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
         stop = threading.Event()
