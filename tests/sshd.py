@@ -60,6 +60,13 @@ def require_openssh() -> tuple[str, str, str]:
     return sshd, ssh, keygen  # type: ignore[return-value]
 
 
+def make_privsep_dir() -> None:
+    """Create /run/sshd, the empty root-owned directory even `sshd -t` wants (tmpfs: gone
+    after a boot, and no sshd service runs here to make it)."""
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
 def generate_key(path: Path, comment: str = "swarmtools-test") -> Path:
     """Create an ed25519 key pair without passphrase at PATH (+ PATH.pub); return PATH."""
     keygen = shutil.which("ssh-keygen")
@@ -243,9 +250,7 @@ def start_sshd(workdir: Path, clients: dict[str, str], settings: tuple[str, ...]
     authorized_keys.write_text("".join(line + "\n" for line in lines))
     authorized_keys.chmod(0o600)
 
-    # Privilege separation needs this root-owned empty directory (tmpfs: gone after boot).
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    make_privsep_dir()
 
     config = workdir / "sshd_config"
     log = workdir / "sshd.log"
