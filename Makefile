@@ -1,10 +1,12 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test`; and `make install`
+# for a real host (the README's "Deploying on real hosts").
 VENV    ?= .venv
 PYTHON  ?= python3
+PREFIX  ?= /usr/local
 BIN     := $(CURDIR)/$(VENV)/bin
 RUN     := env PATH="$(BIN):$$PATH"
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench clean install
 
 $(VENV)/.installed: pyproject.toml
 	./scripts/system-deps
@@ -31,6 +33,10 @@ bench: setup
 	$(RUN) $(BIN)/python benchmarks/sync.py
 	$(RUN) $(BIN)/python benchmarks/page.py
 	$(RUN) $(BIN)/python benchmarks/release.py
+
+# The system Python's venv, not .venv: no test extras, no PyPI Portage.
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" PYTHON="$(PYTHON)" ./scripts/install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
