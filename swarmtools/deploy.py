@@ -66,9 +66,13 @@ def plain(text: str, what: str) -> str:
     return text
 
 
-def installed_bin_dir() -> Path:
+def installed_bin_dir(argv0: str | None = None) -> Path:
     """Where this install's swarm-* commands are: beside the running one, else on PATH."""
-    here = Path(os.path.abspath(sys.argv[0])).parent
+    here = Path(os.path.abspath(argv0 or sys.argv[0])).parent
+    if here.parent.name == "python-exec":
+        # Gentoo's package: /usr/bin/swarm-x runs /usr/lib/python-exec/python3.N/swarm-x,
+        # a directory an upgrade of Python removes. The files name /usr/bin's.
+        here = here.parents[2] / "bin"
     if (here / "swarm-delegate").exists():
         return here
     found = shutil.which("swarm-delegate")

@@ -156,3 +156,12 @@ def test_the_unit_passes_systemd_analyze_verify(swarm, tmp_path):
     r = subprocess.run([verify, "verify", "--man=no", str(units / "swarm-drone@local.service")],
                        capture_output=True, text=True, check=False)
     assert r.returncode == 0 and "swarm-drone" not in r.stderr, r.stderr
+
+
+def test_gentoos_package_names_usr_bin_not_the_python_exec_directory(tmp_path):
+    usr = tmp_path / "usr"
+    (usr / "lib" / "python-exec" / "python3.12").mkdir(parents=True)
+    (usr / "bin").mkdir()
+    (usr / "bin" / "swarm-delegate").touch()
+    argv0 = usr / "lib" / "python-exec" / "python3.12" / "swarm-config"
+    assert deploy.installed_bin_dir(str(argv0)) == usr / "bin"
