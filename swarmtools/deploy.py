@@ -195,22 +195,17 @@ def gateway_command(host: Host, drone: str) -> str:
 
 
 def authorized_keys(host: Host, config: Config, keys: dict[str, str]) -> str:
-    """One line a drone of the ssh transport; a drone whose public key is not in KEYS
-    gets the line as a comment, to fill in."""
+    """The line of each drone in KEYS (its public key), ready to append; without KEYS,
+    every drone of the ssh transport's, commented out, to fill in."""
     for name in sorted(keys):
         _check_drone(config, name)
-    lines = [(f"# ~{host.user}/.ssh/authorized_keys on the orchestrator (swarm-config render "
-              "authorized-keys --key NAME=KEYFILE ...):"),
-             "# each drone's key may only reach the gateway."]
-    for name, drone in sorted(config.drones.items()):
-        if drone.transport != "ssh":
-            continue
+    names = sorted(keys) or sorted(n for n, d in config.drones.items() if d.transport == "ssh")
+    lines = []
+    for name in names:
         options = f'command="{gateway_command(host, name)}",restrict'
-        if name in keys:
-            lines.append(f"{options} {keys[name]}")
-        else:
-            lines.append(f"# {options} <the public key of {name}: --key {name}=KEYFILE>")
-    return "\n".join(lines) + "\n"
+        lines.append(f"{options} {keys[name]}" if name in keys else
+                     f"# {options} <the public key of {name}: --key {name}=KEYFILE>")
+    return "".join(line + "\n" for line in lines)
 
 
 def public_key(text: str, origin: str) -> str:

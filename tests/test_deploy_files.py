@@ -93,12 +93,15 @@ def test_authorized_keys_pin_each_ssh_drone_to_this_gateway(swarm, tmp_path):
                               "here": {"transport": "local"}})
     key = generate_key(tmp_path / "d1")
     pub = key.with_name("d1.pub").read_text().strip()
-    text = render(swarm, "authorized-keys", "--key", f"d1={key}.pub")
     gateway = f"{BIN / 'swarm-delegate'} gateway --drone"
-    assert f'command="{gateway} d1 --config {swarm.config}",restrict {pub}\n' in text
-    (d2,) = [line for line in text.splitlines() if "--drone d2" in line]
-    assert d2.startswith("# command=") and "--key d2=KEYFILE" in d2  # no key: to fill in
-    assert "here" not in text  # the local transport needs no key
+    # Ready to append to authorized_keys: the line of each drone given its key.
+    assert render(swarm, "authorized-keys", "--key", f"d1={key}.pub") == \
+        f'command="{gateway} d1 --config {swarm.config}",restrict {pub}\n'
+    # Without keys, every drone of the ssh transport's, to fill in.
+    lines = render(swarm, "authorized-keys").splitlines()
+    assert [line.split("--drone ")[1].split()[0] for line in lines] == ["d1", "d2"]
+    assert all(line.startswith("# command=") for line in lines)
+    assert "--key d2=KEYFILE" in lines[1]
     r = swarm.run("swarm-config", "render", "authorized-keys", "--key", "d9=-", input=pub)
     one_line_error(r, "swarm-config")
     assert r.returncode == 2 and "no drone 'd9'" in r.stderr
