@@ -197,7 +197,7 @@ def _sshd_config(workdir: Path, port: int, host_key: Path, authorized_keys: Path
                                    if line.split()[0].lower() not in overridden), ""])
 
 
-def _wait_ready(process: subprocess.Popen, port: int, log: Path, deadline: float) -> str | None:
+def wait_ready(process: subprocess.Popen, port: int, log: Path, deadline: float) -> str | None:
     """Wait until sshd serves an SSH banner on PORT. None if ready, else why it failed."""
     listening = f"Server listening on 127.0.0.1 port {port}"
     while time.monotonic() < deadline:
@@ -274,7 +274,7 @@ def start_sshd(workdir: Path, clients: dict[str, str], settings: tuple[str, ...]
         server = SshServer(port=port, host_key_pub=host_key_pub, known_hosts=known_hosts,
                            process=process, log=log, keys=keys, destination=f"{user}@127.0.0.1")
         atexit.register(server.stop)  # safety net if a fixture finalizer never runs
-        problem = _wait_ready(process, port, log, time.monotonic() + START_TIMEOUT)
+        problem = wait_ready(process, port, log, time.monotonic() + START_TIMEOUT)
         if problem is None:
             server.startup_seconds = time.monotonic() - started
             return server
