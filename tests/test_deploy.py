@@ -41,7 +41,7 @@ from pathlib import Path
 import pytest
 from conftest import HttpServer, promtool_check
 from filelock import FileLock
-from sshd import wait_ready, free_port, generate_key, make_privsep_dir
+from sshd import free_port, generate_key, make_privsep_dir, wait_ready
 
 from swarmtools import config as config_mod
 from swarmtools.prefix import create_prefix
