@@ -1,10 +1,12 @@
-# The two commands of the README: `make demo` and `make test`.
+# The two commands of the README: `make demo` and `make test`; and `make install`
+# for a real host (the README's "Deploying on real hosts").
 VENV    ?= .venv
 PYTHON  ?= python3
+PREFIX  ?= /usr/local
 BIN     := $(CURDIR)/$(VENV)/bin
 RUN     := env PATH="$(BIN):$$PATH"
 
-.PHONY: setup demo lint test test-fast bench bench-quick clean
+.PHONY: setup demo lint test test-fast bench bench-quick clean install
 
 $(VENV)/.installed: pyproject.toml
 	./scripts/system-deps
@@ -46,6 +48,10 @@ bench: setup
 bench-quick: setup
 	./scripts/system-deps --browser
 	set -e; for script in $(BENCHMARKS); do $(RUN) $(BIN)/python $$script --quick; done
+
+# The system Python's venv, not .venv: no test extras, no PyPI Portage.
+install:
+	PREFIX="$(PREFIX)" DESTDIR="$(DESTDIR)" PYTHON="$(PYTHON)" ./scripts/install
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

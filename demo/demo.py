@@ -38,6 +38,7 @@ Everything lives under $SWARM_DEMO_DIR (default /tmp/swarm-demo).
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -136,8 +137,12 @@ def main() -> None:
         extra = prefix.repo / "app-misc" / "example-extra"
         extra.mkdir()
         shutil.copy(docs / "example-docs-1.0.ebuild", extra / "example-extra-1.0.ebuild")
-        show(str(Path(__file__).resolve().parents[1] / "cron" / "postsync.d" / "swarm-fresh"),
-             env=env)
+        hook = DEMO / "postsync.d" / "swarm-fresh"  # /etc/portage/postsync.d/ on a real host
+        hook.parent.mkdir(exist_ok=True)
+        hook.write_text(show("swarm-config", "render", "postsync", "--user",
+                             pwd.getpwuid(os.geteuid()).pw_name, env=env))
+        hook.chmod(0o755)
+        show(str(hook), env=env)
         show("swarm-status", "--packages", "--state", "needed", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)

@@ -16,13 +16,15 @@ def render(figures: dict) -> str:
     out: list[str] = []
 
     def family(name: str, kind: str, help: str, samples: list[tuple[dict, float]]) -> None:
+        # In this format HELP and TYPE name the samples, _total included for a
+        # counter: else promtool finds no help text and node_exporter calls it untyped.
+        if kind == "counter":
+            name += "_total"
         out.append(f"# HELP {name} {help}")
         out.append(f"# TYPE {name} {kind}")
-        sample_name = f"{name}_total" if kind == "counter" else name
         for labels, value in samples:
             text = ",".join(f'{k}="{_escape(str(v))}"' for k, v in sorted(labels.items()))
-            out.append(f"{sample_name}{{{text}}} {_number(value)}" if text
-                       else f"{sample_name} {_number(value)}")
+            out.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
 
     # Per build profile: a build two profiles share counts in both.
     profiles = figures["profiles"]

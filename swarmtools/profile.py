@@ -303,7 +303,17 @@ def assemble(bundle: Path, target: Path, repositories: dict[str, Path], own_root
     etc = target / "etc" / "portage"
     etc.mkdir(parents=True)
     with tarfile.open(bundle) as tar:
-        tar.extractall(etc, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(etc, filter="data")
+        else:
+            # Python 3.11 before 3.11.4 (Debian 12's 3.11.2) has no extraction
+            # filters: a bundle holds only directories and files, inside ETC.
+            for member in tar.getmembers():
+                if not (member.isdir() or member.isfile()) or member.name.startswith("/") \
+                        or ".." in Path(member.name).parts:
+                    raise SwarmError(f"the profile bundle {bundle.name} holds {member.name!r}, "
+                                     "not a file or directory of its own")
+            tar.extractall(etc)
     manifest = json.loads((etc / MANIFEST).read_text())
     (etc / MANIFEST).unlink()
     if place := manifest.get("make_profile"):

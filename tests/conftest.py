@@ -33,6 +33,15 @@ def script(name: str) -> str:
     return str(path)
 
 
+def promtool_check(text: str) -> str:
+    """What `promtool check metrics` says of TEXT ("" when clean); skip where promtool is missing."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian's prometheus; scripts/system-deps installs it)")
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    return (r.stdout + r.stderr).strip() or ("" if r.returncode == 0 else f"exit {r.returncode}")
+
+
 def one_line_error(r: subprocess.CompletedProcess, prog: str, logged: Path | None = None) -> None:
     """The command failed with one line, PROG: error: ..., no traceback (and logged)."""
     assert r.stderr.count("\n") == 1, r.stderr

@@ -61,6 +61,13 @@ def require_openssh() -> tuple[str, str, str]:
     return sshd, ssh, keygen  # type: ignore[return-value]
 
 
+def make_privsep_dir() -> None:
+    """Create /run/sshd, the empty root-owned directory even `sshd -t` wants (tmpfs: gone
+    after a boot, and no sshd service runs here to make it)."""
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
 def generate_key(path: Path, comment: str = "swarmtools-test") -> Path:
     """Create an ed25519 key pair without passphrase at PATH (+ PATH.pub); return PATH."""
     keygen = shutil.which("ssh-keygen")
@@ -191,7 +198,7 @@ def _sshd_config(workdir: Path, port: int, host_key: Path, authorized_keys: Path
                                    if line.split()[0].lower() not in overridden), ""])
 
 
-def _wait_ready(process: subprocess.Popen, port: int, log: Path, deadline: float) -> str | None:
+def wait_ready(process: subprocess.Popen, port: int, log: Path, deadline: float) -> str | None:
     """Wait until sshd serves an SSH banner on PORT. None if ready, else why it failed."""
     listening = f"Server listening on 127.0.0.1 port {port}"
     while time.monotonic() < deadline:
@@ -244,9 +251,7 @@ def start_sshd(workdir: Path, clients: dict[str, str], settings: tuple[str, ...]
     authorized_keys.write_text("".join(line + "\n" for line in lines))
     authorized_keys.chmod(0o600)
 
-    # Privilege separation needs this root-owned empty directory (tmpfs: gone after boot).
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    make_privsep_dir()
 
     config = workdir / "sshd_config"
     log = workdir / "sshd.log"
@@ -270,7 +275,7 @@ def start_sshd(workdir: Path, clients: dict[str, str], settings: tuple[str, ...]
         server = SshServer(port=port, host_key_pub=host_key_pub, known_hosts=known_hosts,
                            process=process, log=log, keys=keys, destination=f"{user}@127.0.0.1")
         atexit.register(server.stop)  # safety net if a fixture finalizer never runs
-        problem = _wait_ready(process, port, log, time.monotonic() + START_TIMEOUT)
+        problem = wait_ready(process, port, log, time.monotonic() + START_TIMEOUT)
         if problem is None:
             server.startup_seconds = time.monotonic() - started
             return server

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 import pytest
 from conftest import script
+from sshd import make_privsep_dir
 
 from swarmtools import config as config_mod
 from swarmtools import gateway, verbs
@@ -98,5 +99,6 @@ def test_the_readme_sshd_snippet_is_accepted_by_sshd(tmp_path):
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     config = tmp_path / "sshd_config"
     config.write_text(f"HostKey {key}\n{snippet.group(1)}")
+    make_privsep_dir()
     r = subprocess.run([sshd, "-t", "-f", config], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

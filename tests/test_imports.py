@@ -32,8 +32,8 @@ STAGES = {
     "cli": ("cli", "cli.common", "cli.config", "cli.delegate", "cli.drone", "cli.exclude",
             "cli.fresh", "cli.release", "cli.resolve", "cli.status", "cli.swarm_delegate",
             "cli.sync"),
-    # figures, the status page, drift of the hosts
-    "observe": ("status", "page", "metrics", "drift"),
+    # figures, the status page, drift of the hosts, the files that deploy them
+    "observe": ("status", "page", "metrics", "drift", "deploy"),
     # the orchestrator's side of the drones: claims, reports, the verbs, the ssh gateway
     "control": ("gateway", "verbs", "delegate", "placement"),
     # the scan fills the queue; the dependency graph orders it

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EMERGE_DATA, HttpServer, one_line_error, script
+from conftest import EMERGE_DATA, HttpServer, one_line_error, promtool_check, script
 
 from swarmtools import page
 from swarmtools.output import write_atomic
@@ -100,6 +100,22 @@ def test_prometheus_text_parses_and_matches_json(busy):
     assert samples[("swarm_last_scan_timestamp_seconds", ())] == \
         clock.parse(figures["last_scan"]["at"]).timestamp()
     assert ("swarm_last_sync_timestamp_seconds", ()) not in samples  # never ran: no sample
+
+
+def test_promtool_finds_the_metrics_clean(busy):
+    # node_exporter serves a family promtool finds no help text for as untyped.
+    assert promtool_check(busy.run("swarm-status", "--prometheus").stdout) == ""
+
+
+@pytest.mark.slow
+def test_promtool_finds_every_family_of_a_real_swarm_clean(example_swarm):
+    """Every family (the last sync's too) of a swarm that built and published the example world."""
+    assert example_swarm.run("swarm-sync").returncode == 0
+    text = example_swarm.run("swarm-status", "--prometheus").stdout
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert {"swarm_builds_total", "swarm_last_scan_timestamp_seconds",
+            "swarm_last_sync_timestamp_seconds"} <= families
+    assert promtool_check(text) == ""
 
 
 def test_page_is_strict_html5_with_twin_and_failure_log(busy, tmp_path):

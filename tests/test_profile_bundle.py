@@ -156,3 +156,27 @@ def test_host_values_keep_what_portage_fills_in_and_host_features_are_the_drones
     # The profile's splitdebug stays (it changes the binary); ccache is the host's.
     assert "splitdebug" in features and "-ccache" in features
     assert "sandbox" in features and "-sandbox" not in features and "-distcc" in features
+
+
+@pytest.mark.parametrize("filters", [True, False], ids=["filters", "python-3.11.2"])
+def test_a_bundle_unpacks_only_inside_the_configroot(etc, tmp_path, monkeypatch, filters):
+    """Also on a Python without tarfile's extraction filters (before 3.11.4: Debian 12's)."""
+    if not filters:  # tarfile as 3.11.2's: no filters, everything extracted as it is
+        plain = tarfile.TarFile.extractall
+
+        def extractall(self, path=".", members=None, *, numeric_owner=False):
+            return plain(self, path, members, numeric_owner=numeric_owner, filter="fully_trusted")
+        monkeypatch.delattr(tarfile, "data_filter")
+        monkeypatch.setattr(tarfile.TarFile, "extractall", extractall)
+    etc_portage, repo = etc
+    good = tmp_path / "good.tar"
+    good.write_bytes(profile.make_bundle(etc_portage, {"gentoo": repo}))
+    root = profile.assemble(good, tmp_path / "root", {"gentoo": repo}, tmp_path / "none", {})
+    assert (root / "etc" / "portage" / "package.use" / "app").exists()
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tar:
+        info = tarfile.TarInfo("../../escaped")
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises((SwarmError, tarfile.FilterError)):
+        profile.assemble(evil, tmp_path / "root", {"gentoo": repo}, tmp_path / "none", {})
+    assert not (tmp_path / "escaped").exists()

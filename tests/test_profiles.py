@@ -13,9 +13,6 @@ from swarmtools.config import edit
 
 pytestmark = pytest.mark.slow  # real emerge: seconds a test
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def history(swarm, cpv):
     return [tuple(e) for e in swarm.query(
         "SELECT e.event, e.kind, e.detail FROM events e JOIN packages p ON p.id = e.package_id"
@@ -170,9 +167,12 @@ def bump_and_hook(emerge_swarm, prefix, built_packages):
     docs = prefix.repo / "app-misc" / "example-docs"
     shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
     (docs / "example-docs-1.0.ebuild").unlink()
-    hook = ROOT / "cron" / "postsync.d" / "swarm-fresh"
-    r = subprocess.run([str(hook)], env={**emerge_swarm.env, "SWARM_USER": "nobody-here"},
-                       capture_output=True, text=True)
+    # The hook as swarm-config renders it for this install, run as emerge --sync runs
+    # it (as root: it goes through su to the owner of the state).
+    hook = emerge_swarm.root / "swarm-fresh"
+    hook.write_text(emerge_swarm.run("swarm-config", "render", "postsync").stdout)
+    hook.chmod(0o755)
+    r = subprocess.run([str(hook)], env=emerge_swarm.env, capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "", r
     assert emerge_swarm.query("SELECT cpv, status FROM packages WHERE status != 'synced'") == [
         ("app-misc/example-docs-1.1", "needed")]

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .. import config as config_mod
-from .. import drift
+from .. import deploy, drift
 from ..errors import ConfigError, ExitCode, SwarmError
 from ..output import emit_json, emit_table
 from .common import CONTEXT, SwarmGroup, config_option, json_option, pass_run, run
@@ -31,7 +31,8 @@ Examples:
   swarm-config show --json | jq .binhost.url
   swarm-config check && echo ok
   swarm-config check --remote          # every drone and the binhost, as they are
-  swarm-config render drone d1         # the make.conf lines d1 must have
+  swarm-config render drone d1         # the make.conf lines and service d1 must have
+  swarm-config render orchestrator     # crontab, postsync hook, sshd, authorized_keys
 """
 
 
@@ -163,28 +164,64 @@ def check(run_, remote, as_json):
 
 @cli.command(context_settings=CONTEXT)
 @config_option
-@click.argument("role", type=click.Choice(["drone", "client"]))
+@click.argument("role", type=click.Choice(["drone", "client", *deploy.KINDS]))
 @click.argument("name", required=False)
 @click.option("--profile", "profile_name", metavar="P",
               help="For a client of build profile P ([profiles.P]): its binhost and CHOST "
                    "(default: the first profile).")
+@click.option("--bin-dir", metavar="DIR",
+              help="Where the swarm-* commands are on the host the files are for "
+                   "(default: this install's, beside this swarm-config).")
+@click.option("--user", metavar="USER",
+              help="The swarm's user (default: the owner of orchestrator.state_dir).")
+@click.option("--key", "keys", multiple=True, metavar="NAME=KEYFILE",
+              help="Drone NAME's ssh public key, - for stdin (authorized-keys, orchestrator; "
+                   "repeatable).")
+@click.option("--status-page", default=deploy.STATUS_PAGE, show_default=True, metavar="PATH",
+              help="Where cron writes the status page (crontab; '' for none).")
+@click.option("--metrics", default=deploy.METRICS_FILE, show_default=True, metavar="PATH",
+              help="Where cron writes the figures for node_exporter (crontab; '' for none).")
 @pass_run
-def render(run_, role, name, profile_name):
-    """Print the make.conf lines and binrepos.conf entry a drone or client must have.
+def render(run_, role, name, profile_name, bin_dir, user, keys, status_page, metrics):
+    """Print what a host of the swarm must have: make.conf lines, service files, crontab.
 
-    Drawn from the config (binhost.url, signing) and the build profile the
+    drone NAME and client: the make.conf lines and binrepos.conf entry,
+    drawn from the config (binhost.url, signing) and the build profile the
     last scan recorded (CHOST, ARCH). A drone keeps only host-local values
     of its own make.conf (swarm-drone builds with the profile's, and each
     claim names the binhost its build is for); a client must keep the
-    profile's settings for Portage to take its binaries.
+    profile's settings for Portage to take its binaries. For a drone, then
+    its service: OpenRC's conf.d and init script, systemd's unit.
+
+    One file, ready to install, naming this install's commands by absolute
+    path and this config file (cron, sshd, su, OpenRC and systemd do not
+    search a login PATH):
+
+    \b
+      crontab          the swarm user's crontab, with its PATH= line
+      postsync         /etc/portage/postsync.d/swarm-fresh
+      sshd             the sshd_config lines for the drones' logins
+      authorized-keys  ~swarm/.ssh/authorized_keys: each drone's key pinned
+                       to the gateway (--key NAME=KEYFILE)
+      systemd-unit     /etc/systemd/system/swarm-drone@.service
+      openrc-init      /etc/init.d/swarm-drone
+      openrc-conf NAME /etc/conf.d/swarm-drone
+      orchestrator     the orchestrator's four, each under ==> where it goes <==
 
     \b
     Examples:
       swarm-config render drone d1
       swarm-config render client --profile desktop
       ssh orchestrator swarm-config render client >> /etc/portage/make.conf  # then split it
+      swarm-config render crontab | crontab -u swarm -
+      swarm-config render authorized-keys --key d1=d1.pub >> ~swarm/.ssh/authorized_keys
+      swarm-config render systemd-unit > /etc/systemd/system/swarm-drone@.service
     """
     config = run_.config()
+    if role in deploy.KINDS:
+        click.echo(deploy.render(config, role, name, bin_dir=bin_dir, user=user, keys=keys,
+                                 status_page=status_page, metrics_file=metrics), nl=False)
+        return
     profile_name = profile_name or config.profile_names()[0]
     if role == "drone" and profile_name != config.profile_names()[0]:
         raise ConfigError("render drone takes no --profile: a drone builds for every profile")
@@ -198,6 +235,9 @@ def render(run_, role, name, profile_name):
     text = (drift.render_drone(config, name, current) if role == "drone"
             else drift.render_client(config.for_profile(profile_name), current))
     click.echo(text, nl=False)
+    if role == "drone":
+        click.echo(deploy.drone_service(deploy.host_for(config, bin_dir, user or "swarm"), name),
+                   nl=False)
 
 
 def _recorded_profile(run_, name: str) -> dict | None:

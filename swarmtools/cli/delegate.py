@@ -36,8 +36,10 @@ def cli():
       gateway    the forced command for a drone's key in authorized_keys
 
     \b
-    Example authorized_keys line on the orchestrator, one a drone:
-      command="swarm-delegate gateway --drone d1",restrict ssh-ed25519 AAAA... swarm@d1
+    Example authorized_keys line on the orchestrator, one a drone (sshd's
+    PATH need not find swarm-delegate: swarm-config render authorized-keys
+    prints the lines with this install's path):
+      command="/usr/bin/swarm-delegate gateway --drone d1",restrict ssh-ed25519 AAAA... root@d1
     """
 
 
@@ -267,8 +269,9 @@ def serve_gateway(config_path, drone):
     config is the one --config names, else /etc/swarmtools/swarm.toml.
 
     \b
-    In ~swarm/.ssh/authorized_keys on the orchestrator, one line a drone:
-      command="swarm-delegate gateway --drone d1",restrict ssh-ed25519 AAAA... swarm@d1
+    In ~swarm/.ssh/authorized_keys on the orchestrator, one line a drone, with
+    the absolute path (swarm-config render authorized-keys prints them):
+      command="/usr/bin/swarm-delegate gateway --drone d1",restrict ssh-ed25519 AAAA... root@d1
     """
     sys.exit(gateway.main(["--drone", drone, *(["--config", config_path] if config_path else [])]))
 
