@@ -43,7 +43,6 @@ from conftest import HttpServer, promtool_check
 from filelock import FileLock
 from sshd import free_port, generate_key, make_privsep_dir, wait_ready
 
-from swarmtools import config as config_mod
 from swarmtools.prefix import create_prefix
 
 pytestmark = pytest.mark.slow
@@ -222,10 +221,7 @@ def edit_config(run: Rehearsal, portage_home: Path, port: int) -> None:
                           "-i", f"{run.base}/etc/swarmtools/id_ed25519",
                           "-o", "StrictHostKeyChecking=yes",
                           "-o", f"UserKnownHostsFile={run.base}/known_hosts"]}
-    # The drone builds in its prefix, as root: no overlay root needed where the config
-    # knows the key (a drone that isolates builds in one by default).
-    if "isolation" in {f.name for f in config_mod.schema(config_mod.Drone)}:
-        d1["isolation"] = "none"
+    # (The drone runs as root, as its service does: each build in a throw-away root.)
     changes = {"scan": {"environment": scan_env}, "binhost": {"url": http.url},
                "orchestrator": {"ssh": f"{USER}@127.0.0.1"}, "drones": {"d1": d1}}
     # As `swarm-config set` would, but in one go (tables of tables).
