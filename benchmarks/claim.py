@@ -9,7 +9,7 @@ On one 2,000-package queue (rebuilt for each measurement) prints:
     BEGIN IMMEDIATE, on the same schema (the floor);
   - claims per second through the installed `swarm-delegate claim` process;
   - the whole-process time of one `swarm-delegate claim` beside `python3 -c pass`.
-Targets: in-process within 2x of the floor; one CLI claim under 0.25 s.
+Targets: in-process within 1.5x of the floor; one CLI claim under 0.25 s.
 The last line is one JSON object of the figures. --quick: 200 packages, 40
 rules, 3 CLI runs.
 """
@@ -137,7 +137,7 @@ def main() -> None:
     print(f"queue: {sizes.packages} packages; CLI figures are medians of {sizes.cli_runs} runs")
     print(f"{'bare SQLite UPDATE ... RETURNING (floor)':<44} {rate_floor:>9,.0f} claims/s")
     print(f"{'delegate.claim, in-process':<44} {rate_lib:>9,.0f} claims/s"
-          f"   ({rate_floor / rate_lib:.2f}x the floor; target <= 2x)")
+          f"   ({rate_floor / rate_lib:.2f}x the floor; target <= 1.5x)")
     print(f"{f'delegate.claim, {sizes.rules} rules':<44} {rate_rules:>9,.0f} claims/s"
           f"   ({rate_lib / rate_rules:.2f}x the cost with none; target <= 2x;"
           f" {claimed} claimable)")
