@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import DroneSwarm, Swarm, add_drones, ebuild, one_line_error
+from conftest import DroneSwarm, Swarm, add_drones, ebuild, one_line_error, script, synthetic_scan
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from swarmtools import clock, db, delegate, exclude, routing
 from swarmtools import config as config_mod
-from swarmtools import db, delegate, exclude, routing
 from swarmtools.build import failure_kind
 from swarmtools.emerge import parse_merge_list
 from swarmtools.packages import FailureKind
@@ -114,8 +116,7 @@ def test_claims_never_go_to_a_drone_a_rule_covers_and_always_to_the_others(rules
                              (atom, routing.build_class(facts[scope[6:]]), T0.isoformat()))
             else:
                 exclude.add(conn, config, [(1, atom)], "test", "test", T0, drone=drone)
-        with db.write(conn):
-            exclude.refresh(conn, config, T0)
+        exclude.refresh(conn, config, T0)
 
         def covered(cpv: str, drone: str) -> bool:
             slot = next(p.partition(":")[2] or "0" for p in queue if p.split(":")[0] == cpv)
@@ -235,6 +236,56 @@ def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
     mask.write_text("this is not an atom\n")
     r = control.run("swarm-exclude", "list")
     assert r.returncode == 2 and "swarm.mask line 1" in r.stderr
+
+
+def test_rules_are_matched_while_no_transaction_is_open(control, tmp_path, monkeypatch):
+    """Portage matches rules while the database is free: claims never wait for it."""
+    import portage.dep
+
+    mask = tmp_path / "swarm.mask"
+    mask.write_text("app-misc/foo\n")
+    config_mod.edit(control.config, {"exclude": {"file": str(mask)},
+                                     "route": [{"match": "sci-libs/*", "requires": ["big"]}]})
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(
+        ["app-misc/foo-1.0::gentoo", "app-misc/bar-1::gentoo", "sci-libs/big-2::gentoo"]))
+    config = config_mod.load(control.config)
+    conn = db.connect(config.database)
+    asked = []
+    real = portage.dep.match_from_list
+
+    def spy(atom, candidates):
+        asked.append(conn.in_transaction)
+        return real(atom, candidates)
+    monkeypatch.setattr(portage.dep, "match_from_list", spy)
+    added = exclude.add(conn, config, [(1, "app-misc/bar"), (2, "*/*")], "test", "test",
+                        clock.utcnow(), drone="x2")
+    assert [rule["matches"] for rule in added] == [1, 3]
+    mask.write_text("app-misc/bar\n")  # the next claim matches the file again
+    assert delegate.claim(conn, config, "x1", clock.utcnow())["cpv"] == "app-misc/foo-1.0"
+    assert len(asked) >= 4 and not any(asked)
+    conn.close()
+
+
+def test_claims_go_on_while_thousands_of_rules_are_added(control):
+    # The add used to count each rule's matches holding the write lock: quadratic, and
+    # claims waited (20,000 rules: tens of seconds; 60,000: minutes, then "busy").
+    assert control.run("swarm-fresh", "-q", "--from", "-",
+                       input=synthetic_scan(2000)).returncode == 0
+    lines = "".join(f"app-test/pkg{i % 2000}-1.0\n" for i in range(20_000))
+    add = subprocess.Popen([script("swarm-exclude"), "add", "-", "--drone", "x2", "--reason",
+                            "bulk"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True, env=control.env)
+    add.stdin.write(lines)
+    add.stdin.close()
+    waits = []
+    while add.poll() is None:
+        started = time.monotonic()
+        r = control.run("swarm-delegate", "claim", "--drone", "x1", "--json")
+        waits.append(time.monotonic() - started)
+        assert r.returncode == 0, r.stderr
+    assert add.returncode == 0, add.stderr.read()
+    assert waits and max(waits) < 5, waits
+    assert control.query("SELECT count(*) FROM excluded") == [(20_000,)]
 
 
 # --- failure memory ----------------------------------------------------------
