@@ -189,12 +189,16 @@ def file_rules(config: Config) -> list[Rule]:
     if not path:
         return []
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise SwarmError(f"exclude.file {path}: {exc.strerror}") from None
     found = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+    for number, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode().split("#", 1)[0].strip()
+        except UnicodeDecodeError:
+            raise BadAtom(f"{path} line {number}: not UTF-8 text (save the file as UTF-8)") \
+                from None
         if line:
             try:
                 atom = str(parse_atom(line))
@@ -323,9 +327,9 @@ def _match(config: Config, seen: _Seen) -> _Matches:
     """Portage's part of a refresh: no database."""
     file = None
     if seen.file_signature != seen.file_read:
-        # A bad line must not stop every drone: the previous rules stay
-        # until it is fixed (swarm-exclude list says what is wrong), and it
-        # is read again when it changes.
+        # A bad line (or no UTF-8 text) must not stop every drone: the
+        # previous rules stay until it is fixed (swarm-exclude list says what
+        # is wrong), and it is read again when it changes.
         try:
             file = file_rules(config)
         except SwarmError as exc:

@@ -238,6 +238,31 @@ def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
     assert r.returncode == 2 and "swarm.mask line 1" in r.stderr
 
 
+def test_an_exclusion_file_that_is_not_utf8_keeps_the_previous_rules(control, tmp_path):
+    mask = tmp_path / "swarm.mask"
+    mask.write_text("app-misc/foo\n")
+    config_mod.edit(control.config, {"exclude": {"file": str(mask)}})
+    control.run("swarm-fresh", "-q", "--from", "-",
+                input=scan(["app-misc/foo-1.0::gentoo", "app-misc/bar-1::gentoo"]))
+    assert control.run("swarm-exclude", "check", "app-misc/foo-1.0").returncode == 0
+    # Saved in Latin-1 by an editor: line 2 is no UTF-8 text; line 3 would exclude bar.
+    mask.write_bytes(b"app-misc/foo\n# caf\xe9 owner's list\napp-misc/bar\n")
+    r = control.run("swarm-delegate", "claim", "--drone", "x1", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["cpv"] == "app-misc/bar-1"  # the previous rules: foo only
+    assert "swarm.mask line 2" in r.stderr and "UTF-8" in r.stderr
+    assert claim(control, "x2") is None  # foo stays excluded
+    for args in (["list"], ["check", "app-misc/foo-1.0"]):
+        r = control.run("swarm-exclude", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        one_line_error(r, "swarm-exclude")
+        assert "swarm.mask line 2" in r.stderr and "UTF-8" in r.stderr
+    r = control.run("swarm-exclude", "add", "app-misc/baz", "--reason", "not ours")
+    assert r.returncode == 0, r.stderr
+    mask.write_text("app-misc/bar\n")  # fixed: read again, foo is free
+    assert claim(control, "x2") == "app-misc/foo-1.0"
+
+
 def test_rules_are_matched_while_no_transaction_is_open(control, tmp_path, monkeypatch):
     """Portage matches rules while the database is free: claims never wait for it."""
     import portage.dep
