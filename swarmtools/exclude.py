@@ -13,14 +13,17 @@ while no transaction is open; the writes that store what it found are short
 (:func:`refresh`, :func:`add`), so claims never wait for matching.
 
 Failure memory: a package that fails ``exclude.auto_failures`` times on
-drones of one build class is excluded for that class (``auto``), and
-everywhere once it failed in every class of the known drones; the rule ends
-when the package's identity changes or after ``exclude.auto_days``. Only
-build failures count: a drone's trouble (a full disk, a failed fetch, a
-lost connection, a missing binary dependency, a refused upload) is not the
-package's. A drone whose builds fail ``exclude.ground_after`` times in a row
-is grounded for ``exclude.ground_seconds``: those failures were its own, so
-they count against no package.
+drones of one build class, on two of them at least (one drone, broken or
+lying about its CHOST and CFLAGS, cannot exclude a package), is excluded
+for that class (``auto``), and everywhere once it failed so in every class
+of the known drones (a drone counts in the class it says it is of now,
+never in two); the rule ends when the package's identity changes or after
+``exclude.auto_days``. Only build failures count: a drone's trouble (a
+full disk, a failed fetch, a lost connection, a missing binary dependency,
+a refused upload) is not the package's. A drone whose builds fail
+``exclude.ground_after`` times in a row is grounded for
+``exclude.ground_seconds``: those failures were its own, so they count
+against no package (and the automatic rules they founded end).
 """
 
 from __future__ import annotations
@@ -441,23 +444,20 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
         return done
     if kind not in PACKAGE_FAILURES:
         return done
-    facts = _facts(conn, drone)
-    my_class = routing.build_class(facts)
+    my_class = routing.build_class(_facts(conn, drone))
     if my_class is None:
         return done
     pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
-    failures = _class_failures(conn, pkg, my_class)
-    if failures < config.exclude.auto_failures:
+    tally = _tally(conn, pkg)
+    if not _condemned(config, tally.get(my_class, {})):
         return done
+    everywhere = _everywhere(conn, config, tally)
+    failing = tally[my_class]
+    reason = (f"failed {sum(failing.values())} times on {len(failing)} drones of class "
+              f"{my_class} ({', '.join(sorted(failing))})"
+              + ("; it has now failed so in every class of the known drones" if everywhere
+                 else ""))
     until = clock.later(now, config.exclude.auto_days * 86400)
-    classes = known_classes(conn, config)
-    excluded = {r["class"] for r in conn.execute(
-        "SELECT class FROM exclusions WHERE source = 'auto' AND identity = ? AND atom = ?"
-        " AND (until IS NULL OR until > ?)",
-        (identity_key(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
-    everywhere = classes <= excluded
-    reason = (f"failed {failures} times on drones of class {my_class}"
-              + ("; it has now failed in every class" if everywhere else ""))
     rule_id = conn.execute(
         "INSERT INTO exclusions (atom, drone, class, reason, source, who, at, until, identity, log)"
         " VALUES (?, NULL, ?, ?, 'auto', ?, ?, ?, ?, ?)",
@@ -473,25 +473,63 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     return done
 
 
+# A class is excluded only on failures of this many of its drones: one drone
+# (broken, or lying about its CHOST and CFLAGS) cannot exclude a package.
+MIN_DRONES = 2
+
+
+def _condemned(config: Config, failing: dict[str, int]) -> bool:
+    """Whether FAILING ({drone: build failures}, drones of one class) excludes for the class."""
+    return sum(failing.values()) >= config.exclude.auto_failures and len(failing) >= MIN_DRONES
+
+
+def _everywhere(conn: sqlite3.Connection, config: Config, tally: dict[str, dict[str, int]]) -> bool:
+    """Whether every class of the known drones is condemned (each drone counted in one)."""
+    return all(_condemned(config, tally.get(c, {})) for c in known_classes(conn, config))
+
+
 def known_classes(conn: sqlite3.Connection, config: Config) -> set[str]:
     """The build classes of the configured drones that sent their facts."""
     return {c for name, facts in conn.execute("SELECT name, facts FROM drones")
             if name in config.drones and (c := routing.build_class(json.loads(facts))) is not None}
 
 
-def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
-    """Build failures of PKG's current identity on drones of MY_CLASS (grounded ones not)."""
+def _tally(conn: sqlite3.Connection, pkg) -> dict[str, dict[str, int]]:
+    """Build failures of PKG's current identity (grounded drones' not), by class and drone.
+
+    A drone counts in the class its facts say now, so one that changes its
+    CHOST or CFLAGS between failures never counts in two classes.
+    """
     since = conn.execute(
         "SELECT max(id) FROM events WHERE package_id = ? AND event IN (?, ?, ?)",
         (pkg["id"], Event.ADDED, Event.REQUEUED, Event.ON_BINHOST)).fetchone()[0] or 0
-    count = 0
-    for (facts,) in conn.execute(
-            "SELECT d.facts FROM events e JOIN drones d ON d.name = e.drone"
+    tally: dict[str, dict[str, int]] = {}
+    for drone, facts, failures in conn.execute(
+            "SELECT e.drone, d.facts, count(*) FROM events e JOIN drones d ON d.name = e.drone"
             " WHERE e.package_id = ? AND e.event = ? AND e.id > ? AND e.kind IN (?, ?)"
-            " AND e.id NOT IN (SELECT event_id FROM forgiven)",
+            " AND e.id NOT IN (SELECT event_id FROM forgiven) GROUP BY e.drone",
             (pkg["id"], Event.BUILD_FAILED, since, *PACKAGE_FAILURES)):
-        count += routing.build_class(json.loads(facts)) == my_class
-    return count
+        if (build_class := routing.build_class(json.loads(facts))) is not None:
+            tally.setdefault(build_class, {})[drone] = failures
+    return tally
+
+
+def _lift_unfounded(conn: sqlite3.Connection, config: Config, package_ids: set[int],
+                    now: datetime) -> None:
+    """End the automatic rules of these packages that their failures no longer found."""
+    lifted = []
+    for package_id in package_ids:
+        pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
+        tally = _tally(conn, pkg)
+        for rule_id, build_class in conn.execute(
+                "SELECT id, class FROM exclusions WHERE source = 'auto' AND identity = ?"
+                " AND (until IS NULL OR until > ?)", (identity_key(pkg), clock.iso(now))):
+            if not (_condemned(config, tally.get(build_class, {})) if build_class
+                    else _everywhere(conn, config, tally)):
+                lifted.append((rule_id,))
+    conn.executemany("DELETE FROM excluded WHERE rule_id = ?", lifted)
+    conn.executemany("DELETE FROM exclusions WHERE id = ?", lifted)
+    _rules_changed(conn)
 
 
 def _failures_in_a_row(conn: sqlite3.Connection, drone: str) -> list[tuple]:
@@ -520,11 +558,7 @@ def _ground(conn, config: Config, drone: str, streak: list[tuple], now: datetime
     conn.executemany("INSERT OR IGNORE INTO forgiven (event_id) VALUES (?)",
                      [(event_id,) for *_, event_id in streak])
     # And what those failures excluded automatically on the way is lifted.
-    lifted = "source = 'auto' AND who = ? AND at >= ?"
-    conn.execute(f"DELETE FROM excluded WHERE rule_id IN (SELECT id FROM exclusions"
-                 f" WHERE {lifted})", (drone, streak[-1][3]))
-    conn.execute(f"DELETE FROM exclusions WHERE {lifted}", (drone, streak[-1][3]))
-    _rules_changed(conn)
+    _lift_unfounded(conn, config, {p for p, *_ in streak if p is not None}, now)
     counted: dict[int, int] = {}  # attempts those failures counted, a package
     for package_id, _, kind, _, _ in streak:
         if kind in PACKAGE_FAILURES:

@@ -339,14 +339,62 @@ def test_three_failures_in_one_class_exclude_for_that_class_only(control):
 
 
 def test_failing_in_every_class_excludes_everywhere(control):
+    add_drones(control.config, {name: {"transport": "local"} for name in ("x1", "x2", "y1", "y2")})
+    beat(control, "y2", CLASS_Y)
     control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
     config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
-    assert claim(control, "x1") == "app-misc/foo-1.0"
-    assert fail(control, "x1", "app-misc/foo-1.0")["excluded"] == f"{AMD64}|-O2 -pipe"
-    assert claim(control, "y1") == "app-misc/foo-1.0"
-    assert fail(control, "y1", "app-misc/foo-1.0")["excluded"] == "everywhere"
+    answers = []
+    for drone in ("x1", "x2", "y1", "y2"):  # a class needs failures on two of its drones
+        assert claim(control, drone) == "app-misc/foo-1.0"
+        answers.append(fail(control, drone, "app-misc/foo-1.0")["excluded"])
+    assert answers == [None, f"{AMD64}|-O2 -pipe", None, "everywhere"]
     assert [r["scope"] for r in auto_rules(control)] == [f"class {AMD64}|-O2 -pipe", "every drone"]
-    assert all(claim(control, d) is None for d in ("x1", "x2", "y1"))
+    assert all(claim(control, d) is None for d in ("x1", "x2", "y1", "y2"))
+
+
+def _as_drone(control: Swarm, drone: str, command: str, input: str | None = None):
+    """COMMAND as DRONE sends it over ssh: through the gateway its key is pinned to."""
+    return control.run("swarm-delegate", "gateway", "--drone", drone, "--config",
+                       str(control.config), input=input,
+                       env={**control.env, "SSH_ORIGINAL_COMMAND": command})
+
+
+def test_one_drone_cannot_exclude_a_package_for_the_fleet(control):
+    # y1 sends x1's and x2's CHOST and CFLAGS, then fails the package again and again.
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    r = _as_drone(control, "y1", "swarm-delegate heartbeat --json", input=json.dumps(CLASS_X))
+    assert r.returncode == 0, r.stderr
+    answers = []
+    for _ in range(3):
+        r = _as_drone(control, "y1", "swarm-delegate claim --json")
+        assert r.returncode == 0 and json.loads(r.stdout)["cpv"] == "app-misc/foo-1.0", r.stderr
+        r = _as_drone(control, "y1", "swarm-delegate report app-misc/foo-1.0 --failed --json")
+        assert r.returncode == 0, r.stderr
+        answers.append(json.loads(r.stdout)["excluded"])
+    assert answers == [None, None, None]
+    assert auto_rules(control) == []
+    # A failure on a second drone of the class: now it is excluded, and the rule says why.
+    assert claim(control, "x1") == "app-misc/foo-1.0"
+    assert fail(control, "x1", "app-misc/foo-1.0")["excluded"] is not None
+    (rule,) = auto_rules(control)
+    assert "failed 4 times on 2 drones of class" in rule["reason"], rule["reason"]
+    assert "x1, y1" in rule["reason"]
+
+
+def test_a_drone_that_changes_its_class_counts_in_one_class_only(control):
+    add_drones(control.config, {name: {"transport": "local"} for name in ("x1", "x2", "y1", "y2")})
+    beat(control, "y2", CLASS_Y)
+    config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    for drone in ("x1", "x2", "y1"):
+        assert claim(control, drone) == "app-misc/foo-1.0"
+        fail(control, drone, "app-misc/foo-1.0")
+    # x2 now says it is of class Y: its failures count there, and no longer in class X.
+    beat(control, "x2", CLASS_Y)
+    assert claim(control, "x2") == "app-misc/foo-1.0"
+    assert fail(control, "x2", "app-misc/foo-1.0")["excluded"] == f"{AMD64}|-O3 -march=native"
+    assert [r["scope"] for r in auto_rules(control)] == [
+        f"class {AMD64}|-O2 -pipe", f"class {AMD64}|-O3 -march=native"]
 
 
 def test_a_full_disk_excludes_nothing(control):
@@ -400,28 +448,33 @@ def test_a_real_full_disk_is_the_drones_trouble(tmp_path):
 # --- grounding -----------------------------------------------------------------
 
 def test_a_broken_drone_is_grounded_and_its_failures_count_against_no_package(control):
-    config_mod.edit(control.config, {"exclude": {"auto_failures": 2, "ground_after": 10}})
+    config_mod.edit(control.config, {"exclude": {"auto_failures": 2, "ground_after": 6}})
     cpvs = [f"app-misc/p{i}-1" for i in range(5)]
     control.run("swarm-fresh", "-q", "--from", "-", input=scan([f"{c}::gentoo" for c in cpvs]))
+    assert claims(control, "x2", 4) == cpvs[:4]
+    for cpv in cpvs[:4]:  # each fails once on another drone of x1's class
+        fail(control, "x2", cpv)
     failed = []
-    for _ in range(10):  # each package twice: failure memory would exclude all five
+    for _ in range(6):
         cpv = claim(control, "x1")
         assert cpv is not None
         failed.append(fail(control, "x1", cpv))
-    assert sorted(a["cpv"] for a in failed) == sorted(cpvs * 2)
-    assert failed[-1]["grounded"] and failed[4]["excluded"] is None
-    assert any(a["excluded"] for a in failed[5:9])  # it did exclude on the way...
-    assert auto_rules(control) == []                # ...and the grounding lifted it
+    assert [a["cpv"] for a in failed] == cpvs + cpvs[4:]
+    # It did exclude on the way (a second drone's failure each)...
+    assert [a["excluded"] for a in failed[:5]] == [f"{AMD64}|-O2 -pipe"] * 4 + [None]
+    assert failed[-1]["grounded"]
+    assert auto_rules(control) == []  # ...and the grounding lifted it
     for cpv in cpvs:
         assert control.run("swarm-exclude", "check", cpv, "--drone", "x2").returncode == 1
-    assert control.query("SELECT DISTINCT status, attempts FROM packages") == [("needed", 0)]
+    assert control.query("SELECT cpv, status, attempts FROM packages ORDER BY cpv") == [
+        (cpv, "needed", 1 if cpv in cpvs[:4] else 0) for cpv in cpvs]  # x2's failures count
     r = control.run("swarm-delegate", "claim", "--drone", "x1")
     assert r.returncode == 1
     one_line_error(r, "swarm-delegate")
-    assert "x1' is grounded until" in r.stderr and "10 failures in a row" in r.stderr
+    assert "x1' is grounded until" in r.stderr and "6 failures in a row" in r.stderr
     figures = json.loads(control.run("swarm-status", "--json").stdout)
     x1 = next(d for d in figures["drones"] if d["drone"] == "x1")
-    assert x1["grounded_until"] and "10 failures in a row" in x1["grounded_reason"]
+    assert x1["grounded_until"] and "6 failures in a row" in x1["grounded_reason"]
     assert "until " in control.run("swarm-status").stdout
     why = json.loads(control.run("swarm-status", "--why", cpvs[0], "--json").stdout)
     assert next(d for d in why["drones"] if d["drone"] == "x1")["reasons"][0]["rule"] == "grounded"

@@ -33,8 +33,9 @@ def cli():
     named by exclude.file in the config (source file: one atom a line, #
     comments, kept in git; edit the file, not the database), and failure
     memory (source auto): a package that failed exclude.auto_failures times
-    on drones of one build class (same CHOST and CFLAGS) is excluded for
-    that class, and everywhere once it failed in every class. An automatic
+    on drones of one build class (same CHOST and CFLAGS), on two of them at
+    least, is excluded for that class, and everywhere once it failed so in
+    every class (one drone alone never excludes a package). An automatic
     rule ends when the package changes (new version or USE) or after
     exclude.auto_days. Only build failures count; a full disk, a failed
     fetch or a missing binary dependency is the drone's trouble.
