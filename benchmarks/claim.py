@@ -14,8 +14,11 @@ On one 2,000-package queue (rebuilt for each measurement) prints:
     claim every 10 ms (each given back): the longest any claim took
     meanwhile, target under 1 s (the add's write holds the database that long).
 Targets: in-process within 1.5x of the floor; one CLI claim under 0.25 s.
+The in-process rates are the best of 3 rounds, the three measured in turn
+in each round: on a shared machine a pass of a second is easily disturbed,
+and a disturbance should not pass for the cost of a claim.
 The last line is one JSON object of the figures. --quick: 200 packages, 40
-rules, 3 CLI runs, 2,000 lines.
+rules, 3 CLI runs, 2,000 lines, one round.
 """
 
 from __future__ import annotations
@@ -45,9 +48,10 @@ class Sizes:
     rules: int  # a multiple of 4 (four kinds of rules), a quarter of them at most packages / 7
     cli_runs: int
     bulk: int  # lines of the bulk add
+    rounds: int  # of the in-process rates
 
 
-FULL, QUICK = Sizes(2000, 200, 40, 100_000), Sizes(200, 40, 3, 2_000)
+FULL, QUICK = Sizes(2000, 200, 40, 100_000, 3), Sizes(200, 40, 3, 2_000, 1)
 
 
 def fresh_queue(config, sizes: Sizes) -> sqlite3.Connection:
@@ -161,15 +165,19 @@ def main() -> None:
             "drones": {"d1": {"transport": "local"}, "d2": {"transport": "local"}},
             "route": [{"match": "sci-libs/*", "requires": ["big-memory"]}]})
         env = {**os.environ, "SWARM_CONFIG": str(path)}
-        rate_lib = in_process(config, sizes)
-        rate_floor = floor(config, sizes)
-        rate_rules, matching, claimed = with_rules(config, sizes)
+        rate_lib, rate_floor, rate_rules, matching = 0.0, 0.0, 0.0, float("inf")
+        for _ in range(sizes.rounds):
+            rate_lib = max(rate_lib, in_process(config, sizes))
+            rate_floor = max(rate_floor, floor(config, sizes))
+            rate, seconds, claimed = with_rules(config, sizes)
+            rate_rules, matching = max(rate_rules, rate), min(matching, seconds)
         fresh_queue(config, sizes).close()
         claim = [str(bindir / "swarm-delegate"), "claim", "--drone", "d1", "--json"]
         cli = median_wall(claim, env, sizes.cli_runs)
         baseline = median_wall([sys.executable, "-c", "pass"], env, sizes.cli_runs)
         longest, bulk_seconds, bulk_claims = bulk_add(config, env, sizes, tmp)
-    print(f"queue: {sizes.packages} packages; CLI figures are medians of {sizes.cli_runs} runs")
+    print(f"queue: {sizes.packages} packages; in-process rates the best of {sizes.rounds} rounds;"
+          f" CLI figures are medians of {sizes.cli_runs} runs")
     print(f"{'bare SQLite UPDATE ... RETURNING (floor)':<44} {rate_floor:>9,.0f} claims/s")
     print(f"{'delegate.claim, in-process':<44} {rate_lib:>9,.0f} claims/s"
           f"   ({rate_floor / rate_lib:.2f}x the floor; target <= 1.5x)")
