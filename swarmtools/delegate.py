@@ -6,7 +6,10 @@ takes it with ``UPDATE ... WHERE id = ? AND status = 'needed' RETURNING``,
 so a package is handed to exactly one drone however many ask at once.
 Leases expire when a drone stops sending heartbeats; expiry (and the end of
 a failed build's back-off) is applied at the start of every claim, and by
-``swarm-delegate expire`` from cron. Events are written with the drone's
+``swarm-delegate expire`` from cron. A claim that finds the exclusion
+matches older than the latest scan, the exclusion file or the routes has
+them matched again (:func:`exclude.refresh`) outside its transaction, then
+claims. Events are written with the drone's
 name as actor. Every function takes "now" from its caller.
 """
 
