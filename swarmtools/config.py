@@ -133,7 +133,8 @@ class Exclude:
     file: str = key("", "a package.mask-style file of atoms never built (one a line, # comments)",
                     kind="path")
     auto_failures: int = key(3, "build failures of a package on drones of one build class "
-                                "(CHOST, CFLAGS) that exclude it for that class", minimum=1)
+                                "(CHOST, CFLAGS), two of them at least, that exclude it for "
+                                "that class", minimum=1)
     auto_days: int = key(30, "how long such an automatic exclusion lasts (a new version or USE "
                              "ends it sooner)", minimum=1)
     ground_after: int = key(8, "failures in a row that ground a drone (its toolchain, not the "

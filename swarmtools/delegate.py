@@ -6,7 +6,10 @@ takes it with ``UPDATE ... WHERE id = ? AND status = 'needed' RETURNING``,
 so a package is handed to exactly one drone however many ask at once.
 Leases expire when a drone stops sending heartbeats; expiry (and the end of
 a failed build's back-off) is applied at the start of every claim, and by
-``swarm-delegate expire`` from cron. Events are written with the drone's
+``swarm-delegate expire`` from cron. A claim that finds the exclusion
+matches older than the latest scan, the exclusion file or the routes has
+them matched again (:func:`exclude.refresh`) outside its transaction, then
+claims. Events are written with the drone's
 name as actor. Every function takes "now" from its caller.
 """
 
@@ -18,7 +21,7 @@ from datetime import datetime
 
 from . import clock, db, eligibility, exclude, gpkg, packages, profile, staging
 from .config import DEFAULT, Config
-from .errors import ExitCode, SwarmError
+from .errors import ExitCode, SwarmError, TryLater
 from .packages import Event, FailureKind, State
 from .placement import CriticalPath
 
@@ -118,43 +121,53 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     was lost on the way costs nothing.
     """
     config.drone(drone)
-    at = clock.iso(now)
-    lease_until = clock.later(now, config.delegate.lease_seconds)
     if policy is None:
         policy = (CriticalPath(conn, config) if config.delegate.policy == "critical"
                   else eligibility.FirstEligible())
-    with db.write(conn):
-        _expire(conn, at)
-        _refuse_grounded(conn, drone, at)
-        # Rules, the exclusion file and routes are matched again only when
-        # one changed (Portage is imported only then).
+    for _ in range(exclude.ATTEMPTS):
+        with db.write(conn):
+            _expire(conn, clock.iso(now))
+            _refuse_grounded(conn, drone, clock.iso(now))
+            if exclude.up_to_date(conn, config):
+                return _hand_out(conn, config, drone, now, policy, rules, renew)
+        # A scan, the exclusion file or the routes changed: the rules are
+        # matched again first, while the database is free (Portage is
+        # imported only then).
         exclude.refresh_if_stale(conn, config, now)
-        claimant = eligibility.claimant_for(conn, config, drone, now)
-        if renew and (held := _forgotten_lease(conn, drone)) is not None:
-            packages.update(conn, held["id"], guard={"status": State.DELEGATED},
-                            lease_until=lease_until)
-            return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
-                    **built_with(conn, config, *_wanted(conn, held["id"]))}
-        while True:
-            choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
-            if choice is None:
-                return None
-            binhost, wanted_by = _wanted(conn, choice["id"])
-            # A build only removed profiles (or a removed binhost) want, before
-            # swarm-fresh retires it: retired here instead of built.
-            why = packages.unwanted(binhost, wanted_by, config.profile_names(),
-                                    config.binhost_names())
-            if why is None:
-                break
-            packages.retire(conn, choice, actor=ACTOR, at=at, why=why)
-        row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
-                            actor=drone, at=at, detail=f"lease until {lease_until}")
-        if row is None:  # cannot happen inside the transaction; a policy bug otherwise
-            raise SwarmError(f"{choice['cpv']} was not needed when claimed")
-        with_what = built_with(conn, config, binhost, wanted_by)
+    raise TryLater(f"the queue or the exclusion rules changed while {drone} claimed, "
+                   f"{exclude.ATTEMPTS} times; try again")
+
+
+def _hand_out(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
+              policy, rules, renew: bool) -> dict | None:
+    """The claim itself, inside its transaction, with the exclusions matched."""
+    at = clock.iso(now)
+    lease_until = clock.later(now, config.delegate.lease_seconds)
+    claimant = eligibility.claimant_for(conn, config, drone, now)
+    if renew and (held := _forgotten_lease(conn, drone)) is not None:
+        packages.update(conn, held["id"], guard={"status": State.DELEGATED},
+                        lease_until=lease_until)
+        return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
+                **built_with(conn, config, *_wanted(conn, held["id"]))}
+    while True:
+        choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
+        if choice is None:
+            return None
+        binhost, wanted_by = _wanted(conn, choice["id"])
+        # A build only removed profiles (or a removed binhost) want, before
+        # swarm-fresh retires it: retired here instead of built.
+        why = packages.unwanted(binhost, wanted_by, config.profile_names(),
+                                config.binhost_names())
+        if why is None:
+            break
+        packages.retire(conn, choice, actor=ACTOR, at=at, why=why)
+    row = packages.take(conn, choice["id"], drone=drone, lease_until=lease_until,
+                        actor=drone, at=at, detail=f"lease until {lease_until}")
+    if row is None:  # cannot happen inside the transaction; a policy bug otherwise
+        raise SwarmError(f"{choice['cpv']} was not needed when claimed")
     claimed = dict(row)
     del claimed["id"]
-    return {**claimed, **with_what}
+    return {**claimed, **built_with(conn, config, binhost, wanted_by)}
 
 
 def _wanted(conn: sqlite3.Connection, package_id: int) -> tuple[str, list[str]]:

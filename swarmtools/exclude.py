@@ -8,21 +8,27 @@ A rule is a Portage atom, wildcards allowed (``media-video/nvidia-drivers``,
 (``manual``, ``auto``, or the ``file`` named by ``exclude.file``, in
 package.mask syntax), who and when, and maybe an end. Which queued packages
 each rule matches is kept in the table ``excluded`` (made again when rules,
-the file or the queue change), so a claim tests it in SQL.
+the file or the queue change), so a claim tests it in SQL. Portage matches
+while no transaction is open; the writes that store what it found are short
+(:func:`refresh`, :func:`add`), so claims never wait for matching.
 
 Failure memory: a package that fails ``exclude.auto_failures`` times on
-drones of one build class is excluded for that class (``auto``), and
-everywhere once it failed in every class of the known drones; the rule ends
-when the package's identity changes or after ``exclude.auto_days``. Only
-build failures count: a drone's trouble (a full disk, a failed fetch, a
-lost connection, a missing binary dependency, a refused upload) is not the
-package's. A drone whose builds fail ``exclude.ground_after`` times in a row
-is grounded for ``exclude.ground_seconds``: those failures were its own, so
-they count against no package.
+drones of one build class, on two of them at least (one drone, broken or
+lying about its CHOST and CFLAGS, cannot exclude a package), is excluded
+for that class (``auto``), and everywhere once it failed so in every class
+of the known drones (a drone counts in the class it says it is of now,
+never in two); the rule ends when the package's identity changes or after
+``exclude.auto_days``. Only build failures count: a drone's trouble (a
+full disk, a failed fetch, a lost connection, a missing binary dependency,
+a refused upload) is not the package's. A drone whose builds fail
+``exclude.ground_after`` times in a row is grounded for
+``exclude.ground_seconds``: those failures were its own, so they count
+against no package (and the automatic rules they founded end).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +40,7 @@ from pathlib import Path
 from . import clock, db, packages, routing
 from .atoms import BadAtom, Pools, Queued, identity_key, parse_atom, versioned
 from .config import Config
-from .errors import ExitCode, SwarmError
+from .errors import ExitCode, SwarmError, TryLater
 from .packages import Event, FailureKind, State
 
 log = logging.getLogger(__name__)
@@ -85,31 +91,44 @@ def rules(conn: sqlite3.Connection, now: datetime, auto_only: bool = False) -> l
                 " AND (? = 0 OR source = 'auto') ORDER BY id", (clock.iso(now), auto_only))]
 
 
+# A refresh or an add that found the queue or the rules changed under it
+# matches again; after this many tries the caller is told to try later.
+ATTEMPTS = 3
+
+
 def add(conn: sqlite3.Connection, config: Config, atoms: list[tuple[int, str]], reason: str,
         who: str, now: datetime, drone: str | None = None, until: str | None = None) -> list[dict]:
-    """Add manual rules (LINE, ATOM) all or none; returns each with what it matches."""
+    """Add manual rules (LINE, ATOM) all or none; returns each with what it matches.
+
+    The atoms are parsed and matched to the queue before the write, which
+    only stores them: a hundred thousand rules hold the database for a
+    fraction of a second.
+    """
     if drone is not None and drone not in config.drones:
         raise SwarmError(f"unknown drone '{drone}': add a [drones.{drone}] table to {config.path}",
                          ExitCode.USAGE)
     parsed = []
     for line, text in atoms:
         try:
-            parsed.append((str(parse_atom(versioned(text))), text.strip()))
+            parsed.append(parse_atom(versioned(text)))
         except BadAtom as exc:
             raise BadAtom(f"line {line}: {exc}; nothing was added") from None
-    added = []
-    with db.write(conn):
-        for atom, _ in parsed:
-            rule_id = conn.execute(
-                "INSERT INTO exclusions (atom, drone, reason, source, who, at, until)"
-                " VALUES (?, ?, ?, 'manual', ?, ?, ?)",
-                (atom, drone, reason, who, clock.iso(now), until)).lastrowid
-            added.append({"id": rule_id, "atom": atom, "drone": drone})
-        refresh(conn, config, now)
-        for rule in added:
-            rule["matches"] = conn.execute("SELECT count(*) FROM excluded WHERE rule_id = ?",
-                                           (rule["id"],)).fetchone()[0]
-    return added
+    made = json.dumps([(str(atom), reason) for atom in parsed])
+    for _ in range(ATTEMPTS):
+        with _reading(conn):
+            current = stamp(conn, config)[0]
+            pools = Pools(_queued(conn))
+        matched = [pools.match(atom) for atom in parsed]
+        pairs = json.dumps([(item.id, i) for i, items in enumerate(matched) for item in items])
+        with db.write(conn):
+            if stamp(conn, config)[0] != current:
+                continue  # a scan came in between: match again
+            first = _insert_rules(conn, "manual", made, drone, who, clock.iso(now), until)
+            _insert_matches(conn, first, drone, until, pairs)
+            _rules_changed(conn)
+        return [{"id": first + i, "atom": str(atom), "drone": drone, "matches": len(items)}
+                for i, (atom, items) in enumerate(zip(parsed, matched))]
+    raise _changing()
 
 
 def remove(conn: sqlite3.Connection, config: Config, selectors: list[str], now: datetime) -> int:
@@ -124,6 +143,7 @@ def remove(conn: sqlite3.Connection, config: Config, selectors: list[str], now: 
             removed += conn.execute(
                 f"DELETE FROM exclusions WHERE {column} = ? AND source != 'file'",
                 (value,)).rowcount
+        _rules_changed(conn)
     return removed
 
 
@@ -160,8 +180,7 @@ def listing(conn: sqlite3.Connection, config: Config, now: datetime,
             auto_only: bool = False) -> list[dict]:
     """The rules in force with how many queued packages each matches (for swarm-exclude list)."""
     file_rules(config)  # a bad line is an error here, not a log entry
-    with db.write(conn):
-        refresh_if_stale(conn, config, now)
+    refresh(conn, config, now, only_if_stale=True)
     matches = dict(conn.execute("SELECT rule_id, count(*) FROM excluded GROUP BY rule_id"))
     return [{**rule.to_dict(), "scope": rule.scope(), "matches": matches.get(rule.id, 0)}
             for rule in rules(conn, now, auto_only)]
@@ -173,12 +192,16 @@ def file_rules(config: Config) -> list[Rule]:
     if not path:
         return []
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise SwarmError(f"exclude.file {path}: {exc.strerror}") from None
     found = []
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
+    for number, raw in enumerate(data.splitlines(), 1):
+        try:
+            line = raw.decode().split("#", 1)[0].strip()
+        except UnicodeDecodeError:
+            raise BadAtom(f"{path} line {number}: not UTF-8 text (save the file as UTF-8)") \
+                from None
         if line:
             try:
                 atom = str(parse_atom(line))
@@ -187,6 +210,18 @@ def file_rules(config: Config) -> list[Rule]:
             found.append(Rule(-number, atom, None, None, f"{Path(path).name} line {number}",
                               "file", "file", "", None))
     return found
+
+
+def _file_signature(config: Config) -> str:
+    """The exclusion file as stat() sees it: a change of it changes this."""
+    path = config.exclude.file
+    if not path:
+        return ""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return f"{path}:missing"
+    return f"{path}:{st.st_mtime_ns}:{st.st_size}"
 
 
 def stamp(conn: sqlite3.Connection, config: Config) -> tuple[str, str | None]:
@@ -200,76 +235,195 @@ def stamp(conn: sqlite3.Connection, config: Config) -> tuple[str, str | None]:
         f" ({routing.FINGERPRINT}), (SELECT value FROM control_state WHERE key = 'stamp')"
     ).fetchone()
     parts = [f"scan {scan}", f"arch {arch or None}", f"profiles {built_for}",
-             json.dumps([[r.match, r.requires] for r in config.route])]
-    if config.exclude.file:
-        try:
-            st = Path(config.exclude.file).stat()
-            parts.append(f"{config.exclude.file}:{st.st_mtime_ns}:{st.st_size}")
-        except OSError:
-            parts.append(f"{config.exclude.file}:missing")
+             json.dumps([[r.match, r.requires] for r in config.route]), _file_signature(config)]
     return hashlib.sha1(" ".join(parts).encode()).hexdigest()[:16], made
 
 
-def refresh_if_stale(conn: sqlite3.Connection, config: Config, now: datetime) -> bool:
-    """Match again if a scan, the exclusion file or the routes changed (in a write transaction)."""
+def up_to_date(conn: sqlite3.Connection, config: Config) -> bool:
+    """Whether the stored matches were made from the scan, file and routes of now."""
     current, made = stamp(conn, config)
-    if current == made:
-        return False
-    # A typo in the exclusion file must not stop every drone: the previous
-    # matches stay until it is fixed (swarm-exclude list says what is wrong).
-    conn.execute("SAVEPOINT control")
-    try:
-        refresh(conn, config, now)
-    except SwarmError as exc:
-        conn.execute("ROLLBACK TO control")
-        log.error("exclusions not matched again, the previous ones stay: %s", exc)
-        return False
-    finally:
-        conn.execute("RELEASE control")
-    return True
+    return current == made
 
 
-def refresh(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
+@dataclass
+class _Seen:
+    """What matching reads, in one read transaction."""
+
+    stamp: str
+    made: str | None
+    rules_version: str | None
+    file_signature: str
+    file_read: str | None  # the file's signature when it was last read
+    queued: list[Queued]
+    rules: list[Rule]
+    built_for: dict
+    fallback: str | None
+
+
+@dataclass
+class _Matches:
+    """What a refresh writes, worked out (as JSON arrays of rows) before the write."""
+
+    seen: _Seen
+    file: str | None      # (atom, reason) of the file's rules, read now; None: the stored stay
+    file_matches: str     # (package id, index of the file's rule)
+    ended: list[int]      # automatic rules whose package changed identity
+    excluded: str         # (package id, rule id, drone, class, until) of the other rules
+    requirements: str     # (package id, feature, why)
+
+
+def refresh(conn: sqlite3.Connection, config: Config, now: datetime,
+            only_if_stale: bool = False) -> bool:
     """Which queued packages each rule matches, and what each requires of a drone.
 
-    Runs inside the caller's write transaction (rules added, a scan applied).
+    Called with no transaction open (after a scan, by a claim that found the
+    matches stale, by swarm-exclude list). The queue and the rules are read,
+    Portage matches them while the database is free, and one short write
+    stores the result if nothing changed meanwhile (else it matches again).
     An automatic rule whose package changed identity (a new version, other
     USE) ends here: it was made for a build that is not wanted any more.
+    ONLY_IF_STALE: only if a scan, the exclusion file or the routes changed
+    since the last time. Returns whether it matched.
     """
-    at = clock.iso(now)
-    queued = [Queued(r) for r in conn.execute(
+    for _ in range(ATTEMPTS):
+        seen = _read(conn, config, now)
+        if only_if_stale and seen.stamp == seen.made:
+            return False
+        found = _match(config, seen)
+        with db.write(conn):
+            if (stamp(conn, config)[0], _rules_version(conn)) != (seen.stamp, seen.rules_version):
+                continue  # a scan, an edit or a rule came in between: match again
+            _store(conn, config, found, now)
+        return True
+    raise _changing()
+
+
+def refresh_if_stale(conn: sqlite3.Connection, config: Config, now: datetime) -> bool:
+    """Match again if a scan, the exclusion file or the routes changed (no transaction open)."""
+    return refresh(conn, config, now, only_if_stale=True)
+
+
+@contextlib.contextmanager
+def _reading(conn: sqlite3.Connection):
+    """One read transaction: what is read together was true together."""
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
+
+
+def _queued(conn: sqlite3.Connection) -> list[Queued]:
+    return [Queued(r) for r in conn.execute(
         "SELECT id, cpv, cp, slot, subslot, repo, use FROM packages WHERE active = 1")]
-    identities = {q.identity for q in queued}
-    for rule_id, identity in conn.execute(
-            "SELECT id, identity FROM exclusions WHERE source = 'auto' AND identity IS NOT NULL"
-            " AND (until IS NULL OR until > ?)", (at,)).fetchall():
-        if identity not in identities:
-            conn.execute("UPDATE exclusions SET until = ?, reason = reason || ?"
-                         " WHERE id = ?", (at, "; ended: the package changed", rule_id))
+
+
+def _read(conn: sqlite3.Connection, config: Config, now: datetime) -> _Seen:
+    with _reading(conn):
+        current, made = stamp(conn, config)
+        return _Seen(current, made, _rules_version(conn), _file_signature(config),
+                     _state(conn, "file"), _queued(conn), rules(conn, now),
+                     routing.targets(conn), routing.fallback_arch(conn))
+
+
+def _match(config: Config, seen: _Seen) -> _Matches:
+    """Portage's part of a refresh: no database."""
+    file = None
+    if seen.file_signature != seen.file_read:
+        # A bad line (or no UTF-8 text) must not stop every drone: the
+        # previous rules stay until it is fixed (swarm-exclude list says what
+        # is wrong), and it is read again when it changes.
+        try:
+            file = file_rules(config)
+        except SwarmError as exc:
+            log.error("the exclusion file was not read again, its previous rules stay: %s", exc)
+    identities = {q.identity for q in seen.queued}
+    ended = {r.id for r in seen.rules
+             if r.source == "auto" and r.identity is not None and r.identity not in identities}
+    kept = [r for r in seen.rules
+            if r.id not in ended and not (file is not None and r.source == "file")]
+    pools = Pools(seen.queued)
+    excluded = [(item.id, rule.id, rule.drone, rule.build_class, rule.until) for rule in kept
+                for item in pools.match(parse_atom(rule.atom))
+                if rule.identity is None or rule.identity == item.identity]
+    file_matches = [(item.id, i) for i, rule in enumerate(file or [])
+                    for item in pools.match(parse_atom(rule.atom))]
+    requirements = routing.requirements(config, pools, seen.built_for, seen.fallback)
+    return _Matches(seen, None if file is None else json.dumps([(r.atom, r.reason) for r in file]),
+                    json.dumps(file_matches), sorted(ended), json.dumps(excluded),
+                    json.dumps(requirements))
+
+
+def _store(conn: sqlite3.Connection, config: Config, found: _Matches, now: datetime) -> None:
+    """A refresh's write: the matches found replace the stored ones."""
+    at = clock.iso(now)
+    conn.executemany("UPDATE exclusions SET until = ?, reason = reason || ? WHERE id = ?",
+                     [(at, "; ended: the package changed", rule_id) for rule_id in found.ended])
     conn.execute("DELETE FROM excluded")
-    _store_file_rules(conn, config, now)
-    pools = Pools(queued)
-    for rule in rules(conn, now):
-        conn.executemany(
-            "INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(item.id, rule.id, rule.drone, rule.build_class, rule.until)
-             for item in pools.match(parse_atom(rule.atom))
-             if rule.identity is None or rule.identity == item.identity])
-    routing.store_requirements(conn, config, pools)
-    conn.execute("INSERT OR REPLACE INTO control_state (key, value) VALUES ('stamp', ?)",
-                 (stamp(conn, config)[0],))
+    conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until) SELECT"
+                 f" {_column(0)}, {_column(1)}, {_column(2)}, {_column(3)}, {_column(4)}"
+                 " FROM json_each(?)", (found.excluded,))
+    if found.file is not None:
+        # The file's atoms become rows (source 'file') so excluded can point at them.
+        conn.execute("DELETE FROM exclusions WHERE source = 'file'")
+        first = _insert_rules(conn, "file", found.file, None, config.exclude.file, at, None)
+        _insert_matches(conn, first, None, None, found.file_matches)
+    conn.execute("DELETE FROM requirements")
+    conn.execute("INSERT OR IGNORE INTO requirements (package_id, feature, why)"
+                 f" SELECT {_column(0)}, {_column(1)}, {_column(2)} FROM json_each(?)",
+                 (found.requirements,))
+    _set_state(conn, "stamp", found.seen.stamp)
+    _set_state(conn, "file", found.seen.file_signature)
+    _rules_changed(conn)
 
 
-def _store_file_rules(conn: sqlite3.Connection, config: Config, now: datetime) -> None:
-    # The file's atoms become rows (source 'file') so excluded can point at them.
-    conn.execute("DELETE FROM excluded WHERE rule_id IN (SELECT id FROM exclusions"
-                 " WHERE source = 'file')")
-    conn.execute("DELETE FROM exclusions WHERE source = 'file'")
-    conn.executemany(
-        "INSERT INTO exclusions (atom, reason, source, who, at) VALUES (?, ?, 'file', ?, ?)",
-        [(rule.atom, rule.reason, config.exclude.file, clock.iso(now))
-         for rule in file_rules(config)])
+# Rows by the ten thousand go in as one JSON array, in one statement: SQLite
+# loops over it in C, several times faster than executemany, and the array
+# is made before the write (which is that much shorter).
+def _column(index: int) -> str:
+    return f"json_extract(value, '$[{index}]')"
+
+
+def _insert_rules(conn: sqlite3.Connection, source: str, rules_: str, drone: str | None,
+                  who: str, at: str, until: str | None) -> int:
+    """Store RULES_ ((atom, reason) rows, a JSON array); the id of the first (the others follow)."""
+    first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM exclusions").fetchone()[0]
+    conn.execute("INSERT INTO exclusions (id, atom, drone, reason, source, who, at, until)"
+                 f" SELECT ? + key, {_column(0)}, ?, {_column(1)}, ?, ?, ?, ? FROM json_each(?)",
+                 (first, drone, source, who, at, until, rules_))
+    return first
+
+
+def _insert_matches(conn: sqlite3.Connection, first: int, drone: str | None,
+                    until: str | None, pairs: str) -> None:
+    """Store PAIRS (package id, index of the rule from FIRST on; a JSON array) in excluded."""
+    conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
+                 f" SELECT {_column(0)}, ? + {_column(1)}, ?, NULL, ? FROM json_each(?)",
+                 (first, drone, until, pairs))
+
+
+def _state(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM control_state WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def _set_state(conn: sqlite3.Connection, key: str, value: str) -> None:
+    conn.execute("INSERT OR REPLACE INTO control_state (key, value) VALUES (?, ?)", (key, value))
+
+
+def _rules_version(conn: sqlite3.Connection) -> str | None:
+    """Changes whenever a rule is added, removed or ended (a refresh then matches again)."""
+    return _state(conn, "rules")
+
+
+def _rules_changed(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO control_state (key, value) VALUES ('rules', '1') ON CONFLICT (key)"
+                 " DO UPDATE SET value = CAST(value AS INTEGER) + 1")
+
+
+def _changing() -> TryLater:
+    return TryLater(f"the queue or the exclusion rules changed while they were matched, "
+                    f"{ATTEMPTS} times; try again")
 
 
 def _facts(conn: sqlite3.Connection, drone: str) -> dict:
@@ -290,23 +444,20 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
         return done
     if kind not in PACKAGE_FAILURES:
         return done
-    facts = _facts(conn, drone)
-    my_class = routing.build_class(facts)
+    my_class = routing.build_class(_facts(conn, drone))
     if my_class is None:
         return done
     pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
-    failures = _class_failures(conn, pkg, my_class)
-    if failures < config.exclude.auto_failures:
+    tally = _tally(conn, pkg)
+    if not _condemned(config, tally.get(my_class, {})):
         return done
+    everywhere = _everywhere(conn, config, tally)
+    failing = tally[my_class]
+    reason = (f"failed {sum(failing.values())} times on {len(failing)} drones of class "
+              f"{my_class} ({', '.join(sorted(failing))})"
+              + ("; it has now failed so in every class of the known drones" if everywhere
+                 else ""))
     until = clock.later(now, config.exclude.auto_days * 86400)
-    classes = known_classes(conn, config)
-    excluded = {r["class"] for r in conn.execute(
-        "SELECT class FROM exclusions WHERE source = 'auto' AND identity = ? AND atom = ?"
-        " AND (until IS NULL OR until > ?)",
-        (identity_key(pkg), f"={pkg['cpv']}", clock.iso(now)))} | {my_class}
-    everywhere = classes <= excluded
-    reason = (f"failed {failures} times on drones of class {my_class}"
-              + ("; it has now failed in every class" if everywhere else ""))
     rule_id = conn.execute(
         "INSERT INTO exclusions (atom, drone, class, reason, source, who, at, until, identity, log)"
         " VALUES (?, NULL, ?, ?, 'auto', ?, ?, ?, ?, ?)",
@@ -315,10 +466,26 @@ def after_failure(conn: sqlite3.Connection, config: Config, drone: str, package_
     conn.execute("INSERT OR IGNORE INTO excluded (package_id, rule_id, drone, class, until)"
                  " VALUES (?, ?, NULL, ?, ?)",
                  (package_id, rule_id, None if everywhere else my_class, until))
+    _rules_changed(conn)
     packages.note(conn, package_id, Event.EXCLUDED, actor="swarm-exclude", at=clock.iso(now),
                   detail=reason, drone=drone)
     done["excluded"] = "everywhere" if everywhere else my_class
     return done
+
+
+# A class is excluded only on failures of this many of its drones: one drone
+# (broken, or lying about its CHOST and CFLAGS) cannot exclude a package.
+MIN_DRONES = 2
+
+
+def _condemned(config: Config, failing: dict[str, int]) -> bool:
+    """Whether FAILING ({drone: build failures}, drones of one class) excludes for the class."""
+    return sum(failing.values()) >= config.exclude.auto_failures and len(failing) >= MIN_DRONES
+
+
+def _everywhere(conn: sqlite3.Connection, config: Config, tally: dict[str, dict[str, int]]) -> bool:
+    """Whether every class of the known drones is condemned (each drone counted in one)."""
+    return all(_condemned(config, tally.get(c, {})) for c in known_classes(conn, config))
 
 
 def known_classes(conn: sqlite3.Connection, config: Config) -> set[str]:
@@ -327,19 +494,42 @@ def known_classes(conn: sqlite3.Connection, config: Config) -> set[str]:
             if name in config.drones and (c := routing.build_class(json.loads(facts))) is not None}
 
 
-def _class_failures(conn: sqlite3.Connection, pkg, my_class: str) -> int:
-    """Build failures of PKG's current identity on drones of MY_CLASS (grounded ones not)."""
+def _tally(conn: sqlite3.Connection, pkg) -> dict[str, dict[str, int]]:
+    """Build failures of PKG's current identity (grounded drones' not), by class and drone.
+
+    A drone counts in the class its facts say now, so one that changes its
+    CHOST or CFLAGS between failures never counts in two classes.
+    """
     since = conn.execute(
         "SELECT max(id) FROM events WHERE package_id = ? AND event IN (?, ?, ?)",
         (pkg["id"], Event.ADDED, Event.REQUEUED, Event.ON_BINHOST)).fetchone()[0] or 0
-    count = 0
-    for (facts,) in conn.execute(
-            "SELECT d.facts FROM events e JOIN drones d ON d.name = e.drone"
+    tally: dict[str, dict[str, int]] = {}
+    for drone, facts, failures in conn.execute(
+            "SELECT e.drone, d.facts, count(*) FROM events e JOIN drones d ON d.name = e.drone"
             " WHERE e.package_id = ? AND e.event = ? AND e.id > ? AND e.kind IN (?, ?)"
-            " AND e.id NOT IN (SELECT event_id FROM forgiven)",
+            " AND e.id NOT IN (SELECT event_id FROM forgiven) GROUP BY e.drone",
             (pkg["id"], Event.BUILD_FAILED, since, *PACKAGE_FAILURES)):
-        count += routing.build_class(json.loads(facts)) == my_class
-    return count
+        if (build_class := routing.build_class(json.loads(facts))) is not None:
+            tally.setdefault(build_class, {})[drone] = failures
+    return tally
+
+
+def _lift_unfounded(conn: sqlite3.Connection, config: Config, package_ids: set[int],
+                    now: datetime) -> None:
+    """End the automatic rules of these packages that their failures no longer found."""
+    lifted = []
+    for package_id in package_ids:
+        pkg = conn.execute("SELECT * FROM packages WHERE id = ?", (package_id,)).fetchone()
+        tally = _tally(conn, pkg)
+        for rule_id, build_class in conn.execute(
+                "SELECT id, class FROM exclusions WHERE source = 'auto' AND identity = ?"
+                " AND (until IS NULL OR until > ?)", (identity_key(pkg), clock.iso(now))):
+            if not (_condemned(config, tally.get(build_class, {})) if build_class
+                    else _everywhere(conn, config, tally)):
+                lifted.append((rule_id,))
+    conn.executemany("DELETE FROM excluded WHERE rule_id = ?", lifted)
+    conn.executemany("DELETE FROM exclusions WHERE id = ?", lifted)
+    _rules_changed(conn)
 
 
 def _failures_in_a_row(conn: sqlite3.Connection, drone: str) -> list[tuple]:
@@ -368,10 +558,7 @@ def _ground(conn, config: Config, drone: str, streak: list[tuple], now: datetime
     conn.executemany("INSERT OR IGNORE INTO forgiven (event_id) VALUES (?)",
                      [(event_id,) for *_, event_id in streak])
     # And what those failures excluded automatically on the way is lifted.
-    lifted = "source = 'auto' AND who = ? AND at >= ?"
-    conn.execute(f"DELETE FROM excluded WHERE rule_id IN (SELECT id FROM exclusions"
-                 f" WHERE {lifted})", (drone, streak[-1][3]))
-    conn.execute(f"DELETE FROM exclusions WHERE {lifted}", (drone, streak[-1][3]))
+    _lift_unfounded(conn, config, {p for p, *_ in streak if p is not None}, now)
     counted: dict[int, int] = {}  # attempts those failures counted, a package
     for package_id, _, kind, _, _ in streak:
         if kind in PACKAGE_FAILURES:

@@ -117,10 +117,10 @@ def take(conn: sqlite3.Connection, package_id: int, *, drone: str, lease_until: 
          actor: str, at: str, detail: str = "") -> sqlite3.Row | None:
     """needed -> delegated to DRONE, returning the row: the one write of a claim."""
     row = conn.execute(
-        "UPDATE packages SET status = ?, drone = ?, lease_until = ?, updated_at = ?"
-        " WHERE id = ? AND status = ? RETURNING id, cpv, slot, subslot, repo, use,"
+        "UPDATE packages SET status = 'delegated', drone = ?, lease_until = ?, updated_at = ?"
+        " WHERE id = ? AND status = 'needed' RETURNING id, cpv, slot, subslot, repo, use,"
         " lease_until, attempts",
-        (State.DELEGATED, drone, lease_until, at, package_id, State.NEEDED)).fetchone()
+        (drone, lease_until, at, package_id)).fetchone()
     if row is not None:
         record(conn, package_id, Event.CLAIMED, actor, at, State.NEEDED, State.DELEGATED,
                detail, drone)

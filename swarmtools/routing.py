@@ -10,7 +10,7 @@ needs ``multilib``, ``cuda`` needs ``cuda``), the build profile's ARCH and
 CHOST (a drone of another builds nothing of it), and the
 ``[[route]]`` tables of the config (``match`` an atom, ``requires`` a list).
 They are kept in the table ``requirements`` (made again with the exclusion
-matches), so a claim tests them in SQL. A drone's build class (its CHOST and
+matches, :func:`exclude.refresh`), so a claim tests them in SQL. A drone's build class (its CHOST and
 CFLAGS) is read from its facts here too: exclusions and failure memory hold
 for a class.
 """
@@ -70,19 +70,21 @@ FINGERPRINT = ("SELECT group_concat(name || ':' || arch || ':' || chost, ' ')"
                " FROM (SELECT * FROM profiles ORDER BY name)")
 
 
-def store_requirements(conn: sqlite3.Connection, config: Config, queued: Pools) -> None:
-    """What every queued package (QUEUED: the active ones) requires of a drone, stored
-    in ``requirements`` (inside the caller's transaction, exclude.refresh's)."""
-    conn.execute("DELETE FROM requirements")
+def requirements(config: Config, queued: Pools, built_for: dict[int, set[tuple[str, str]]],
+                 fallback: str | None) -> list[tuple[int, str, str]]:
+    """(package id, feature, why): what every queued package (QUEUED: the active ones)
+    requires of a drone, from its USE, the ARCH and CHOST its profiles are built for
+    (BUILT_FOR: :func:`targets`; FALLBACK: :func:`fallback_arch`) and the routes.
+
+    Reads no database: exclude.refresh stores the rows in ``requirements``.
+    """
     rows = []
-    built_for = targets(conn)
-    fallback = {(fallback_arch(conn), None)}
     for item in queued.all:
         flags = set(item.use.split())
         for flag, feature in USE_FEATURES.items():
             if flag in flags:
                 rows.append((item.id, feature, f"USE {flag}"))
-        for arch, chost in built_for.get(item.id, fallback):
+        for arch, chost in built_for.get(item.id, {(fallback, None)}):
             if arch:
                 rows.append((item.id, f"arch:{arch}", "the profile's ARCH"))
             if chost:
@@ -90,5 +92,4 @@ def store_requirements(conn: sqlite3.Connection, config: Config, queued: Pools) 
     for route in config.route:
         for item in queued.match(parse_atom(route.match)):
             rows.extend((item.id, feature, f"[[route]] {route.match}") for feature in route.requires)
-    conn.executemany("INSERT OR IGNORE INTO requirements (package_id, feature, why) VALUES (?, ?, ?)",
-                     rows)
+    return rows

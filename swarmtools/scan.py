@@ -5,9 +5,9 @@ longer wants is retired first (:func:`queue.forget`). Then, one profile
 after the other: its Portage configuration and trees are taken
 (:func:`profile.snapshot`) before emerge runs, so a change during the scan
 is seen by the next ``--if-changed``; emerge runs (or a saved list is
-read), the queue is brought in line (:func:`queue.apply_scan`), the rules
-are matched again (:func:`exclude.refresh`) and the profile is recorded
-(:func:`profile.record_scan`). Then, if asked, the dependency graph is resolved.
+read), the queue is brought in line (:func:`queue.apply_scan`), the profile
+is recorded (:func:`profile.record_scan`) and the rules are matched again
+(:func:`exclude.refresh`). Then, if asked, the dependency graph is resolved.
 
 A scan is long: this module takes a clock (a function), not a moment.
 """
@@ -142,10 +142,12 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> Sc
                         verdict=Verdict(published, consulted or request.consulted_binhost),
                         profile=config.profile, binhost=config.binhost_of(config.profile))
     if not request.dry_run:
-        with db.write(conn):  # what the rules match and packages require, for the new queue
-            exclude.refresh(conn, config, clock_now())
-            if snap is not None:
+        if snap is not None:
+            with db.write(conn):
                 profile.record_scan(conn, config, snap, inputs, clock.iso(clock_now()))
+        # What the rules match and packages require, for the new queue (and
+        # the profile just recorded): matched while the database is free.
+        exclude.refresh(conn, config, clock_now())
     return result
 
 

@@ -59,9 +59,9 @@ def test_every_benchmark_has_a_quick_run_here():
 
 def test_claim():
     figures = quick("benchmarks/claim.py")
-    assert (figures["packages"], figures["rules"]) == (200, 40)
+    assert (figures["packages"], figures["rules"], figures["bulk_lines"]) == (200, 40, 2000)
     positive(figures, "floor_claims_per_s", "claims_per_s", "rules_claims_per_s", "rules_match_s",
-             "cli_claim_s", "python_start_s")
+             "cli_claim_s", "python_start_s", "bulk_add_s", "bulk_longest_claim_s", "bulk_claims")
     assert figures["rules_claimable"] == 200 - 40 // 4  # the global rules' packages stay
 
 

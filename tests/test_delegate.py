@@ -312,3 +312,53 @@ def test_a_building_drone_is_online_while_its_lease_lives(queue):
     # It beats every third of the lease, so its last heartbeat may be older than the window.
     assert online(T0 + timedelta(seconds=config.delegate.online_seconds + 60))
     assert not online(T0 + timedelta(seconds=config.delegate.lease_seconds + 1))
+
+
+def _counting_compiles(conn) -> list[int]:
+    """Count SQL compilations on CONN: the authorizer is asked only while SQLite compiles."""
+    import sqlite3
+
+    compiled = [0]
+
+    def authorize(*_):
+        compiled[0] += 1
+        return sqlite3.SQLITE_OK
+    conn.set_authorizer(authorize)
+    return compiled
+
+
+def test_a_warm_claim_compiles_no_sql_again(swarm):
+    # A state bound as a parameter next to a partial index made SQLite compile
+    # the claim's query again at every run: most of a claim's time (issue 23).
+    add_drones(swarm.config, {"d1": {"transport": "local"}, "d2": {"transport": "local"}})
+    config = config_mod.load(swarm.config)
+    conn = db.connect(config.database, create=True)
+    apply_scan(conn, parse_merge_list(synthetic_scan(20)), "test", T0)
+    compiled = _counting_compiles(conn)
+    held: list[str] = []
+    for round_ in range(6):
+        for drone in ("d1", "d2"):
+            delegate.heartbeat(conn, config, drone, {"building": held}, now=T0)
+        if round_ == 2:  # warm: every statement a claim runs has been compiled once
+            compiled[0] = 0
+        held.append(delegate.claim(conn, config, "d1", now=T0)["cpv"])
+        held.append(delegate.claim(conn, config, "d2", now=T0, renew=False)["cpv"])
+    assert compiled[0] == 0
+    conn.close()
+
+
+def test_a_claim_does_not_cost_more_for_the_leases_already_held(queue):
+    config, conn = queue
+    apply_scan(conn, parse_merge_list(synthetic_scan(80)), "test", T0)
+    steps = [0]
+
+    def step():
+        steps[0] += 1
+        return 0
+    conn.set_progress_handler(step, 1)
+    cost = []
+    for _ in range(70):
+        steps[0] = 0
+        delegate.claim(conn, config, "d1", now=T0, renew=False)
+        cost.append(steps[0])
+    assert cost[69] == cost[10], (cost[10], cost[69])

@@ -33,8 +33,9 @@ def cli():
     named by exclude.file in the config (source file: one atom a line, #
     comments, kept in git; edit the file, not the database), and failure
     memory (source auto): a package that failed exclude.auto_failures times
-    on drones of one build class (same CHOST and CFLAGS) is excluded for
-    that class, and everywhere once it failed in every class. An automatic
+    on drones of one build class (same CHOST and CFLAGS), on two of them at
+    least, is excluded for that class, and everywhere once it failed so in
+    every class (one drone alone never excludes a package). An automatic
     rule ends when the package changes (new version or USE) or after
     exclude.auto_days. Only build failures count; a full disk, a failed
     fetch or a missing binary dependency is the drone's trouble.
@@ -83,10 +84,13 @@ def add(run_, as_json, atoms, reason, drone, days):
     until = clock.later(now, days * 86400) if days else None
     added = exclude.add(run_.database(create=True), config, lines, reason, who(), now, drone,
                         until)
-    for rule in added:
-        if not rule["matches"]:
-            log.warning("warning: rule %s (%s) matches nothing in the queue", rule["id"],
-                        rule["atom"])
+    idle = [rule for rule in added if not rule["matches"]]
+    for rule in idle[:WARNINGS]:
+        log.warning("warning: rule %s (%s) matches nothing in the queue", rule["id"],
+                    rule["atom"])
+    if len(idle) > WARNINGS:  # a list from elsewhere: one line, not fifty thousand
+        log.warning("warning: and %d more rules match nothing in the queue",
+                    len(idle) - WARNINGS)
     if as_json:
         emit_ndjson(added)
     else:
@@ -94,6 +98,10 @@ def add(run_, as_json, atoms, reason, drone, days):
             click.echo(f"rule {rule['id']}: {rule['atom']} "
                        f"({'drone ' + drone if drone else 'every drone'}), "
                        f"{rule['matches']} queued package(s)")
+
+
+# Rules that match nothing named one by one; the others counted.
+WARNINGS = 10
 
 
 def _atoms(arguments):
