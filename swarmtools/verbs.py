@@ -29,12 +29,18 @@ def read_facts(stream: IO[str]) -> dict:
     if len(text) > MAX_FACTS_BYTES:
         raise SwarmError(f"heartbeat facts larger than {MAX_FACTS_BYTES} bytes", ExitCode.USAGE)
     try:
-        facts = json.loads(text) if text.strip() else {}
+        facts = json.loads(text, parse_constant=_not_a_number) if text.strip() else {}
     except (json.JSONDecodeError, RecursionError) as exc:
         raise SwarmError(f"heartbeat facts are not JSON: {exc}", ExitCode.USAGE) from None
     if not isinstance(facts, dict):
         raise SwarmError("heartbeat facts must be one JSON object", ExitCode.USAGE)
     return facts
+
+
+def _not_a_number(constant: str):
+    # Python's json reads NaN and Infinity; the standard (and every other
+    # reader of swarm-status --json or index.json) does not.
+    raise SwarmError(f"heartbeat facts: {constant} is not a number JSON has", ExitCode.USAGE)
 
 
 def run(verb: str, config: Config, drone: str, *, as_json: bool = False,

@@ -312,3 +312,12 @@ def test_a_building_drone_is_online_while_its_lease_lives(queue):
     # It beats every third of the lease, so its last heartbeat may be older than the window.
     assert online(T0 + timedelta(seconds=config.delegate.online_seconds + 60))
     assert not online(T0 + timedelta(seconds=config.delegate.lease_seconds + 1))
+
+
+def test_a_heartbeat_with_a_number_json_lacks_stores_nothing(queue):
+    config, conn = queue
+    with pytest.raises(SwarmError, match="NaN or Infinity"):
+        delegate.heartbeat(conn, config, "d1", {"load": float("nan")}, now=T0)
+    with pytest.raises(SwarmError, match="building must be a list of strings"):
+        delegate.heartbeat(conn, config, "d1", {"building": "app-test/pkg0-1.0"}, now=T0)
+    assert conn.execute("SELECT count(*) FROM drones").fetchone()[0] == 0

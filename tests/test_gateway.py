@@ -183,3 +183,42 @@ def test_a_drone_taken_out_of_the_config_is_locked_out(gate):
     assert r.returncode == 2 and "unknown drone 'd9'" in r.stderr
     r = gate("rsync --server -te.LsfxCIvu . x.gpkg.tar", drone="d9")
     assert r.returncode == 2 and "unknown drone 'd9'" in r.stderr
+
+
+def strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity are not numbers there."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("facts, message", [
+    ('{"config_digest": ["a", "b"]}', "config_digest must be a string"),
+    ('{"chost": {"x": 1}}', "chost must be a string"),
+    ('{"cuda": "yes"}', "cuda must be true or false"),
+    ('{"jobs": "8"}', "jobs must be a whole number"),
+    ('{"load": NaN}', "NaN"),
+    ('{"free_disk": Infinity}', "Infinity"),
+    ('{"mine": {"deep": [-Infinity]}}', "-Infinity"),
+    ('{"binrepos": [1]}', "binrepos must be a list of strings"),
+])
+def test_heartbeat_facts_of_the_wrong_type_are_refused_in_one_line(gate, facts, message):
+    for command in ("swarm-delegate heartbeat --json", "swarm-delegate claim --json --heartbeat"):
+        r = gate(command, input=facts)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert r.stderr.startswith("swarm-delegate: error: heartbeat facts") and message in r.stderr
+        assert r.stderr.count("\n") == 1 and "database" not in r.stderr, r.stderr
+    assert gate.swarm.query("SELECT count(*) FROM drones") == [(0,)]
+    # What the orchestrator shows stays JSON for any reader.
+    status = gate.swarm.run("swarm-status", "--json")
+    assert status.returncode == 0 and strict_json(status.stdout)
+
+
+def test_facts_of_the_right_types_are_kept_and_shown_as_json(gate):
+    facts = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu", "cuda": False, "jobs": 8,
+             "load": 0.5, "free_disk": 10**12, "config_digest": None, "binrepos": [],
+             "building": [], "something_newer": {"a drone": ["may", "send", 1.5]}}
+    r = gate("swarm-delegate heartbeat --json", input=json.dumps(facts))
+    assert r.returncode == 0, r.stderr
+    (drone,) = strict_json(gate.swarm.run("swarm-status", "--json").stdout)["drones"][:1]
+    assert drone["facts"] == facts
