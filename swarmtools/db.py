@@ -296,6 +296,12 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     DROP TABLE superseded;
     ALTER TABLE superseded_new RENAME TO superseded;
     """,
+    # 11: a drone holds at most one lease a CPV (it names a build by its
+    # CPV alone): a claim looks up the drone's lease on a candidate's CPV.
+    """
+    DROP INDEX packages_delegated;
+    CREATE INDEX packages_delegated ON packages (drone, cpv) WHERE status = 'delegated';
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -167,7 +167,8 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
             return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
                     **built_with(conn, config, *_wanted(conn, held["id"]))}
         while True:
-            choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
+            choice = policy.pick(_not_held(conn, drone, eligibility.candidates(
+                conn, claimant, rules)), claimant)
             if choice is None:
                 return None
             binhost, wanted_by = _wanted(conn, choice["id"])
@@ -186,6 +187,21 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
     claimed = dict(row)
     del claimed["id"]
     return {**claimed, **with_what}
+
+
+def _not_held(conn: sqlite3.Connection, drone: str, candidates):
+    """CANDIDATES, but builds of a CPV DRONE holds a lease on (another binhost's build).
+
+    A drone names a build by its CPV alone (heartbeat, report, release,
+    upload path): with one lease a CPV, each names exactly one build. That
+    is simpler than naming the binhost in every message, and changes no
+    drone; the other build goes to another drone, or to this one next.
+    """
+    for row in candidates:
+        if conn.execute("SELECT 1 FROM packages INDEXED BY packages_delegated WHERE"
+                        " status = 'delegated' AND drone = ? AND cpv = ?",
+                        (drone, row["cpv"])).fetchone() is None:
+            yield row
 
 
 def _wanted(conn: sqlite3.Connection, package_id: int) -> tuple[str, list[str]]:
