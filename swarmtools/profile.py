@@ -401,10 +401,36 @@ def last_inputs(conn: sqlite3.Connection, name: str = DEFAULT) -> tuple[str, str
     return (row["inputs"], row["scanned_at"]) if row else None
 
 
-def read_bundle(config: Config, digest: str) -> dict:
-    """The bundle of DIGEST as a drone fetches it (JSON: base64 of the tar)."""
+def in_use(conn: sqlite3.Connection, config: Config) -> set[str]:
+    """The digests of the bundles the config's profiles build with now (their last scan's)."""
+    names = config.profile_names()
+    return {row[0] for row in conn.execute(
+        f"SELECT digest FROM profiles WHERE name IN ({', '.join('?' * len(names))})", names)}
+
+
+def prune_bundles(conn: sqlite3.Connection, config: Config) -> list[str]:
+    """Delete the kept bundles no profile builds with now (after a scan recorded its own);
+    the digests deleted."""
+    keep = in_use(conn, config)
+    folder = staging.bundle_path(config, "0" * 64).parent
+    gone = []
+    for path in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
+        if path.stem not in keep:
+            path.unlink(missing_ok=True)
+            gone.append(path.stem)
+    return gone
+
+
+def read_bundle(conn: sqlite3.Connection, config: Config, digest: str) -> dict:
+    """The bundle of DIGEST as a drone fetches it (JSON: base64 of the tar), if a profile
+    of the config builds with it now."""
     if not DIGEST.fullmatch(digest):
         raise SwarmError(f"not a profile digest: {digest!r}")
+    if digest not in in_use(conn, config):
+        # An old bundle may hold what its profile no longer does (a secret
+        # taken out since): only what a claim can name now is served.
+        raise SwarmError(f"no profile bundle {digest}: no profile builds with it now (a drone "
+                         "fetches the one its claim names)")
     try:
         data = staging.bundle_path(config, digest).read_bytes()
     except FileNotFoundError:

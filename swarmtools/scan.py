@@ -146,6 +146,10 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> Sc
             exclude.refresh(conn, config, clock_now())
             if snap is not None:
                 profile.record_scan(conn, config, snap, inputs, clock.iso(clock_now()))
+        if snap is not None:  # once recorded: the bundle it replaced is served no more
+            for digest in profile.prune_bundles(conn, config):
+                log.info("deleted the build profile bundle %s: no profile builds with it now",
+                         digest)
     return result
 
 

@@ -10,7 +10,8 @@ The layout, drawn once (a path a module uses: the function here that names it)::
       swarm-sync.waiter.lock              the one publication waiting for it (sync_waiter_lock)
       swarm-sync.pending                  a reported build waits to be published (sync_pending)
       logs/CAT/PF/STAMP-DRONE.log         failed builds' logs, kept (kept_logs, keep_log)
-      profiles/DIGEST.tar                 build profiles' bundles, by sha256, 0600 (bundle_path)
+      profiles/DIGEST.tar                 build profiles' bundles, by sha256, 0600; only those
+                                          the profiles use now (bundle_path)
     orchestrator.staging_dir/
       DRONE/CAT/PN/PF-ID.gpkg.tar         a drone's upload (rsync), until published (staged_path)
       DRONE/logs/...                      a failed build's log, until reported (staged_path)

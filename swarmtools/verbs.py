@@ -126,7 +126,7 @@ def _bundle(conn, config: Config, which: str) -> dict:
     """A profile's bundle: by digest (what a claim names), or by profile name, with the
     profile as its last scan recorded it and its binhost (swarm-drone --base)."""
     if profile.DIGEST.fullmatch(which):
-        return profile.read_bundle(config, which)
+        return profile.read_bundle(conn, config, which)
     if which not in config.profile_names():
         raise SwarmError(f"no profile {which!r} (profiles: {', '.join(config.profile_names())})",
                          ExitCode.USAGE)
@@ -134,7 +134,7 @@ def _bundle(conn, config: Config, which: str) -> dict:
     if recorded is None:
         raise SwarmError(f"profile {which} has not been scanned yet (run swarm-fresh)")
     binhost = config.binhost_of(which)
-    return {**profile.read_bundle(config, recorded["digest"]), "profile": recorded,
+    return {**profile.read_bundle(conn, config, recorded["digest"]), "profile": recorded,
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 

@@ -87,15 +87,21 @@ def test_a_drone_gives_back_with_a_reason_and_reads_a_profile_bundle(gate, tmp_p
         ("d1", "d1: its ebuild repositories are not the scan's")]
     assert claim(gate) != CPV  # held from it a while; others may take it
     assert claim(gate, "d2") == CPV
-    # A bundle is read by its digest, and only one swarm-fresh kept.
+    # A bundle is read by its digest, and only one a profile's last scan recorded.
     import base64
     import hashlib
+    import sqlite3
 
     bundle = b"a tar, as far as the gateway cares"
     digest = hashlib.sha256(bundle).hexdigest()
     kept = gate.swarm.root / "state" / "profiles" / f"{digest}.tar"
     kept.parent.mkdir()
     kept.write_bytes(bundle)
+    r = gate(f"swarm-delegate profile --json {digest}")
+    assert r.returncode == 1 and "no profile builds with it now" in r.stderr
+    with sqlite3.connect(gate.swarm.db) as conn:  # as swarm-fresh records it (test only)
+        conn.execute("INSERT INTO profiles (name, digest, tree, chost, arch, inputs, scanned_at)"
+                     " VALUES ('default', ?, '{}', '', '', '', '')", (digest,))
     r = gate(f"swarm-delegate profile --json {digest}")
     assert r.returncode == 0 and base64.b64decode(json.loads(r.stdout)["tar"]) == bundle
     r = gate(f"swarm-delegate profile --json {'0' * 64}")

@@ -323,3 +323,29 @@ def test_swarm_fresh_packs_no_secret_and_the_gateway_serves_none(emerge_swarm, p
     assert not {"signing.key", "env/shadow", ".git/config", "make.conf.bak"} & set(names(bundle))
     assert served(emerge_swarm, "default") == bundle  # by profile name, for swarm-drone --base
 
+
+@pytest.mark.slow
+def test_only_the_bundles_profiles_use_now_are_kept_and_served(emerge_swarm, prefix):
+    add_drones(emerge_swarm.config, {"d1": {"transport": "ssh"}})
+    kept = emerge_swarm.root / "state" / "profiles"
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    (old,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    (prefix.root / "etc/portage/make.conf").write_text(
+        (prefix.root / "etc/portage/make.conf").read_text() + f"# {SECRET}, gone in the next\n")
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    (secret,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    assert SECRET.encode() in served(emerge_swarm, secret)
+    (prefix.root / "etc/portage/make.conf").write_text(
+        (prefix.root / "etc/portage/make.conf").read_text().replace(f"# {SECRET}, gone in the next\n", ""))
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    (now,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    assert now == old != secret  # the same settings again: the same bundle
+    assert sorted(p.name for p in kept.iterdir()) == [f"{now}.tar"]
+    r = through_gateway(emerge_swarm, f"swarm-delegate profile --json {secret}")
+    assert r.returncode == 1 and "no profile builds with it" in r.stderr, r.stderr
+    # A file no scan recorded is not served either, wherever it came from.
+    stray = hashlib.sha256(b"stray").hexdigest()
+    (kept / f"{stray}.tar").write_bytes(b"stray")
+    r = through_gateway(emerge_swarm, f"swarm-delegate profile --json {stray}")
+    assert r.returncode == 1 and "no profile builds with it" in r.stderr, r.stderr
+    assert served(emerge_swarm, now) == served(emerge_swarm, "default")
