@@ -302,6 +302,11 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     DROP INDEX packages_delegated;
     CREATE INDEX packages_delegated ON packages (drone, cpv) WHERE status = 'delegated';
     """,
+    # 12: the compiler flags each profile's scan saw (profiles of one
+    # binhost must agree on them; swarm-sync checks builds against them).
+    """
+    ALTER TABLE profiles ADD COLUMN flags TEXT NOT NULL DEFAULT '{}';  -- JSON; {}: not known
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

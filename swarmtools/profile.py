@@ -65,9 +65,47 @@ HOST_FEATURES = ("ccache", "distcc", "binpkg-signing", "binpkg-request-signature
                  "pid-sandbox", "mount-sandbox", "userpriv", "userfetch", "usersync")
 DIGEST = re.compile(r"[0-9a-f]{64}")  # a bundle's name: the sha256 of its bytes
 MANIFEST = "swarm-profile.json"  # in the bundle: how to rebuild make.profile on a drone
+# What a binary is compiled with (and Portage records in it, but the
+# Fortran ones). Profiles of one binhost must agree on them: Target.
+COMPILER_FLAGS = ("CFLAGS", "CXXFLAGS", "LDFLAGS", "FFLAGS", "FCFLAGS")
 # Top-level folders of a repository that are not its tree: what Portage's
 # rsync leaves out (PORTAGE_RSYNC_OPTS), and version control.
 _NOT_TREE = {".git", ".svn", "distfiles", "local", "packages"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a profile builds for: its CHOST, ARCH and compiler flags.
+
+    A binhost's clients pick a build by USE, never by compiler flags (nor
+    CHOST): the profiles that publish to one binhost must have one target.
+    """
+
+    chost: str
+    arch: str
+    flags: dict[str, str]  # COMPILER_FLAGS, spaces collapsed; {}: unknown (scanned before)
+
+    def value(self, key: str) -> str:
+        """CHOST, ARCH or one of COMPILER_FLAGS."""
+        return getattr(self, key.lower()) if key in ("CHOST", "ARCH") else self.flags.get(key, "")
+
+    def differences(self, other: Target) -> list[str]:
+        """The keys whose values differ (the flags only when both are known)."""
+        keys = ("CHOST", "ARCH", *(COMPILER_FLAGS if self.flags and other.flags else ()))
+        return [key for key in keys if self.value(key) != other.value(key)]
+
+
+def target(settings) -> Target:
+    """What a portage.config builds for."""
+    return Target(settings.get("CHOST", ""), settings.get("ARCH", ""),
+                  {key: " ".join(settings.get(key, "").split()) for key in COMPILER_FLAGS})
+
+
+def current_target(env: dict[str, str]) -> Target:
+    """What Portage in ENV (a profile's scan environment) builds for now."""
+    from . import portageenv
+
+    return target(portageenv.settings(env))
 
 
 @dataclass(frozen=True)
@@ -78,8 +116,7 @@ class Snapshot:
     bundle: bytes
     digest: str
     tree: dict[str, str]  # repository name -> state
-    chost: str
-    arch: str
+    target: Target
     world: str  # the world file and world_sets, as read
 
     def inputs(self, scan_command: list[str], scan_environment: dict[str, str],
@@ -90,10 +127,6 @@ class Snapshot:
                            "command": scan_command, "environment": scan_environment,
                            "binhost": binhost}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
-
-    def claim_info(self) -> dict:
-        return {"name": self.name, "digest": self.digest, "tree": self.tree,
-                "chost": self.chost, "arch": self.arch}
 
 
 def snapshot(env: dict[str, str], name: str = DEFAULT) -> Snapshot:
@@ -108,7 +141,7 @@ def snapshot(env: dict[str, str], name: str = DEFAULT) -> Snapshot:
                     for f in ("world", "world_sets"))
     return Snapshot(name, bundle, hashlib.sha256(bundle).hexdigest(),
                     {repo: tree_state(path) for repo, path in sorted(repositories.items())},
-                    settings.get("CHOST", ""), settings.get("ARCH", ""), world)
+                    target(settings), world)
 
 
 def _read(path: Path) -> str:
@@ -378,12 +411,13 @@ def record_scan(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs
     else:
         write_atomic(path, snap.bundle, mode=0o600)
     conn.execute(
-        "INSERT INTO profiles (name, digest, tree, chost, arch, inputs, scanned_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET digest = excluded.digest,"
-        " tree = excluded.tree, chost = excluded.chost, arch = excluded.arch,"
-        " inputs = excluded.inputs, scanned_at = excluded.scanned_at",
-        (snap.name, snap.digest, json.dumps(snap.tree, sort_keys=True), snap.chost, snap.arch,
-         inputs, at))
+        "INSERT INTO profiles (name, digest, tree, chost, arch, flags, inputs, scanned_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+        " digest = excluded.digest, tree = excluded.tree, chost = excluded.chost,"
+        " arch = excluded.arch, flags = excluded.flags, inputs = excluded.inputs,"
+        " scanned_at = excluded.scanned_at",
+        (snap.name, snap.digest, json.dumps(snap.tree, sort_keys=True), snap.target.chost,
+         snap.target.arch, json.dumps(snap.target.flags, sort_keys=True), inputs, at))
 
 
 def recorded(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
@@ -392,7 +426,13 @@ def recorded(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
     if row is None:
         return None
     return {"name": row["name"], "digest": row["digest"], "tree": json.loads(row["tree"]),
-            "chost": row["chost"], "arch": row["arch"]}
+            "chost": row["chost"], "arch": row["arch"], "flags": json.loads(row["flags"])}
+
+
+def recorded_targets(conn: sqlite3.Connection) -> dict[str, Target]:
+    """Each recorded profile's target, as its last scan saw it."""
+    return {row["name"]: Target(row["chost"], row["arch"], json.loads(row["flags"]))
+            for row in conn.execute("SELECT name, chost, arch, flags FROM profiles")}
 
 
 def last_inputs(conn: sqlite3.Connection, name: str = DEFAULT) -> tuple[str, str] | None:
