@@ -202,9 +202,7 @@ def make_bundle(etc_portage: Path, repositories: dict[str, Path]) -> bytes:
 # new one no longer does. (Dot-files, such as vim's .swp and Portage's
 # ._cfg0000_ updates, are left out as dot-files.)
 _BACKUP_SUFFIXES = ("~", ".bak", ".orig", ".rej", ".swp")
-
-
-_BY_NAME = ("a dot-file", "an editor backup", "keys (gnupg)")
+_BY_NAME = ("a dot-file", "an editor backup", "keys (gnupg)")  # why, by a name alone
 
 
 def _unbundled(name: str) -> str | None:
@@ -257,7 +255,7 @@ class _Packer:
     def _put(self, path: Path, name: str, info: os.stat_result,
              ancestors: tuple[Path, ...]) -> str | None:
         if stat.S_ISDIR(info.st_mode):
-            if info.st_mode & 0o005 != 0o005:
+            if (info.st_mode & 0o005) != 0o005:
                 return f"a folder others cannot read (mode {stat.S_IMODE(info.st_mode):04o})"
             if path in ancestors:
                 return "a link to a folder it is in (a loop)"
@@ -290,7 +288,7 @@ class _Packer:
             if why := _unbundled(part):
                 return f"a link to {why} ({target})"
             mode = os.stat(place).st_mode
-            if place != self.root and mode & 0o005 != 0o005:
+            if place != self.root and (mode & 0o005) != 0o005:
                 return f"a link into a folder others cannot read ({place})"
             place = place / part
         return None
@@ -405,7 +403,7 @@ def record_scan(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs
 
     path = staging.bundle_path(config, snap.digest)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(path.parent, 0o700)  # made 0755 before
+    os.chmod(path.parent, 0o700)  # (made 0755 before)
     if path.exists():
         os.chmod(path, 0o600)
     else:
@@ -452,7 +450,7 @@ def prune_bundles(conn: sqlite3.Connection, config: Config) -> list[str]:
     """Delete the kept bundles no profile builds with now (after a scan recorded its own);
     the digests deleted."""
     keep = in_use(conn, config)
-    folder = staging.bundle_path(config, "0" * 64).parent
+    folder = staging.bundle_dir(config)
     gone = []
     for path in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
         if path.stem not in keep:

@@ -208,7 +208,7 @@ class Publisher:
             self._settings = portage_config(self.config)
         return self._settings
 
-    def wanted_flags(self, pkg: sqlite3.Row) -> dict[str, str]:
+    def _wanted_flags(self, pkg: sqlite3.Row) -> dict[str, str]:
         """The compiler flags the profile's Portage gives PKG: its make.conf's, or its
         package.env's for that package."""
         import portage
@@ -403,7 +403,7 @@ class Publisher:
         # other CPUs than the profile's (clients never look at its flags).
         differs = identity.differences(pkg, metadata, self.settings.get("CHOST"),
                                        identity.hidden_prefixes(self.settings))
-        differs += identity.flag_differences(metadata, self.wanted_flags(pkg))
+        differs += identity.flag_differences(metadata, self._wanted_flags(pkg))
         if differs:
             raise _Reject(f"built by {pkg['drone']} with other settings than the scan's: "
                           + "; ".join(differs))
