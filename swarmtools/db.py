@@ -301,6 +301,17 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """
     CREATE INDEX excluded_rule ON excluded (rule_id);
     """,
+    # 12: a drone holds at most one lease a CPV (it names a build by its
+    # CPV alone): a claim looks up the drone's lease on a candidate's CPV.
+    """
+    DROP INDEX packages_delegated;
+    CREATE INDEX packages_delegated ON packages (drone, cpv) WHERE status = 'delegated';
+    """,
+    # 13: the compiler flags each profile's scan saw (profiles of one
+    # binhost must agree on them; swarm-sync checks builds against them).
+    """
+    ALTER TABLE profiles ADD COLUMN flags TEXT NOT NULL DEFAULT '{}';  -- JSON; {}: not known
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

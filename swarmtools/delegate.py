@@ -28,13 +28,43 @@ from .placement import CriticalPath
 ACTOR = "swarm-delegate"
 
 
-def building(facts: dict) -> list[str]:
-    """The CPVs a drone says it is working on (heartbeat facts 'building')."""
-    listed = facts.get("building", [])
-    if not isinstance(listed, list) or not all(isinstance(c, str) for c in listed):
-        raise SwarmError("heartbeat facts: 'building' must be a list of CATEGORY/PF",
-                         ExitCode.USAGE)
-    return listed
+# What each fact a drone sends must be (swarm-drone's Drone.facts). Facts
+# are stored and shown as JSON, and read by routing and swarm-status: a
+# value of another type is refused, not stored. A fact not named here (a
+# newer drone's) is kept and shown, never used.
+_KINDS = {
+    "a string": lambda v: isinstance(v, str),
+    "a string or null": lambda v: v is None or isinstance(v, str),
+    "true or false": lambda v: isinstance(v, bool),
+    "a whole number or null": lambda v: v is None or (isinstance(v, int)
+                                                       and not isinstance(v, bool)),
+    "a number": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+FACT_KINDS = {
+    "arch": "a string", "machine": "a string", "chost": "a string", "cflags": "a string",
+    "abi_x86": "a string", "binhost": "a string", "version": "a string",
+    "isolation": "a string or null", "build_root": "a string or null",
+    "config_digest": "a string or null", "profile_digest": "a string or null",
+    "cuda": "true or false", "jobs": "a whole number or null",
+    "free_disk": "a whole number or null", "load": "a number",
+    "binrepos": "a list of strings", "building": "a list of strings",
+}
+
+
+def check_facts(facts: dict) -> str:
+    """FACTS as JSON to store, or SwarmError naming the first fact of the wrong type."""
+    for key, kind in FACT_KINDS.items():
+        if key in facts and not _KINDS[kind](facts[key]):
+            raise SwarmError(f"heartbeat facts: {key} must be {kind}, not "
+                             f"{json.dumps(facts[key])[:80]}", ExitCode.USAGE)
+    try:
+        # NaN and Infinity are not JSON: stored, they would make swarm-status
+        # --json and the page's index.json unreadable.
+        return json.dumps(facts, sort_keys=True, allow_nan=False)
+    except ValueError:
+        raise SwarmError("heartbeat facts: a number is NaN or Infinity, which JSON does not "
+                         "have", ExitCode.USAGE) from None
 
 
 def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
@@ -46,7 +76,8 @@ def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
     runs out, unless the drone's next claim takes it up.
     """
     config.drone(drone)  # a drone taken out of the config is refused
-    working = building(facts)
+    stored = check_facts(facts)
+    working = facts.get("building", [])
     lease_until = clock.later(now, config.delegate.lease_seconds)
     digest = facts.get("config_digest")
     with db.write(conn):
@@ -54,7 +85,7 @@ def heartbeat(conn: sqlite3.Connection, config: Config, drone: str, facts: dict,
             "INSERT INTO drones (name, last_heartbeat, facts, config_digest) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (name) DO UPDATE SET last_heartbeat = excluded.last_heartbeat,"
             " facts = excluded.facts, config_digest = excluded.config_digest",
-            (drone, clock.iso(now), json.dumps(facts, sort_keys=True), digest))
+            (drone, clock.iso(now), stored, digest))
         extended = 0
         for row in conn.execute(
                 "SELECT id, cpv FROM packages INDEXED BY packages_delegated"
@@ -150,7 +181,8 @@ def _hand_out(conn: sqlite3.Connection, config: Config, drone: str, now: datetim
         return {**{k: held[k] for k in _CLAIM_KEYS}, "lease_until": lease_until,
                 **built_with(conn, config, *_wanted(conn, held["id"]))}
     while True:
-        choice = policy.pick(eligibility.candidates(conn, claimant, rules), claimant)
+        choice = policy.pick(_not_held(conn, drone, eligibility.candidates(
+            conn, claimant, rules)), claimant)
         if choice is None:
             return None
         binhost, wanted_by = _wanted(conn, choice["id"])
@@ -168,6 +200,21 @@ def _hand_out(conn: sqlite3.Connection, config: Config, drone: str, now: datetim
     claimed = dict(row)
     del claimed["id"]
     return {**claimed, **built_with(conn, config, binhost, wanted_by)}
+
+
+def _not_held(conn: sqlite3.Connection, drone: str, candidates):
+    """CANDIDATES, but builds of a CPV DRONE holds a lease on (another binhost's build).
+
+    A drone names a build by its CPV alone (heartbeat, report, release,
+    upload path): with one lease a CPV, each names exactly one build. That
+    is simpler than naming the binhost in every message, and changes no
+    drone; the other build goes to another drone, or to this one next.
+    """
+    for row in candidates:
+        if conn.execute("SELECT 1 FROM packages INDEXED BY packages_delegated WHERE"
+                        " status = 'delegated' AND drone = ? AND cpv = ?",
+                        (drone, row["cpv"])).fetchone() is None:
+            yield row
 
 
 def _wanted(conn: sqlite3.Connection, package_id: int) -> tuple[str, list[str]]:

@@ -141,7 +141,8 @@ def _check_manifest(container: tarfile.TarFile, files: dict, name: str) -> set[s
 
 
 # Metadata the publisher compares with what the queue asked for.
-IDENTITY_KEYS = ("CATEGORY", "PF", "SLOT", "USE", "IUSE", "repository", "CHOST", "BUILD_ID")
+IDENTITY_KEYS = ("CATEGORY", "PF", "SLOT", "USE", "IUSE", "repository", "CHOST", "BUILD_ID",
+                 "CFLAGS", "CXXFLAGS", "LDFLAGS")
 
 
 def read_metadata(path: Path, basename: str, settings,

@@ -2,7 +2,7 @@
 
 A package's build identity is its CPV, SLOT and sub-slot, repository and
 enabled USE (USE_EXPAND included), as the scan saw them, built for the
-scan's CHOST. A binary package's metadata (from the gpkg itself, or its
+scan's CHOST with the profile's compiler flags. A binary package's metadata (from the gpkg itself, or its
 entry in a binhost's index) is compared with it flag by flag, so a reason
 can say what differs. USE is compared within the package's IUSE, without
 the USE_EXPAND groups Portage hides from its merge list (USE_EXPAND_HIDDEN:
@@ -50,4 +50,33 @@ def differences(queued: Mapping, metadata: Mapping[str, str], chost: str | None,
         found.append(f"USE {' '.join(flags)} (the scan: {queued['use'] or 'none'})")
     if chost and metadata.get("CHOST") and metadata["CHOST"] != chost:
         found.append(f"CHOST {metadata['CHOST']} (the scan: {chost})")
+    return found
+
+
+# The compiler flags a binary package records (Portage's build-info; no
+# Fortran flags there).
+RECORDED_FLAGS = ("CFLAGS", "CXXFLAGS", "LDFLAGS")
+
+
+def machine_options(flags: str) -> set[str]:
+    """The machine options among compiler FLAGS (-march=, -mtune=, -mavx2 ...): which CPUs
+    can run the code. (-mno-... only takes an instruction set away.)"""
+    return {flag for flag in flags.split() if flag.startswith("-m") and not flag.startswith("-mno-")}
+
+
+def flag_differences(metadata: Mapping[str, str], wanted: Mapping[str, str]) -> list[str]:
+    """How a binary package's compiler flags differ from WANTED (the profile's, for that
+    package), one phrase a variable of RECORDED_FLAGS.
+
+    A binary package records its flags as its ebuild left them: ebuilds add
+    and remove flags themselves (flag-o-matic's append-flags, filter-flags,
+    replace-flags -O3 -O2), so equal strings cannot be asked for. What only
+    the settings it was built with bring is a machine option the profile's
+    flags lack (-march=znver4 for a generic profile): that is a difference.
+    """
+    found = []
+    for key in RECORDED_FLAGS:
+        built, want = " ".join(metadata.get(key, "").split()), " ".join(wanted.get(key, "").split())
+        if machine_options(built) - machine_options(want):
+            found.append(f'{key} "{built}" (the profile: "{want}")')
     return found

@@ -34,16 +34,22 @@ def emit_table(rows: list[list], headers: list[str], stream: IO[str] | None = No
                                           disable_numparse=True) + "\n")
 
 
-def write_atomic(path: Path, data: str | bytes, mtime: int | None = None) -> None:
+def write_atomic(path: Path, data: str | bytes, mtime: int | None = None,
+                 mode: int | None = None) -> None:
     """Write a file through a temporary name and rename(): readers see old or new, whole.
 
     MTIME, when given, is set before the rename (what a web server answers
-    If-Modified-Since with).
+    If-Modified-Since with). MODE, when given, is the file's from the start
+    (no moment with the umask's).
     """
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temporary, "wb" if isinstance(data, bytes) else "w") as f:
+        opener = None if mode is None else (
+            lambda name, flags: os.open(name, flags, mode))
+        with open(temporary, "wb" if isinstance(data, bytes) else "w", opener=opener) as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)  # a temporary left by a crash had another
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

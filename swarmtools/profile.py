@@ -4,8 +4,9 @@ The scan's Portage configuration (its ``PORTAGE_CONFIGROOT``: make.conf,
 package.use, package.accept_keywords, env/, make.profile ...) is what the
 swarm publishes for, so it is what every drone builds with. swarm-fresh packs
 it into a *bundle* (a reproducible tar of ``etc/portage``, named by its
-sha256), records it with the state of the ebuild repositories the scan read,
-and every claim names both. A drone fetches the bundle once per digest and
+sha256; only what may leave the host: :class:`_Packer`), records it with
+the state of the ebuild repositories the scan read, and every claim names
+both. A drone fetches the bundle once per digest and
 builds with it as its ``PORTAGE_CONFIGROOT``; of its own make.conf only the
 host-local values (:data:`HOST_LOCAL`: where and how fast, never what) are
 kept. Its own package.use never reaches a published binary.
@@ -26,9 +27,11 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import sqlite3
+import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,8 @@ from pathlib import Path
 from . import staging
 from .config import Config
 from .errors import SwarmError
+
+log = logging.getLogger(__name__)
 
 DEFAULT = "default"
 MAX_BUNDLE_BYTES = 8 << 20  # a Portage configuration is kilobytes; a mistake is not
@@ -60,9 +65,47 @@ HOST_FEATURES = ("ccache", "distcc", "binpkg-signing", "binpkg-request-signature
                  "pid-sandbox", "mount-sandbox", "userpriv", "userfetch", "usersync")
 DIGEST = re.compile(r"[0-9a-f]{64}")  # a bundle's name: the sha256 of its bytes
 MANIFEST = "swarm-profile.json"  # in the bundle: how to rebuild make.profile on a drone
+# What a binary is compiled with (and Portage records in it, but the
+# Fortran ones). Profiles of one binhost must agree on them: Target.
+COMPILER_FLAGS = ("CFLAGS", "CXXFLAGS", "LDFLAGS", "FFLAGS", "FCFLAGS")
 # Top-level folders of a repository that are not its tree: what Portage's
 # rsync leaves out (PORTAGE_RSYNC_OPTS), and version control.
 _NOT_TREE = {".git", ".svn", "distfiles", "local", "packages"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a profile builds for: its CHOST, ARCH and compiler flags.
+
+    A binhost's clients pick a build by USE, never by compiler flags (nor
+    CHOST): the profiles that publish to one binhost must have one target.
+    """
+
+    chost: str
+    arch: str
+    flags: dict[str, str]  # COMPILER_FLAGS, spaces collapsed; {}: unknown (scanned before)
+
+    def value(self, key: str) -> str:
+        """CHOST, ARCH or one of COMPILER_FLAGS."""
+        return getattr(self, key.lower()) if key in ("CHOST", "ARCH") else self.flags.get(key, "")
+
+    def differences(self, other: Target) -> list[str]:
+        """The keys whose values differ (the flags only when both are known)."""
+        keys = ("CHOST", "ARCH", *(COMPILER_FLAGS if self.flags and other.flags else ()))
+        return [key for key in keys if self.value(key) != other.value(key)]
+
+
+def target(settings) -> Target:
+    """What a portage.config builds for."""
+    return Target(settings.get("CHOST", ""), settings.get("ARCH", ""),
+                  {key: " ".join(settings.get(key, "").split()) for key in COMPILER_FLAGS})
+
+
+def current_target(env: dict[str, str]) -> Target:
+    """What Portage in ENV (a profile's scan environment) builds for now."""
+    from . import portageenv
+
+    return target(portageenv.settings(env))
 
 
 @dataclass(frozen=True)
@@ -73,8 +116,7 @@ class Snapshot:
     bundle: bytes
     digest: str
     tree: dict[str, str]  # repository name -> state
-    chost: str
-    arch: str
+    target: Target
     world: str  # the world file and world_sets, as read
 
     def inputs(self, scan_command: list[str], scan_environment: dict[str, str],
@@ -85,10 +127,6 @@ class Snapshot:
                            "command": scan_command, "environment": scan_environment,
                            "binhost": binhost}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
-
-    def claim_info(self) -> dict:
-        return {"name": self.name, "digest": self.digest, "tree": self.tree,
-                "chost": self.chost, "arch": self.arch}
 
 
 def snapshot(env: dict[str, str], name: str = DEFAULT) -> Snapshot:
@@ -103,7 +141,7 @@ def snapshot(env: dict[str, str], name: str = DEFAULT) -> Snapshot:
                     for f in ("world", "world_sets"))
     return Snapshot(name, bundle, hashlib.sha256(bundle).hexdigest(),
                     {repo: tree_state(path) for repo, path in sorted(repositories.items())},
-                    settings.get("CHOST", ""), settings.get("ARCH", ""), world)
+                    target(settings), world)
 
 
 def _read(path: Path) -> str:
@@ -114,7 +152,11 @@ def _read(path: Path) -> str:
 
 
 def make_bundle(etc_portage: Path, repositories: dict[str, Path]) -> bytes:
-    """A reproducible tar of ETC_PORTAGE (host files left out) and its make.profile's place."""
+    """A reproducible tar of ETC_PORTAGE (host files left out) and its make.profile's place.
+
+    Only what may leave the host goes in (:class:`_Packer`); what is left
+    out is logged (swarm-fresh -v). Packing stops at MAX_BUNDLE_BYTES.
+    """
     if not etc_portage.is_dir():
         raise SwarmError(f"no Portage configuration at {etc_portage} (PORTAGE_CONFIGROOT "
                          "of the scan: scan.environment)")
@@ -128,31 +170,154 @@ def make_bundle(etc_portage: Path, repositories: dict[str, Path]) -> bytes:
                     "repo": repo, "path": str(target.relative_to(location.resolve()))}
                 break
     buffer = io.BytesIO()
+    left_out: list[tuple[str, str]] = []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, MANIFEST, json.dumps(manifest, sort_keys=True).encode() + b"\n")
         if profile.exists() and manifest["make_profile"] is None:
-            _add_tree(tar, profile.resolve(), "make.profile")  # a profile of its own
-        for path in sorted(etc_portage.iterdir()):
-            if path.name not in NOT_BUNDLED and not path.name.startswith("._cfg"):
-                _add_tree(tar, path, path.name)
+            # A profile of its own: Portage follows this link, so the bundle
+            # does, under the same rules with the profile as the root.
+            own = profile.resolve()
+            _Packer(tar, buffer, own, profile, left_out).add(own, "make.profile")
+        packer = _Packer(tar, buffer, etc_portage.resolve(), etc_portage, left_out)
+        for name in packer.listing(packer.root, ""):
+            if name not in NOT_BUNDLED:
+                packer.add(packer.root / name, name, (packer.root,))
+    for name, why in left_out:
+        # Left out by its name (a dot-file, a backup, keys): said with -v.
+        # Left out for its link or its mode: Portage here may read it, and
+        # drones build without it: said always.
+        if why.startswith(_BY_NAME):
+            log.info("left out of the build profile: %s: %s", name, why)
+        else:
+            log.warning("left out of the build profile (drones build without it): %s: %s",
+                        name, why)
     data = buffer.getvalue()
-    if len(data) > MAX_BUNDLE_BYTES:
+    if len(data) > MAX_BUNDLE_BYTES:  # (the tar's end: it pads to whole records)
         raise SwarmError(f"{etc_portage} packs to {len(data)} bytes, more than "
                          f"{MAX_BUNDLE_BYTES}: what is in it besides Portage's configuration?")
     return data
 
 
-def _add_tree(tar: tarfile.TarFile, path: Path, name: str) -> None:
-    if path.is_dir():
-        info = tarfile.TarInfo(name)
-        info.type, info.mode = tarfile.DIRTYPE, 0o755
-        tar.addfile(info)
-        for child in sorted(path.iterdir()):
-            if not child.name.startswith("._cfg"):
-                _add_tree(tar, child, f"{name}/{child.name}")
-    elif path.is_file():
-        # The mode, not os.access(): root and the swarm user must pack the same bytes.
-        _add_bytes(tar, name, path.read_bytes(), 0o755 if path.stat().st_mode & 0o111 else 0o644)
+# Editors' and merge tools' leftovers: an old make.conf may hold what the
+# new one no longer does. (Dot-files, such as vim's .swp and Portage's
+# ._cfg0000_ updates, are left out as dot-files.)
+_BACKUP_SUFFIXES = ("~", ".bak", ".orig", ".rej", ".swp")
+_BY_NAME = ("a dot-file", "an editor backup", "keys (gnupg)")  # why, by a name alone
+
+
+def _unbundled(name: str) -> str | None:
+    """Why a file or folder of this NAME stays on the host (None: it may go)."""
+    if name.startswith("."):
+        return _BY_NAME[0]  # .git, .svn, ._cfg0000_*: Portage skips them too
+    if name.endswith(_BACKUP_SUFFIXES) or (len(name) > 1 and name[0] == name[-1] == "#"):
+        return _BY_NAME[1]
+    if name == "gnupg":
+        return _BY_NAME[2]
+    return None
+
+
+class _Packer:
+    """Puts a tree into a bundle: what may leave the host, within MAX_BUNDLE_BYTES.
+
+    Every drone gets the bundle, so nothing goes that the host keeps to
+    itself: no link out of ROOT (the configuration root; a link inside it
+    is followed, its target named by the link's name), no dot-file, editor
+    backup or gnupg folder, no file others cannot read (its mode: root and
+    the swarm user must pack the same bytes) and no folder they cannot
+    enter. The size is checked before each read, so a huge tree costs at
+    most MAX_BUNDLE_BYTES of memory and stops at the first file past it.
+    """
+
+    def __init__(self, tar: tarfile.TarFile, buffer: io.BytesIO, root: Path, shown: Path,
+                 left_out: list[tuple[str, str]]):
+        self.tar, self.buffer, self.root, self.shown = tar, buffer, root, shown
+        self.left_out = left_out  # (path as the admin sees it, why)
+
+    def add(self, path: Path, name: str, ancestors: tuple[Path, ...] = ()) -> None:
+        """PATH (a real folder's entry) as NAME in the bundle, or why not in left_out."""
+        why = _unbundled(path.name)
+        if why is None and path.is_symlink():
+            target = Path(os.path.realpath(path))
+            if not target.is_relative_to(self.root):
+                why = f"a link out of the configuration root (to {target})"
+            else:
+                why, path = self._inside(target), target
+        if why is None:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                why = "a link to nothing"
+            else:
+                why = self._put(path, name, info, ancestors)
+        if why is not None:
+            self.left_out.append((self._shown(name), why))
+
+    def _put(self, path: Path, name: str, info: os.stat_result,
+             ancestors: tuple[Path, ...]) -> str | None:
+        if stat.S_ISDIR(info.st_mode):
+            if (info.st_mode & 0o005) != 0o005:
+                return f"a folder others cannot read (mode {stat.S_IMODE(info.st_mode):04o})"
+            if path in ancestors:
+                return "a link to a folder it is in (a loop)"
+            self._room(name, 0)
+            entry = tarfile.TarInfo(name)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+            self.tar.addfile(entry)
+            for child in self.listing(path, name):
+                self.add(path / child, f"{name}/{child}", (*ancestors, path))
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            return "not a regular file"
+        if not info.st_mode & stat.S_IROTH:
+            return f"not readable by others (mode {stat.S_IMODE(info.st_mode):04o})"
+        room = self._room(name, info.st_size)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            now = os.fstat(f.fileno())
+            if (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+                return "replaced while it was read"
+            data = f.read(room + 1)  # a file that grew meanwhile stops at the limit too
+        self._room(name, len(data))
+        _add_bytes(self.tar, name, data, 0o755 if info.st_mode & 0o111 else 0o644)
+        return None
+
+    def _inside(self, target: Path) -> str | None:
+        """Why a link's TARGET inside the root stays home: a name or folder on its way."""
+        place = self.root
+        for part in target.relative_to(self.root).parts:
+            if why := _unbundled(part):
+                return f"a link to {why} ({target})"
+            mode = os.stat(place).st_mode
+            if place != self.root and (mode & 0o005) != 0o005:
+                return f"a link into a folder others cannot read ({place})"
+            place = place / part
+        return None
+
+    def listing(self, path: Path, name: str) -> list[str]:
+        """The entries of folder PATH, sorted; a folder too big to pack stops here."""
+        found = []
+        with os.scandir(path) as entries:
+            for entry in entries:
+                found.append(entry.name)
+                if len(found) * tarfile.BLOCKSIZE > MAX_BUNDLE_BYTES:
+                    self._room(f"{name}/" if name else "", MAX_BUNDLE_BYTES)
+        return sorted(found)
+
+    def _room(self, name: str, size: int) -> int:
+        """Bytes left for NAME's contents after its header; SwarmError if SIZE is more."""
+        room = MAX_BUNDLE_BYTES - self.buffer.tell() - 2 * tarfile.BLOCKSIZE
+        if size > room:
+            raise SwarmError(f"{self._shown(name)}: the build profile would be larger than "
+                             f"{MAX_BUNDLE_BYTES >> 20} MiB with it: what is it besides "
+                             "Portage's configuration?")
+        return room
+
+    def _shown(self, name: str) -> str:
+        # The path as the admin knows it: under the configuration root, by
+        # its name in the bundle (make.profile/... for a profile of its own).
+        if name == "make.profile" or name.startswith("make.profile/"):
+            return str(self.shown.parent / name)
+        return f"{self.shown}/{name}" if name else str(self.shown)
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
@@ -229,20 +394,28 @@ def tree_differences(wanted: dict[str, str], repositories: dict[str, Path]) -> l
 
 def record_scan(conn: sqlite3.Connection, config: Config, snap: Snapshot, inputs: str,
            at: str) -> None:
-    """Keep the bundle (by digest) and what this scan saw (inside the caller's write)."""
+    """Keep the bundle (by digest) and what this scan saw (inside the caller's write).
+
+    The bundle is the swarm user's alone (0600, in a 0700 folder): drones
+    get it through the gateway, which runs as that user.
+    """
     from .output import write_atomic
 
     path = staging.bundle_path(config, snap.digest)
-    if not path.exists():
-        path.parent.mkdir(mode=0o755, exist_ok=True)
-        write_atomic(path, snap.bundle)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path.parent, 0o700)  # (made 0755 before)
+    if path.exists():
+        os.chmod(path, 0o600)
+    else:
+        write_atomic(path, snap.bundle, mode=0o600)
     conn.execute(
-        "INSERT INTO profiles (name, digest, tree, chost, arch, inputs, scanned_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET digest = excluded.digest,"
-        " tree = excluded.tree, chost = excluded.chost, arch = excluded.arch,"
-        " inputs = excluded.inputs, scanned_at = excluded.scanned_at",
-        (snap.name, snap.digest, json.dumps(snap.tree, sort_keys=True), snap.chost, snap.arch,
-         inputs, at))
+        "INSERT INTO profiles (name, digest, tree, chost, arch, flags, inputs, scanned_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET"
+        " digest = excluded.digest, tree = excluded.tree, chost = excluded.chost,"
+        " arch = excluded.arch, flags = excluded.flags, inputs = excluded.inputs,"
+        " scanned_at = excluded.scanned_at",
+        (snap.name, snap.digest, json.dumps(snap.tree, sort_keys=True), snap.target.chost,
+         snap.target.arch, json.dumps(snap.target.flags, sort_keys=True), inputs, at))
 
 
 def recorded(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
@@ -251,7 +424,13 @@ def recorded(conn: sqlite3.Connection, name: str = DEFAULT) -> dict | None:
     if row is None:
         return None
     return {"name": row["name"], "digest": row["digest"], "tree": json.loads(row["tree"]),
-            "chost": row["chost"], "arch": row["arch"]}
+            "chost": row["chost"], "arch": row["arch"], "flags": json.loads(row["flags"])}
+
+
+def recorded_targets(conn: sqlite3.Connection) -> dict[str, Target]:
+    """Each recorded profile's target, as its last scan saw it."""
+    return {row["name"]: Target(row["chost"], row["arch"], json.loads(row["flags"]))
+            for row in conn.execute("SELECT name, chost, arch, flags FROM profiles")}
 
 
 def last_inputs(conn: sqlite3.Connection, name: str = DEFAULT) -> tuple[str, str] | None:
@@ -260,10 +439,36 @@ def last_inputs(conn: sqlite3.Connection, name: str = DEFAULT) -> tuple[str, str
     return (row["inputs"], row["scanned_at"]) if row else None
 
 
-def read_bundle(config: Config, digest: str) -> dict:
-    """The bundle of DIGEST as a drone fetches it (JSON: base64 of the tar)."""
+def in_use(conn: sqlite3.Connection, config: Config) -> set[str]:
+    """The digests of the bundles the config's profiles build with now (their last scan's)."""
+    names = config.profile_names()
+    return {row[0] for row in conn.execute(
+        f"SELECT digest FROM profiles WHERE name IN ({', '.join('?' * len(names))})", names)}
+
+
+def prune_bundles(conn: sqlite3.Connection, config: Config) -> list[str]:
+    """Delete the kept bundles no profile builds with now (after a scan recorded its own);
+    the digests deleted."""
+    keep = in_use(conn, config)
+    folder = staging.bundle_dir(config)
+    gone = []
+    for path in sorted(folder.glob("*.tar")) if folder.is_dir() else []:
+        if path.stem not in keep:
+            path.unlink(missing_ok=True)
+            gone.append(path.stem)
+    return gone
+
+
+def read_bundle(conn: sqlite3.Connection, config: Config, digest: str) -> dict:
+    """The bundle of DIGEST as a drone fetches it (JSON: base64 of the tar), if a profile
+    of the config builds with it now."""
     if not DIGEST.fullmatch(digest):
         raise SwarmError(f"not a profile digest: {digest!r}")
+    if digest not in in_use(conn, config):
+        # An old bundle may hold what its profile no longer does (a secret
+        # taken out since): only what a claim can name now is served.
+        raise SwarmError(f"no profile bundle {digest}: no profile builds with it now (a drone "
+                         "fetches the one its claim names)")
     try:
         data = staging.bundle_path(config, digest).read_bytes()
     except FileNotFoundError:

@@ -92,8 +92,10 @@ def run(config: Config, conn, request: Request, clock_now: Clock) -> Outcome | N
                                  clock_now(), dry_run=request.dry_run))
         for change in outcome.forgotten.changes:
             log.warning("retired %s: %s", change.cpv, change.detail)
+        upcoming = _targets_now(config, request)
         for name in request.profiles:
-            result = scan_profile(config.for_profile(name), conn, request, clock_now)
+            upcoming.pop(name, None)
+            result = scan_profile(config.for_profile(name), conn, request, clock_now, upcoming)
             if result is not None:
                 outcome.profiles[name] = result
     if outcome.profiles and request.resolve and not request.dry_run:
@@ -105,9 +107,11 @@ def run(config: Config, conn, request: Request, clock_now: Clock) -> Outcome | N
     return outcome
 
 
-def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> ScanResult | None:
+def scan_profile(config: Config, conn, request: Request, clock_now: Clock,
+                 upcoming: dict[str, profile.Target] | None = None) -> ScanResult | None:
     """One profile's scan under the lock (CONFIG: its view, Config.for_profile): what it
-    changed, or None when --if-changed found no change."""
+    changed, or None when --if-changed found no change. UPCOMING: the targets of the
+    profiles this run scans after it (same_build_target)."""
     snap = inputs = unrecorded = None
     complaints: list[str] = []
     if not request.source:
@@ -119,7 +123,7 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> Sc
             except (SwarmError, OSError) as exc:
                 unrecorded = exc
         if snap is not None:
-            same_build_target(conn, config, snap)
+            same_build_target(conn, config, snap, upcoming or {})
             inputs = snap.inputs(config.scan.command, config.scan.environment,
                                  f"{config.binhost_of(config.profile)} {config.binhost.url}")
             last = profile.last_inputs(conn, snap.name)
@@ -145,25 +149,60 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock) -> Sc
         if snap is not None:
             with db.write(conn):
                 profile.record_scan(conn, config, snap, inputs, clock.iso(clock_now()))
+            # Once recorded: the bundle it replaced is served no more.
+            for digest in profile.prune_bundles(conn, config):
+                log.info("deleted the build profile bundle %s: no profile builds with it now",
+                         digest)
         # What the rules match and packages require, for the new queue (and
         # the profile just recorded): matched while the database is free.
         exclude.refresh(conn, config, clock_now())
     return result
 
 
-def same_build_target(conn, config: Config, snap: profile.Snapshot) -> None:
-    """Refuse a profile whose CHOST or ARCH is not that of another profile on its binhost:
-    swarm-sync checks a binhost's builds against one CHOST, and a build both
-    want could go to no drone."""
+def _targets_now(config: Config, request: Request) -> dict[str, profile.Target]:
+    """What each profile this run scans builds for now, if it shares its binhost.
+
+    Each scan is checked against these, not against their last scans: a
+    change made to every profile of a binhost at once is not refused.
+    """
+    if request.source:
+        return {}
+    found = {}
+    for name in request.profiles:
+        binhost = config.binhost_of(name)
+        if sum(config.binhost_of(other) == binhost for other in config.profile_names()) > 1:
+            with contextlib.suppress(SwarmError):  # its own scan will say what is wrong
+                found[name] = profile.current_target(
+                    portageenv.scan_environment(config.for_profile(name)))
+    return found
+
+
+def same_build_target(conn, config: Config, snap: profile.Snapshot,
+                      upcoming: dict[str, profile.Target]) -> None:
+    """Refuse a profile whose CHOST, ARCH or compiler flags are not those of another profile
+    on its binhost (UPCOMING: as they are now, for the profiles this run scans later; the
+    others' as their last scan recorded them).
+
+    Profiles of one binhost share a build they want with the same USE, and
+    the binhost's clients pick a build by USE, never by compiler flags: one
+    binhost, one target. (swarm-sync also checks a binhost's builds against
+    one CHOST, and a build both want could go to no drone.)
+    """
     binhost = config.binhost_of(config.profile)
-    for other in conn.execute("SELECT name, chost, arch FROM profiles WHERE name != ?",
-                              (config.profile,)):
-        if (other["name"] in config.profile_names() and config.binhost_of(other["name"]) == binhost
-                and (other["chost"], other["arch"]) != (snap.chost, snap.arch)):
+    others = {**profile.recorded_targets(conn), **upcoming}
+    for name in config.profile_names():
+        if name == config.profile or name not in others or config.binhost_of(name) != binhost:
+            continue
+        differ = snap.target.differences(others[name])
+        if differ:
+            mine, theirs = (", ".join(f'{key} "{target.value(key)}"' for key in differ)
+                            for target in (snap.target, others[name]))
             raise SwarmError(
-                f"profile {config.profile} is for {snap.chost} ({snap.arch}) but profile "
-                f"{other['name']}, on the same binhost {binhost}, is for {other['chost']} "
-                f"({other['arch']}): give one of them a binhost of its own ([binhosts.NAME])")
+                f"profile {config.profile} builds with {mine} but profile {name}, "
+                f"on the same binhost {binhost}, with {theirs}: a binhost's "
+                "clients pick a build by USE, never by compiler flags (nor CHOST), so its "
+                "profiles must agree on them; give one of them a binhost of its own "
+                "([binhosts.NAME])")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ The layout, drawn once (a path a module uses: the function here that names it)::
       swarm-sync.waiter.lock              the one publication waiting for it (sync_waiter_lock)
       swarm-sync.pending                  a reported build waits to be published (sync_pending)
       logs/CAT/PF/STAMP-DRONE.log         failed builds' logs, kept (kept_logs, keep_log)
-      profiles/DIGEST.tar                 build profiles' bundles, by sha256 (bundle_path)
+      profiles/DIGEST.tar                 build profiles' bundles, by sha256, 0600; only those
+                                          the profiles use now (bundle_dir, bundle_path)
     orchestrator.staging_dir/
       DRONE/CAT/PN/PF-ID.gpkg.tar         a drone's upload (rsync), until published (staged_path)
       DRONE/logs/...                      a failed build's log, until reported (staged_path)
@@ -70,9 +71,14 @@ def kept_logs(config: Config, cpv: str) -> Path:
     return config.state_dir / "logs" / cpv
 
 
+def bundle_dir(config: Config) -> Path:
+    """Where the build profiles' bundles are kept."""
+    return config.state_dir / "profiles"
+
+
 def bundle_path(config: Config, digest: str) -> Path:
     """A build profile's bundle (its Portage configuration, a tar), by its sha256."""
-    return config.state_dir / "profiles" / f"{digest}.tar"
+    return bundle_dir(config) / f"{digest}.tar"
 
 
 def staged_path(config: Config, drone: str, relative: str) -> Path:

@@ -198,6 +198,7 @@ class Publisher:
         self.staging = config.staging_dir
         self.result = SyncResult()
         self._settings = None
+        self._package_settings = None
         self._index: PortageIndex | None = None
 
     @property
@@ -206,6 +207,18 @@ class Publisher:
         if self._settings is None:
             self._settings = portage_config(self.config)
         return self._settings
+
+    def _wanted_flags(self, pkg: sqlite3.Row) -> dict[str, str]:
+        """The compiler flags the profile's Portage gives PKG: its make.conf's, or its
+        package.env's for that package."""
+        import portage
+        from portage.versions import _pkg_str
+
+        if self._package_settings is None:
+            self._package_settings = portage.config(clone=self.settings)
+        slot = f"{pkg['slot']}/{pkg['subslot']}" if pkg["subslot"] else pkg["slot"]
+        self._package_settings.setcpv(_pkg_str(pkg["cpv"], slot=slot, repo=pkg["repo"] or None))
+        return {key: self._package_settings.get(key, "") for key in identity.RECORDED_FLAGS}
 
     @property
     def index(self) -> PortageIndex:
@@ -386,9 +399,11 @@ class Publisher:
         except Exception as exc:  # noqa: BLE001 - whatever breaks reading it, it is not publishable
             raise _Reject(f"{path.name}: cannot be read as a gpkg ({type(exc).__name__}: {exc})") from None
         # Portage's verdict on a client: a build with other USE, slot or CHOST
-        # than the scan's is not the package clients asked for.
+        # than the scan's is not the package clients asked for; nor one for
+        # other CPUs than the profile's (clients never look at its flags).
         differs = identity.differences(pkg, metadata, self.settings.get("CHOST"),
                                        identity.hidden_prefixes(self.settings))
+        differs += identity.flag_differences(metadata, self._wanted_flags(pkg))
         if differs:
             raise _Reject(f"built by {pkg['drone']} with other settings than the scan's: "
                           + "; ".join(differs))

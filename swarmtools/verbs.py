@@ -29,12 +29,18 @@ def read_facts(stream: IO[str]) -> dict:
     if len(text) > MAX_FACTS_BYTES:
         raise SwarmError(f"heartbeat facts larger than {MAX_FACTS_BYTES} bytes", ExitCode.USAGE)
     try:
-        facts = json.loads(text) if text.strip() else {}
+        facts = json.loads(text, parse_constant=_not_a_number) if text.strip() else {}
     except (json.JSONDecodeError, RecursionError) as exc:
         raise SwarmError(f"heartbeat facts are not JSON: {exc}", ExitCode.USAGE) from None
     if not isinstance(facts, dict):
         raise SwarmError("heartbeat facts must be one JSON object", ExitCode.USAGE)
     return facts
+
+
+def _not_a_number(constant: str):
+    # Python's json reads NaN and Infinity; the standard (and every other
+    # reader of swarm-status --json or index.json) does not.
+    raise SwarmError(f"heartbeat facts: {constant} is not a number JSON has", ExitCode.USAGE)
 
 
 def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
@@ -120,7 +126,7 @@ def _bundle(conn, config: Config, which: str) -> dict:
     """A profile's bundle: by digest (what a claim names), or by profile name, with the
     profile as its last scan recorded it and its binhost (swarm-drone --base)."""
     if profile.DIGEST.fullmatch(which):
-        return profile.read_bundle(config, which)
+        return profile.read_bundle(conn, config, which)
     if which not in config.profile_names():
         raise SwarmError(f"no profile {which!r} (profiles: {', '.join(config.profile_names())})",
                          ExitCode.USAGE)
@@ -128,7 +134,7 @@ def _bundle(conn, config: Config, which: str) -> dict:
     if recorded is None:
         raise SwarmError(f"profile {which} has not been scanned yet (run swarm-fresh)")
     binhost = config.binhost_of(which)
-    return {**profile.read_bundle(config, recorded["digest"]), "profile": recorded,
+    return {**profile.read_bundle(conn, config, recorded["digest"]), "profile": recorded,
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 

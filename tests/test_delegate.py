@@ -362,3 +362,12 @@ def test_a_claim_does_not_cost_more_for_the_leases_already_held(queue):
         delegate.claim(conn, config, "d1", now=T0, renew=False)
         cost.append(steps[0])
     assert cost[69] == cost[10], (cost[10], cost[69])
+
+
+def test_a_heartbeat_with_a_number_json_lacks_stores_nothing(queue):
+    config, conn = queue
+    with pytest.raises(SwarmError, match="NaN or Infinity"):
+        delegate.heartbeat(conn, config, "d1", {"load": float("nan")}, now=T0)
+    with pytest.raises(SwarmError, match="building must be a list of strings"):
+        delegate.heartbeat(conn, config, "d1", {"building": "app-test/pkg0-1.0"}, now=T0)
+    assert conn.execute("SELECT count(*) FROM drones").fetchone()[0] == 0

@@ -102,3 +102,13 @@ def test_the_readme_sshd_snippet_is_accepted_by_sshd(tmp_path):
     make_privsep_dir()
     r = subprocess.run([sshd, "-t", "-f", config], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_features_from_facts_are_said_to_be_the_drones_word():
+    # The orchestrator cannot check them: README and --help must not let
+    # an admin believe it does.
+    routing = README.split("**Routing.**", 1)[1].split("**Grounding.**", 1)[0]
+    assert "the drone's word" in routing
+    text = subprocess.run([script("swarm-delegate"), "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "the drone's word" in " ".join(text.split())

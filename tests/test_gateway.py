@@ -87,15 +87,21 @@ def test_a_drone_gives_back_with_a_reason_and_reads_a_profile_bundle(gate, tmp_p
         ("d1", "d1: its ebuild repositories are not the scan's")]
     assert claim(gate) != CPV  # held from it a while; others may take it
     assert claim(gate, "d2") == CPV
-    # A bundle is read by its digest, and only one swarm-fresh kept.
+    # A bundle is read by its digest, and only one a profile's last scan recorded.
     import base64
     import hashlib
+    import sqlite3
 
     bundle = b"a tar, as far as the gateway cares"
     digest = hashlib.sha256(bundle).hexdigest()
     kept = gate.swarm.root / "state" / "profiles" / f"{digest}.tar"
     kept.parent.mkdir()
     kept.write_bytes(bundle)
+    r = gate(f"swarm-delegate profile --json {digest}")
+    assert r.returncode == 1 and "no profile builds with it now" in r.stderr
+    with sqlite3.connect(gate.swarm.db) as conn:  # as swarm-fresh records it (test only)
+        conn.execute("INSERT INTO profiles (name, digest, tree, chost, arch, inputs, scanned_at)"
+                     " VALUES ('default', ?, '{}', '', '', '', '')", (digest,))
     r = gate(f"swarm-delegate profile --json {digest}")
     assert r.returncode == 0 and base64.b64decode(json.loads(r.stdout)["tar"]) == bundle
     r = gate(f"swarm-delegate profile --json {'0' * 64}")
@@ -183,3 +189,42 @@ def test_a_drone_taken_out_of_the_config_is_locked_out(gate):
     assert r.returncode == 2 and "unknown drone 'd9'" in r.stderr
     r = gate("rsync --server -te.LsfxCIvu . x.gpkg.tar", drone="d9")
     assert r.returncode == 2 and "unknown drone 'd9'" in r.stderr
+
+
+def strict_json(text: str):
+    """JSON as the standard has it: NaN and Infinity are not numbers there."""
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("facts, message", [
+    ('{"config_digest": ["a", "b"]}', "config_digest must be a string"),
+    ('{"chost": {"x": 1}}', "chost must be a string"),
+    ('{"cuda": "yes"}', "cuda must be true or false"),
+    ('{"jobs": "8"}', "jobs must be a whole number"),
+    ('{"load": NaN}', "NaN"),
+    ('{"free_disk": Infinity}', "Infinity"),
+    ('{"mine": {"deep": [-Infinity]}}', "-Infinity"),
+    ('{"binrepos": [1]}', "binrepos must be a list of strings"),
+])
+def test_heartbeat_facts_of_the_wrong_type_are_refused_in_one_line(gate, facts, message):
+    for command in ("swarm-delegate heartbeat --json", "swarm-delegate claim --json --heartbeat"):
+        r = gate(command, input=facts)
+        assert r.returncode == 2, (r.stdout, r.stderr)
+        assert r.stderr.startswith("swarm-delegate: error: heartbeat facts") and message in r.stderr
+        assert r.stderr.count("\n") == 1 and "database" not in r.stderr, r.stderr
+    assert gate.swarm.query("SELECT count(*) FROM drones") == [(0,)]
+    # What the orchestrator shows stays JSON for any reader.
+    status = gate.swarm.run("swarm-status", "--json")
+    assert status.returncode == 0 and strict_json(status.stdout)
+
+
+def test_facts_of_the_right_types_are_kept_and_shown_as_json(gate):
+    facts = {"arch": "amd64", "chost": "x86_64-pc-linux-gnu", "cuda": False, "jobs": 8,
+             "load": 0.5, "free_disk": 10**12, "config_digest": None, "binrepos": [],
+             "building": [], "something_newer": {"a drone": ["may", "send", 1.5]}}
+    r = gate("swarm-delegate heartbeat --json", input=json.dumps(facts))
+    assert r.returncode == 0, r.stderr
+    (drone,) = strict_json(gate.swarm.run("swarm-status", "--json").stdout)["drones"][:1]
+    assert drone["facts"] == facts

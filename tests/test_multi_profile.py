@@ -238,3 +238,38 @@ def test_unknown_profile_is_a_usage_error_before_any_scan(swarm):
     r = swarm.run("swarm-fresh", "--profile", "nope", "--from", "-", input=scan(PLAIN))
     assert r.returncode == 2 and "no profile 'nope'" in r.stderr
     assert not swarm.db.exists() or not swarm.query("SELECT * FROM packages")
+
+
+def test_a_drone_holds_one_lease_a_cpv_so_its_report_lands_on_its_build(swarm, tmp_path):
+    # A drone names a build by its CPV alone (heartbeat, report, release,
+    # upload): with leases on two binhosts' builds of one CPV, its report
+    # would land on either.
+    two_profiles(swarm, tmp_path, second_binhost=True)
+    fresh(swarm, "main", scan(PLAIN))
+    fresh(swarm, "twin", scan(PLAIN))
+
+    def claim(drone: str, building: list[str]) -> dict | None:
+        r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json", "--heartbeat",
+                      input=json.dumps({"building": building}))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout) if r.stdout else None
+
+    first = claim("d1", [])
+    assert first["cpv"] == "app-misc/plain-1"
+    assert claim("d1", ["app-misc/plain-1"]) is None  # the other binhost's build waits
+    why = json.loads(swarm.run("swarm-status", "--json").stdout)
+    assert why["states"]["delegated"] == 1 and why["states"]["needed"] == 1
+    second = claim("d2", [])
+    assert second["cpv"] == "app-misc/plain-1"
+    assert {first["binhost"]["name"], second["binhost"]["name"]} == {"default", "other"}
+    for drone, content in (("d1", b"first"), ("d2", b"second")):
+        relative = "app-misc/plain/plain-1-1.gpkg.tar"
+        staged = swarm.root / "state" / "staging" / drone / relative
+        staged.parent.mkdir(parents=True)
+        staged.write_bytes(content)
+        r = swarm.run("swarm-delegate", "report", "--drone", drone, "app-misc/plain-1", "--ok",
+                      "--file", relative)
+        assert r.returncode == 0, r.stderr
+    assert sorted(swarm.query("SELECT binhost, status, drone, size FROM packages")) == sorted([
+        (first["binhost"]["name"], "received", "d1", len(b"first")),
+        (second["binhost"]["name"], "received", "d2", len(b"second"))])

@@ -4,12 +4,17 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
+import shutil
+import stat
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import add_drones, script
 
 from swarmtools import profile
 from swarmtools.errors import SwarmError
@@ -180,3 +185,191 @@ def test_a_bundle_unpacks_only_inside_the_configroot(etc, tmp_path, monkeypatch,
     with pytest.raises((SwarmError, tarfile.FilterError)):
         profile.assemble(evil, tmp_path / "root", {"gentoo": repo}, tmp_path / "none", {})
     assert not (tmp_path / "escaped").exists()
+
+
+SECRET = "token-3f9a"  # in every file that must stay home
+
+
+def hostile(etc_portage: Path, outside: Path) -> None:
+    """The issue's careless admin: secrets and links out beside the build settings."""
+    outside.mkdir()
+    (outside / "shadow").write_text(f"root:{SECRET}:19000::::::\n")
+    (outside / "shadow").chmod(0o644)  # readable by all: the link alone must keep it home
+    (etc_portage / "env").mkdir(exist_ok=True)
+    (etc_portage / "env" / "shadow").symlink_to(outside / "shadow")
+    (etc_portage / "env" / "lib").symlink_to(outside)  # a folder out
+    (etc_portage / "env" / "O3.conf").write_text('CFLAGS="-O3"\n')
+    (etc_portage / "env" / "fast.conf").symlink_to("O3.conf")  # a link inside: fine
+    (etc_portage / "env" / "loop").symlink_to("..")  # inside, but into itself
+    (etc_portage / "signing.key").write_text(SECRET)
+    (etc_portage / "signing.key").chmod(0o600)
+    (etc_portage / ".git").mkdir()
+    (etc_portage / ".git" / "config").write_text(f"[remote]\nurl = https://{SECRET}@git.example/\n")
+    (etc_portage / "make.conf.bak").write_text(f'FETCHCOMMAND="wget --password={SECRET}"\n')
+    for backup in ("app~", "app.orig", "app.rej", "#app#", ".app.swp", "._cfg0001_app"):
+        (etc_portage / "package.use" / backup).write_text(SECRET)
+    (etc_portage / "private").mkdir(mode=0o700)
+    (etc_portage / "private" / "readable").write_text(SECRET)
+    (etc_portage / "private").chmod(0o700)
+    (etc_portage / "package.use" / "keys").mkdir()
+    (etc_portage / "package.use" / "keys" / "gnupg").mkdir()
+    (etc_portage / "package.use" / "keys" / "gnupg" / "pubring").write_text(SECRET)
+    (etc_portage / "package.use" / "peek").symlink_to("../signing.key")  # inside, but private
+
+
+def test_a_bundle_leaves_secrets_and_links_out_at_home_and_says_so(etc, tmp_path, caplog):
+    etc_portage, repo = etc
+    hostile(etc_portage, tmp_path / "outside")
+    with caplog.at_level(logging.INFO, logger="swarmtools.profile"):
+        bundle = profile.make_bundle(etc_portage, {"gentoo": repo})
+    assert names(bundle) == ["swarm-profile.json", "env", "env/O3.conf", "env/fast.conf",
+                             "make.conf", "package.use", "package.use/app", "package.use/keys"]
+    assert SECRET.encode() not in bundle
+    with tarfile.open(fileobj=io.BytesIO(bundle)) as tar:
+        assert tar.extractfile("env/fast.conf").read() == b'CFLAGS="-O3"\n'
+    said = caplog.text
+    for name, why in [("env/shadow", f"a link out of the configuration root (to {tmp_path}/outside"),
+                      ("env/lib", "a link out of the configuration root"),
+                      ("env/loop", "a link to a folder it is in (a loop)"),
+                      ("signing.key", "not readable by others (mode 0600)"),
+                      (".git", "a dot-file"), ("make.conf.bak", "an editor backup"),
+                      ("package.use/app~", "an editor backup"),
+                      ("package.use/#app#", "an editor backup"),
+                      ("package.use/app.rej", "an editor backup"),
+                      ("package.use/keys/gnupg", "keys"),
+                      ("package.use/peek", "not readable by others"),
+                      ("private", "a folder others cannot read")]:
+        assert f"{etc_portage}/{name}: {why}" in said, (name, said)
+
+
+def test_a_drone_assembles_its_configroot_from_a_bundle_that_left_things_out(etc, tmp_path):
+    etc_portage, repo = etc
+    hostile(etc_portage, tmp_path / "outside")
+    bundle = tmp_path / "b.tar"
+    bundle.write_bytes(profile.make_bundle(etc_portage, {"gentoo": repo}))
+    root = profile.assemble(bundle, tmp_path / "root", {"gentoo": repo}, tmp_path / "none", {})
+    etc_out = root / "etc" / "portage"
+    assert (etc_out / "env" / "fast.conf").read_text() == 'CFLAGS="-O3"\n'
+    assert (etc_out / "package.use" / "app").read_text() == "app-misc/foo flag\n"
+    found = [p.read_bytes() for p in etc_out.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert found and not any(SECRET.encode() in data for data in found)
+
+
+BOUNDED = """
+import resource, sys
+from pathlib import Path
+from swarmtools import profile
+from swarmtools.errors import SwarmError
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    profile.make_bundle(Path(sys.argv[1]), {})
+    print("packed")
+except SwarmError as exc:
+    print(exc)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def pack_measured(etc_portage: Path) -> tuple[str, int]:
+    """make_bundle in a process of its own: what it said, and how far its peak memory grew."""
+    r = subprocess.run([sys.executable, "-c", BOUNDED, str(etc_portage)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    said, grown = r.stdout.splitlines()
+    return said, int(grown)
+
+
+def test_a_huge_tree_stops_at_the_limit_in_one_line_and_bounded_memory(etc, tmp_path):
+    etc_portage, _ = etc
+    huge = 256 << 20  # sparse: no disk, and no memory unless read whole
+    outside = tmp_path / "usr-lib"
+    outside.mkdir()
+    with open(outside / "libbig.so", "wb") as f:
+        f.truncate(huge)
+    (etc_portage / "env").mkdir()
+    (etc_portage / "env" / "big").symlink_to(outside)  # the issue's env/big -> /usr/lib
+    said, grown = pack_measured(etc_portage)
+    assert said == "packed" and grown < 16 << 20, (said, grown)
+    # The same inside the configuration root: it stops at the limit, naming the file.
+    (etc_portage / "env" / "big").unlink()
+    (etc_portage / "env" / "big").mkdir()
+    for n in range(3):
+        with open(etc_portage / "env" / "big" / f"part{n}", "wb") as f:
+            f.truncate(huge)
+    said, grown = pack_measured(etc_portage)
+    assert said.startswith(f"{etc_portage}/env/big/part0: the build profile would be larger "
+                           "than 8 MiB"), said
+    assert "\n" not in said and grown < 16 << 20, (said, grown)
+    # Many small files: as many entries as 8 MiB of tar headers, no more.
+    shutil.rmtree(etc_portage / "env" / "big")
+    (etc_portage / "env" / "many").mkdir()
+    for n in range(20_000):
+        (etc_portage / "env" / "many" / f"f{n:05}").touch()
+    said, grown = pack_measured(etc_portage)
+    assert "env/many" in said and "larger than 8 MiB" in said, said
+    assert grown < 16 << 20, grown
+
+
+def through_gateway(swarm, command: str) -> subprocess.CompletedProcess:
+    """COMMAND as drone d1 sends it over ssh (the forced command, as sshd runs it)."""
+    return subprocess.run([script("swarm-delegate"), "gateway", "--drone", "d1", "--config",
+                           str(swarm.config)], env={**swarm.env, "SSH_ORIGINAL_COMMAND": command},
+                          capture_output=True, text=True)
+
+
+def served(swarm, which: str) -> bytes:
+    r = through_gateway(swarm, f"swarm-delegate profile --json {which}")
+    assert r.returncode == 0, r.stderr
+    return base64.b64decode(json.loads(r.stdout)["tar"])
+
+
+@pytest.mark.slow
+def test_swarm_fresh_packs_no_secret_and_the_gateway_serves_none(emerge_swarm, prefix, tmp_path):
+    add_drones(emerge_swarm.config, {"d1": {"transport": "ssh"}})
+    etc_portage = prefix.root / "etc" / "portage"
+    (etc_portage / "package.use").mkdir(exist_ok=True)
+    hostile(etc_portage, tmp_path / "outside")
+    r = emerge_swarm.run("swarm-fresh", "-v")
+    assert r.returncode == 0, r.stderr
+    for said in (f"{etc_portage}/env/shadow: a link out of the configuration root",
+                 f"{etc_portage}/signing.key: not readable by others (mode 0600)",
+                 f"{etc_portage}/.git: a dot-file", f"{etc_portage}/make.conf.bak: an editor backup"):
+        assert said in r.stderr, r.stderr
+    (digest,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    kept = emerge_swarm.root / "state" / "profiles" / f"{digest}.tar"
+    # Readable by the swarm user alone (the owner of the state, who runs swarm-fresh).
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
+    assert kept.stat().st_uid == emerge_swarm.db.stat().st_uid
+    bundle = served(emerge_swarm, digest)
+    assert bundle == kept.read_bytes() and SECRET.encode() not in bundle
+    assert {"env/O3.conf", "env/fast.conf", "make.conf"} <= set(names(bundle))
+    assert not {"signing.key", "env/shadow", ".git/config", "make.conf.bak"} & set(names(bundle))
+    assert served(emerge_swarm, "default") == bundle  # by profile name, for swarm-drone --base
+
+
+@pytest.mark.slow
+def test_only_the_bundles_profiles_use_now_are_kept_and_served(emerge_swarm, prefix):
+    add_drones(emerge_swarm.config, {"d1": {"transport": "ssh"}})
+    kept = emerge_swarm.root / "state" / "profiles"
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    (old,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    (prefix.root / "etc/portage/make.conf").write_text(
+        (prefix.root / "etc/portage/make.conf").read_text() + f"# {SECRET}, gone in the next\n")
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    (secret,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    assert SECRET.encode() in served(emerge_swarm, secret)
+    (prefix.root / "etc/portage/make.conf").write_text(
+        (prefix.root / "etc/portage/make.conf").read_text().replace(f"# {SECRET}, gone in the next\n", ""))
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    (now,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
+    assert now == old != secret  # the same settings again: the same bundle
+    assert sorted(p.name for p in kept.iterdir()) == [f"{now}.tar"]
+    r = through_gateway(emerge_swarm, f"swarm-delegate profile --json {secret}")
+    assert r.returncode == 1 and "no profile builds with it" in r.stderr, r.stderr
+    # A file no scan recorded is not served either, wherever it came from.
+    stray = hashlib.sha256(b"stray").hexdigest()
+    (kept / f"{stray}.tar").write_bytes(b"stray")
+    r = through_gateway(emerge_swarm, f"swarm-delegate profile --json {stray}")
+    assert r.returncode == 1 and "no profile builds with it" in r.stderr, r.stderr
+    assert served(emerge_swarm, now) == served(emerge_swarm, "default")

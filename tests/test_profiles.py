@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import DroneSwarm, HandDrone, HttpServer, add_drones, ebuild
+from conftest import DroneSwarm, HandDrone, HttpServer, add_drones, ebuild, one_line_error
 
 from swarmtools.config import edit
 
@@ -365,3 +365,50 @@ def test_two_profiles_build_a_shared_package_once_and_other_use_again(tmp_path):
     finally:
         other.stop()
         swarm.stop()
+
+
+def test_profiles_of_one_binhost_must_build_with_the_same_compiler_flags(emerge_swarm, prefix,
+                                                                         tmp_path):
+    # A binhost's clients pick a build by USE, never by CFLAGS: two profiles
+    # sharing builds must mean the same flags, or generic clients get znver4 code.
+    twin = tmp_path / "twin"
+    shutil.copytree(prefix.root / "etc", twin / "etc", symlinks=True)
+    edit(emerge_swarm.config, {"profiles": {"main": {}, "twin": {"config_root": str(twin)}}})
+    plain = (prefix.root / "etc/portage/make.conf").read_text()
+
+    def flags(where: Path, cflags: str) -> None:
+        (where / "etc/portage/make.conf").write_text(plain + f'CFLAGS="{cflags}"\n')
+
+    flags(prefix.root, "-O2 -pipe")
+    flags(twin, "-O3  -march=znver4")
+    r = emerge_swarm.run("swarm-fresh")
+    assert r.returncode == 1, r.stderr
+    one_line_error(r, "swarm-fresh")
+    assert ('profile main builds with CFLAGS "-O2 -pipe" but profile twin, on the same binhost '
+            'default, with CFLAGS "-O3 -march=znver4"') in r.stderr
+    assert "by USE, never by compiler flags" in r.stderr
+    assert emerge_swarm.query("SELECT * FROM profiles") == []
+    assert emerge_swarm.query("SELECT * FROM packages") == []
+    # The same flags: both are scanned, and their flags recorded.
+    flags(twin, "-O2 -pipe")
+    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    recorded = dict(emerge_swarm.query("SELECT name, flags FROM profiles"))
+    assert json.loads(recorded["main"])["CFLAGS"] == "-O2 -pipe" == json.loads(recorded["twin"])["CFLAGS"]
+    shown = json.loads(emerge_swarm.run("swarm-status", "--json").stdout)["profile"]
+    assert shown["flags"]["CFLAGS"] == "-O2 -pipe"
+    # Both changed at once: one run scans both (each against the other's new flags).
+    flags(prefix.root, "-O3 -pipe")
+    flags(twin, "-O3 -pipe")
+    r = emerge_swarm.run("swarm-fresh", "-q")
+    assert r.returncode == 0, r.stderr
+    # One changed alone, scanned alone: against the other's last scan.
+    flags(twin, "-O3 -march=znver4")
+    r = emerge_swarm.run("swarm-fresh", "--profile", "twin")
+    assert r.returncode == 1 and 'with CFLAGS "-O3 -pipe"' in r.stderr, r.stderr
+    # On a binhost of its own, twin may build as it likes.
+    (tmp_path / "binhost-twin").mkdir()
+    edit(emerge_swarm.config, {"binhosts": {"twin": {"path": str(tmp_path / "binhost-twin"),
+                                                     "url": "http://127.0.0.1:9/twin"}},
+                               "profiles": {"twin": {"binhost": "twin"}}})
+    r = emerge_swarm.run("swarm-fresh", "-q")
+    assert r.returncode == 0, r.stderr

@@ -155,3 +155,45 @@ def test_a_client_that_cached_an_index_sees_the_next_one_a_second_later(tmp_path
         row = next(line for line in r.stdout.splitlines() if second.split("/")[1] in line)
         assert row.startswith("[binary"), r.stdout + r.stderr
         assert any("GET /Packages" in line and " 200 " in line for line in http.log[-8:])
+
+
+def test_a_build_with_other_compiler_flags_is_quarantined_naming_drone_and_flags(tmp_path):
+    pytest.importorskip("portage")
+    # tuned: its ebuild adds flags itself (as flag-o-matic's append-flags does),
+    # and the profile's package.env gives it a -march of its own.
+    tuned = ebuild('src_configure() { export CFLAGS="${CFLAGS} -fno-strict-aliasing"; }\n')
+    swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/plain", "app-misc/tuned"],
+                       extra_ebuilds={"app-misc/plain/plain-1.ebuild": ebuild(),
+                                      "app-misc/tuned/tuned-1.ebuild": tuned})
+    orchestrator, d1 = swarm.prefixes["orchestrator"], swarm.prefixes["d1"]
+    for prefix, cflags in ((orchestrator, "-O2 -pipe"), (d1, "-O3 -march=znver4")):
+        make_conf = prefix.root / "etc" / "portage" / "make.conf"
+        make_conf.write_text(make_conf.read_text() + f'CFLAGS="{cflags}"\nCXXFLAGS="${{CFLAGS}}"\n'
+                             'LDFLAGS="-Wl,-O1"\n')
+    etc = orchestrator.root / "etc" / "portage"
+    (etc / "env").mkdir()
+    (etc / "env" / "v2.conf").write_text('CFLAGS="-O2 -pipe -march=x86-64-v2"\n')
+    (etc / "package.env").write_text("app-misc/tuned v2.conf\n")
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    # d1 builds plain with its own flags (a drone with CFLAGS in its environment would);
+    # tuned is built as the profile says.
+    for prefix, cpv in ((d1, "app-misc/plain-1"), (orchestrator, "app-misc/tuned-1")):
+        r = prefix.run(["emerge", "--buildpkgonly", "--oneshot", "--color=n", f"={cpv}"])
+        assert r.returncode == 0, r.stdout[-2000:]
+    built_in = {"app-misc/plain-1": HandDrone(swarm, d1.pkgdir, "d1"),
+                "app-misc/tuned-1": HandDrone(swarm, orchestrator.pkgdir, "d1")}
+    while cpv := built_in["app-misc/plain-1"].claim():
+        hand = built_in[cpv]
+        assert hand.report(cpv, hand.stage(cpv)).returncode == 0
+    r = swarm.run("swarm-sync", "--json")
+    assert r.returncode == 1, r.stderr
+    answer = json.loads(r.stdout)
+    assert answer["published"] == ["app-misc/tuned-1"]
+    (quarantined,) = answer["quarantined"]
+    assert quarantined["cpv"] == "app-misc/plain-1"
+    assert ('built by d1 with other settings than the scan\'s: CFLAGS "-O3 -march=znver4" '
+            '(the profile: "-O2 -pipe")') in quarantined["reason"]
+    assert 'CXXFLAGS "-O3 -march=znver4"' in quarantined["reason"]
+    assert "LDFLAGS" not in quarantined["reason"]
+    assert swarm.query("SELECT cpv, status FROM packages ORDER BY cpv") == [
+        ("app-misc/plain-1", "needed"), ("app-misc/tuned-1", "synced")]

@@ -35,6 +35,11 @@ def cli():
       unground   let a grounded drone claim again (people only)
       gateway    the forced command for a drone's key in authorized_keys
 
+    A drone's features (cuda, multilib, arch, chost) come from its
+    heartbeat facts and are the drone's word, checked by nobody: a drone's
+    key is trust in that host to build what it claims (swarm-sync checks
+    what it uploads, USE, CHOST and compiler flags, not how it was built).
+
     \b
     Example authorized_keys line on the orchestrator, one a drone (sshd's
     PATH need not find swarm-delegate: swarm-config render authorized-keys
@@ -56,7 +61,8 @@ def heartbeat(run_, drone, as_json):
     (swarm-drone sends them; an idle drone sends them with its claim, a
     building one every delegate.heartbeat_seconds, by default a third of
     delegate.lease_seconds). A drone is online while it was heard from
-    within delegate.online_seconds or holds a live lease.
+    within delegate.online_seconds or holds a live lease. A fact of the
+    wrong type (a list for config_digest, NaN) is refused (exit 2).
 
     \b
     Example:
