@@ -184,7 +184,7 @@ def test_a_build_with_other_compiler_flags_is_quarantined_naming_drone_and_flags
                 "app-misc/tuned-1": HandDrone(swarm, orchestrator.pkgdir, "d1")}
     while cpv := built_in["app-misc/plain-1"].claim():
         hand = built_in[cpv]
-        assert hand.report(cpv, hand.stage(cpv)).returncode == 0
+        hand.report(cpv, hand.stage(cpv))
     r = swarm.run("swarm-sync", "--json")
     assert r.returncode == 1, r.stderr
     answer = json.loads(r.stdout)
