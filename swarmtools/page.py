@@ -132,7 +132,7 @@ def longest_builds(conn: sqlite3.Connection, now: datetime) -> list[dict]:
     since = clock.iso(now - timedelta(days=HISTORY_DAYS))
     builds = []
     for cpv, drone, at, claimed in conn.execute(
-            "SELECT p.cpv, b.drone, b.at, (SELECT max(c.at) FROM events c WHERE"
+            "SELECT coalesce(b.cpv, p.cp), b.drone, b.at, (SELECT max(c.at) FROM events c WHERE"
             " c.package_id = b.package_id AND c.event = ? AND c.id < b.id)"
             " FROM events b JOIN packages p ON p.id = b.package_id WHERE b.event = ? AND b.at >= ?",
             (Event.CLAIMED, Event.BUILT, since)):

@@ -288,10 +288,15 @@ def staging_backlog(config: Config, conn: sqlite3.Connection, now: datetime) -> 
 
 
 def history(conn: sqlite3.Connection, package: str | None = None, limit: int = 50) -> list[dict]:
-    """The last LIMIT events, of one package (CATEGORY/PF or CATEGORY/PN) or of all, oldest first."""
+    """The last LIMIT events, of one package (CATEGORY/PF or CATEGORY/PN) or of all, oldest first.
+
+    Each names the CPV it was about (a rescan moves a package to another
+    version); an old event whose version its history does not tell (see
+    db.py, migration 11) names the package, CATEGORY/PN.
+    """
     rows = conn.execute(
-        "SELECT e.at, p.cpv, e.event, e.from_status, e.to_status, e.actor, e.drone, e.kind,"
-        " e.detail FROM events e LEFT JOIN packages p ON p.id = e.package_id"
-        " WHERE ? IS NULL OR p.cpv = ? OR p.cp = ? ORDER BY e.id DESC LIMIT ?",
+        "SELECT e.at, coalesce(e.cpv, p.cp) AS cpv, e.event, e.from_status, e.to_status, e.actor,"
+        " e.drone, e.kind, e.detail FROM events e LEFT JOIN packages p ON p.id = e.package_id"
+        " WHERE ? IS NULL OR e.cpv = ? OR p.cp = ? ORDER BY e.id DESC LIMIT ?",
         (package, package, package, limit)).fetchall()
     return [dict(row) for row in reversed(rows)]

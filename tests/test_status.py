@@ -1,8 +1,10 @@
 """swarm-status: figures derived from the database, table and JSON."""
 
 import json
+import sqlite3
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from conftest import EMERGE_DATA
 
 from swarmtools import db, packages
@@ -57,3 +59,124 @@ def test_status_without_a_database_says_what_to_do(swarm):
     r = swarm.run("swarm-status")
     assert r.returncode == 2 and "run 'swarm-fresh' first" in r.stderr
     assert not swarm.db.exists()
+
+
+def one_row_scan(tmp_path, cpv: str) -> str:
+    """A saved scan whose world is one package, CPV."""
+    path = tmp_path / f"{cpv.replace('/', '_')}.txt"
+    path.write_text(f"[ebuild  N     ] {cpv}::gentoo  0 KiB\n\nTotal: 1 packages (1 new), Size of"
+                    " downloads: 0 KiB\n")
+    return str(path)
+
+
+def build_by_hand(swarm, drone: str, cpv: str, build_id: int = 1) -> str:
+    """Claim CPV for DRONE and report it built, with a stand-in file in staging."""
+    r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["cpv"] == cpv, (r.stdout, r.stderr)
+    category, pf = cpv.split("/")
+    pn = pf.rsplit("-", 1)[0]
+    relative = f"{category}/{pn}/{pf}-{build_id}.gpkg.tar"
+    target = swarm.root / "state" / "staging" / drone / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(b"not a gpkg")
+    r = swarm.run("swarm-delegate", "report", "--drone", drone, cpv, "--ok", "--file", relative)
+    assert r.returncode == 0, r.stderr
+    return relative
+
+
+def test_history_names_the_version_each_event_was_about(swarm, tmp_path):
+    old, new = "app-misc/example-docs-1.0", "app-misc/example-docs-1.1"
+    assert swarm.run("swarm-fresh", "-q", "--from", one_row_scan(tmp_path, old)).returncode == 0
+    first = build_by_hand(swarm, "local", old)
+    assert swarm.run("swarm-fresh", "-q", "--from", one_row_scan(tmp_path, new)).returncode == 0
+    build_by_hand(swarm, "local", new)
+
+    lines = swarm.run("swarm-status", "--history", "app-misc/example-docs").stdout.splitlines()
+    events = [json.loads(line) for line in lines]
+    built = [(e["cpv"], e["detail"].split()[0]) for e in events if e["event"] == "built"]
+    assert built == [(old, f"local/{first}"),
+                     (new, "local/app-misc/example-docs/example-docs-1.1-1.gpkg.tar")]
+    assert [(e["event"], e["cpv"]) for e in events] == [
+        ("added", old), ("claimed", old), ("built", old),
+        ("requeued", new), ("claimed", new), ("built", new)]
+    # One version's history, by its CPV: the build of 1.0 is found after 1.1 took its row.
+    lines = swarm.run("swarm-status", "--history", old).stdout.splitlines()
+    assert [json.loads(line)["event"] for line in lines] == ["added", "claimed", "built"]
+
+    from swarmtools import clock, page
+
+    conn = db.connect(swarm.db, writer=False)
+    longest = page.longest_builds(conn, clock.utcnow())
+    assert sorted(b["cpv"] for b in longest) == [old, new]
+    conn.close()
+
+
+def test_the_migration_gives_old_events_the_version_their_history_proves(tmp_path):
+    """Events written before they kept their CPV: the migration reads it from the history."""
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in db.MIGRATIONS[:10]:  # the schema before events kept their CPV
+        if callable(migration):
+            migration(conn)
+        else:
+            for statement in db._statements(migration):
+                conn.execute(statement)
+    conn.execute("PRAGMA user_version = 10")
+    rows = "INSERT INTO packages (id, cp, slot, cpv, status, active, first_seen, updated_at)" \
+           " VALUES (?, ?, '0', ?, ?, 1, 't', 't')"
+    conn.execute(rows, (1, "app-misc/docs", "app-misc/docs-1.2", "received"))
+    conn.execute(rows, (2, "app-misc/back", "app-misc/back-3", "needed"))
+    conn.execute(rows, (3, "app-misc/lost", "app-misc/lost-2", "delegated"))
+    history = [  # (package, event, from, to, detail): as the code before wrote them
+        (1, "added", None, "needed", ""),
+        (1, "claimed", "needed", "delegated", "lease until t"),
+        (1, "built", "delegated", "received", "d1/app-misc/docs/docs-1.0-4.gpkg.tar (3 bytes, "
+                                              "sha256 x)"),
+        (1, "synced", "received", "synced", "published as app-misc/docs/docs-1.0-4.gpkg.tar"),
+        (1, "requeued", "synced", "needed", "cpv app-misc/docs-1.0 -> app-misc/docs-1.1"),
+        (1, "requeued", "needed", "needed", "use - -> doc"),  # a USE change: still 1.1
+        (1, "claimed", "needed", "delegated", "lease until t"),
+        (1, "requeued", "delegated", "needed", "cpv app-misc/docs-1.1 -> app-misc/docs-1.2; "
+                                               "use doc -> -"),
+        (1, "claimed", "needed", "delegated", "lease until t"),
+        (1, "built", "delegated", "received", "d2/app-misc/docs/docs-1.2-1.gpkg.tar (3 bytes, "
+                                              "sha256 y)"),
+        # Retired, then back with another version: the event says not which it was.
+        (2, "added", None, "needed", ""),
+        (2, "claimed", "needed", "delegated", "lease until t"),
+        (2, "built", "delegated", "received", "d1/app-misc/back/back-1-2.gpkg.tar (3 bytes, "
+                                              "sha256 z)"),
+        (2, "retired", "received", "received", "no longer in the merge list"),
+        (2, "added", "received", "needed", "back in the merge list"),
+        (2, "claimed", "needed", "delegated", "lease until t"),
+        (2, "released", "delegated", "needed", ""),
+        # The same, but no file name says which version it was: not known.
+        (3, "added", None, "needed", ""),
+        (3, "claimed", "needed", "delegated", "lease until t"),
+        (3, "retired", "delegated", "needed", "no longer in the merge list; lease of d1 ended"),
+        (3, "added", "needed", "needed", "back in the merge list"),
+        (3, "claimed", "needed", "delegated", "lease until t"),
+        (None, "grounded", None, None, "d1 failed 8 builds in a row"),
+    ]
+    for number, (package_id, event, before, after, detail) in enumerate(history):
+        conn.execute("INSERT INTO events (package_id, at, actor, event, from_status, to_status,"
+                     " detail) VALUES (?, ?, 'x', ?, ?, ?, ?)",
+                     (package_id, f"2026-01-01T00:00:{number:02d}", event, before, after, detail))
+    conn.close()
+
+    conn = db.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == db.SCHEMA_VERSION
+    found = [r[0] for r in conn.execute("SELECT cpv FROM events ORDER BY id")]
+    assert found == ["app-misc/docs-1.0"] * 4 + ["app-misc/docs-1.1"] * 3 + \
+        ["app-misc/docs-1.2"] * 3 + ["app-misc/back-1"] * 4 + ["app-misc/back-3"] * 3 + \
+        [None] * 3 + ["app-misc/lost-2"] * 2 + [None]
+    # What history shows of them: a version not known is not guessed.
+    from swarmtools import status
+
+    assert [e["cpv"] for e in status.history(conn, "app-misc/lost")] == \
+        ["app-misc/lost"] * 3 + ["app-misc/lost-2"] * 2
+    # Still append-only.
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE events SET cpv = 'x'")
+    conn.close()

@@ -64,8 +64,9 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     feature), and which drones would take it now.
 
     --history [PACKAGE] prints what happened, oldest first: to every package
-    (the last --last events) or to one (CATEGORY/PF or CATEGORY/PN): when,
-    what, the state before and after, who, and why.
+    (the last --last events) or to one (CATEGORY/PF: that version;
+    CATEGORY/PN: every version): when, which version, what, the state before
+    and after, who, and why.
 
     --html FILE writes the status page for a web server: one self-contained
     HTML file (inline CSS and SVG, no JavaScript, nothing fetched from
