@@ -57,12 +57,19 @@ def gather(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
 
 
 def headline(figures: dict) -> str:
-    """The seed's status line: drones online, success rate, packages per state."""
+    """The seed's status line: drones online, success rate, packages per state.
+
+    The rate counts the packages' own failures; reports of a dependency not
+    published yet and the drones' trouble follow it, apart.
+    """
     ok, failed = figures["builds_ok"], figures["builds_failed"]
     rate = "n/a" if figures["success_rate"] is None else f"{figures['success_rate']:.1%}"
+    waits, trouble = figures["builds_dependency_waits"], figures["builds_drone_trouble"]
+    apart = (f" (apart: {waits:,} waited for dependencies, {trouble:,} drone trouble)"
+             if waits or trouble else "")
     states = " · ".join(f"{figures['states'][s]:,} {s}" for s in STATES)
     return (f"{figures['drones_online']}/{figures['drones_known']} drones online · "
-            f"{rate} success rate ({ok:,}/{ok + failed:,}) · {states}")
+            f"{rate} success rate ({ok:,}/{ok + failed:,}){apart} · {states}")
 
 
 def queue_history(conn: sqlite3.Connection, now: datetime) -> dict:
@@ -325,10 +332,12 @@ def _drones(data: dict) -> str:
                               for item in d["drift"])
         rows.append([escape(d["drone"]), online, escape(d["last_heartbeat"] or "never"),
                      building, f"{d['built']:,}", f"{d['failed']:,}", rate,
+                     f"{d['dependency_waits']:,}", f"{d['drone_trouble']:,}",
                      "-" if not d["speed"] else f"{d['speed']:.2f}"])
     return "<h2>Drones</h2>\n" + (_table(
-        ["drone", "online", "last heartbeat", "building", "built", "failed", "success", "speed"],
-        rows, numeric={4, 5, 6, 7}, ident="drones") if rows else "<p>No drone known yet.</p>")
+        ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
+         "waited for dependencies", "drone trouble", "speed"],
+        rows, numeric={4, 5, 6, 7, 8, 9}, ident="drones") if rows else "<p>No drone known yet.</p>")
 
 
 def _key(names_colors: list[tuple[str, str]]) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import EMERGE_DATA, HttpServer, script
+from test_status import promtool
 
 from swarmtools import page
 
@@ -99,6 +100,7 @@ def test_prometheus_text_parses_and_matches_json(busy):
     assert samples[("swarm_last_scan_timestamp_seconds", ())] == \
         clock.parse(figures["last_scan"]["at"]).timestamp()
     assert ("swarm_last_sync_timestamp_seconds", ()) not in samples  # never ran: no sample
+    promtool(text)
 
 
 def test_page_is_strict_html5_with_twin_and_failure_log(busy, tmp_path):

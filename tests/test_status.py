@@ -180,3 +180,72 @@ def test_the_migration_gives_old_events_the_version_their_history_proves(tmp_pat
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("UPDATE events SET cpv = 'x'")
     conn.close()
+
+
+def test_the_success_rate_counts_only_the_packages_own_failures(swarm):
+    """As in the held-out run: 8 built, 1 failed for real, 4 waited for a dependency. Then
+    a full disk and a failed fetch, the drone's trouble. The rate is 8 of 9."""
+    from conftest import synthetic_scan
+
+    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(15)).returncode == 0
+    reports = [["--ok"]] * 8 + [["--failed", "--kind", "build"]] + \
+        [["--failed", "--kind", "missing-binary-dependency"]] * 4 + \
+        [["--failed", "--kind", "environment"], ["--failed", "--kind", "fetch"]]
+    for report in reports:
+        r = swarm.run("swarm-delegate", "claim", "--drone", "local", "--json")
+        cpv = json.loads(r.stdout)["cpv"]
+        if report == ["--ok"]:
+            category, pf = cpv.split("/")
+            relative = f"{category}/x/{pf}-1.gpkg.tar"
+            target = swarm.root / "state" / "staging" / "local" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"not a gpkg")
+            report = ["--ok", "--file", relative]
+        r = swarm.run("swarm-delegate", "report", "--drone", "local", cpv, *report)
+        assert r.returncode == 0, r.stderr
+
+    figures = json.loads(swarm.run("swarm-status", "--json").stdout)
+    assert (figures["builds_ok"], figures["builds_failed"], figures["success_rate"]) == \
+        (8, 1, 0.8889)
+    assert (figures["builds_dependency_waits"], figures["builds_drone_trouble"]) == (4, 2)
+    assert figures["failures_by_kind"] == {"build": 1, "stalled": 0,
+                                           "missing-binary-dependency": 4, "environment": 1,
+                                           "fetch": 1}
+    (local,) = figures["drones"]
+    assert (local["built"], local["failed"], local["success_rate"], local["dependency_waits"],
+            local["drone_trouble"]) == (8, 1, 0.8889, 4, 2)
+    assert local["failures_by_kind"] == figures["failures_by_kind"]
+
+    table = swarm.run("swarm-status").stdout
+    assert "88.9% (8 built, 1 failed; apart: 4 waited for dependencies, 2 drone trouble)" \
+        in table, table
+
+    from swarmtools import page
+
+    assert "88.9% success rate (8/9) (apart: 4 waited for dependencies, 2 drone trouble)" in \
+        page.headline(figures)
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = swarm.run("swarm-status", "--prometheus").stdout
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    builds = {labels[1][1]: value for (name, labels), value in samples.items()
+              if name == "swarm_builds_total"}
+    assert builds == {"ok": 8, "failed": 1, "dependency_wait": 4, "drone_trouble": 2}
+    kinds = {labels[1][1]: value for (name, labels), value in samples.items()
+             if name == "swarm_build_failures_total"}
+    assert kinds == figures["failures_by_kind"]
+    promtool(text)
+
+
+def promtool(text: str) -> None:
+    """promtool check metrics finds nothing to say of TEXT (skipped where it is not installed)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (apt-get install prometheus; .ci/run does)")
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr

@@ -46,8 +46,10 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
 
     Every figure is derived from the database and staging: drones online
     (heard from within delegate.online_seconds, or holding a live lease)
-    out of known, the success rate of reported builds, the number of
-    packages in each state
+    out of known, the success rate of reported builds (built against the
+    package's own failures: build, stalled; reports of a dependency not
+    published yet and the drones' trouble, environment and fetch, are
+    counted apart), the number of packages in each state
     (needed, delegated, received, synced, failed), the bytes waiting in
     staging and the age of the oldest received package (BACKLOG when older
     than three binhost.sync_interval_seconds), and one line a drone.
@@ -178,7 +180,9 @@ def _print_why(answers: list[dict]) -> None:
 def _print_summary(figures: dict) -> None:
     rate = "n/a" if figures["success_rate"] is None else f"{figures['success_rate']:.1%}"
     click.echo(f"drones online: {figures['drones_online']}/{figures['drones_known']}")
-    click.echo(f"success rate:  {rate} ({figures['builds_ok']} built, {figures['builds_failed']} failed)")
+    click.echo(f"success rate:  {rate} ({figures['builds_ok']} built, {figures['builds_failed']} "
+               f"failed; apart: {figures['builds_dependency_waits']} waited for dependencies, "
+               f"{figures['builds_drone_trouble']} drone trouble)")
     states = "  ".join(f"{k} {v}" for k, v in figures["states"].items())
     click.echo(f"packages:      {figures['packages']} ({states}; {figures['retired']} retired)")
     waits = figures["waiting"]
@@ -221,11 +225,12 @@ def _print_summary(figures: dict) -> None:
             [[d["drone"], "yes" if d["online"] else "no", d["last_heartbeat"] or "never",
               d["building"], d["built"], d["failed"],
               "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}",
+              d["dependency_waits"], d["drone_trouble"],
               f"until {d['grounded_until']}" if d["grounded_until"] else "-",
               "; ".join(d["drift"]) or "-"]
              for d in figures["drones"]],
             ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
-             "grounded", "drift"])
+             "dep. waits", "trouble", "grounded", "drift"])
 
 
 def main():
