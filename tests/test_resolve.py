@@ -80,7 +80,8 @@ def test_a_package_whose_dependencies_are_not_published_is_never_claimed(scanned
                             "app-misc/example-suite-1.0"}
     why = scanned.run("swarm-delegate", "claim", "--drone", "d2", "--json", "--idle-info")
     # Builds in progress may make more eligible: ask again soon (poll_seconds here).
-    assert json.loads(why.stdout) == {"cpv": None, "in_progress": 5, "ask_again_seconds": 1}
+    assert json.loads(why.stdout) == {"cpv": None, "in_progress": 5, "retry_soon": 0,
+                                      "ask_again_seconds": 1}
     figures = json.loads(scanned.run("swarm-status", "--json").stdout)
     assert figures["waiting"] == {"on_dependencies": 7, "on_failure": 0}
     # A failed build: what waits on it, directly or not, is counted, not retried.
