@@ -333,11 +333,14 @@ def _drones(data: dict) -> str:
         rows.append([escape(d["drone"]), online, escape(d["last_heartbeat"] or "never"),
                      building, f"{d['built']:,}", f"{d['failed']:,}", rate,
                      f"{d['dependency_waits']:,}", f"{d['drone_trouble']:,}",
+                     # (isolation = none: its builds see, and change, its own system)
+                     f'<span class="warn">{escape(status.builds_in(d["isolation"]))}</span>'
+                     if d["isolation"] == "none" else escape(status.builds_in(d["isolation"])),
                      "-" if not d["speed"] else f"{d['speed']:.2f}"])
     return "<h2>Drones</h2>\n" + (_table(
         ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
-         "waited for dependencies", "drone trouble", "speed"],
-        rows, numeric={4, 5, 6, 7, 8, 9}, ident="drones") if rows else "<p>No drone known yet.</p>")
+         "waited for dependencies", "drone trouble", "builds in", "speed"],
+        rows, numeric={4, 5, 6, 7, 8, 10}, ident="drones") if rows else "<p>No drone known yet.</p>")
 
 
 def _key(names_colors: list[tuple[str, str]]) -> str:

@@ -173,7 +173,8 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
                    if rule.name not in eligibility.DRONE_RULES
                    and (why := rule.explain(conn, pkg, anyone)) is not None]
         drones = [{"drone": name, "reasons": _drone_reasons(conn, config, pkg, name,
-                                                            table.get(name, {}), now)}
+                                                            table.get(name, {}), now),
+                   "isolation": table.get(name, {}).get("isolation")}
                   for name in ([drone] if drone else sorted(config.drones))]
         online = [d for d in drones if not any(r["rule"] == "offline" for r in d["reasons"])]
         if pkg["status"] == State.NEEDED and pkg["active"] and online and all(
@@ -253,6 +254,7 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
     for name in names:
         beat = heartbeats.get(name)
         last = clock.parse(beat["last_heartbeat"]) if beat else None
+        facts = json.loads(beat["facts"]) if beat else {}
         counts = outcomes[name]
         kinds = {kind: counts[kind] for kind in FAILURE_KINDS}
         ok = counts["built"]
@@ -274,12 +276,24 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             "grounded_until": beat["grounded_until"] if beat and beat["grounded_until"]
             and beat["grounded_until"] > clock.iso(now) else None,
             "grounded_reason": beat["grounded_reason"] if beat else None,
-            "facts": json.loads(beat["facts"]) if beat else {},
+            "facts": facts,
+            # How it builds, by its own word: "overlay" (a throw-away root),
+            # "none" (in its live system); None before its first heartbeat.
+            "isolation": facts.get("isolation"),
             # Its last heartbeat against the config and the profile: a drone
             # left on an old version or config shows here.
-            "drift": drift.heartbeat_drift(json.loads(beat["facts"]) if beat else {}, expected),
+            "drift": drift.heartbeat_drift(facts, expected),
         })
     return drones
+
+
+def builds_in(isolation: str | None) -> str:
+    """Where a drone's builds run, in words (ISOLATION: its heartbeat's)."""
+    if isolation == "none":
+        return "builds in its live system (isolation = none)"
+    if isolation is None:
+        return "not known yet (no heartbeat)"
+    return f"builds in a throw-away root (isolation = {isolation})"
 
 
 def last_run(conn: sqlite3.Connection, command: str) -> dict | None:

@@ -249,3 +249,35 @@ def promtool(text: str) -> None:
     r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
                        text=True)
     assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
+
+
+def test_status_the_page_and_why_show_which_drones_build_in_their_live_system(swarm, tmp_path):
+    from conftest import add_drones, synthetic_scan
+
+    add_drones(swarm.config, {"d1": {"transport": "local"},
+                              "d2": {"transport": "local", "isolation": "none"}})
+    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(1)).returncode == 0
+    for name, isolation in (("d1", "overlay"), ("d2", "none")):
+        facts = {"isolation": isolation, "build_root": f"/var/lib/{name}"}
+        r = swarm.run("swarm-delegate", "heartbeat", "--drone", name, input=json.dumps(facts))
+        assert r.returncode == 0, r.stderr
+
+    drones = {d["drone"]: d for d in json.loads(swarm.run("swarm-status", "--json").stdout)["drones"]}
+    assert (drones["d1"]["isolation"], drones["d2"]["isolation"]) == ("overlay", "none")
+    assert drones["d2"]["facts"]["build_root"] == "/var/lib/d2"
+
+    rows = {line.split()[0]: line for line in swarm.run("swarm-status").stdout.splitlines()
+            if line.startswith(("d1 ", "d2 "))}
+    assert "throw-away root" in rows["d1"] and "live system" in rows["d2"], rows
+
+    why = swarm.run("swarm-status", "--why", "app-test/pkg0-1.0").stdout
+    assert "  d2: builds in its live system (isolation = none)" in why.splitlines(), why
+    assert "d1: builds in" not in why
+    answer = json.loads(swarm.run("swarm-status", "--why", "app-test/pkg0-1.0", "--json").stdout)
+    assert {d["drone"]: d["isolation"] for d in answer["drones"]} == {"d1": "overlay",
+                                                                      "d2": "none"}
+
+    out = tmp_path / "index.html"
+    assert swarm.run("swarm-status", "--html", str(out)).returncode == 0
+    page_text = out.read_text()
+    assert "builds in its live system (isolation = none)" in page_text

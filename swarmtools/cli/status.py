@@ -63,7 +63,8 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     --why PACKAGE (CATEGORY/PF, or CATEGORY/PN for each queued slot) asks
     the rules the claims use: what keeps it from every drone, what keeps it
     from each drone (offline, grounded, held, excluded for it, lacking a
-    feature), and which drones would take it now.
+    feature), the drones that build in their live system (isolation =
+    "none"), and which drones would take it now.
 
     --history [PACKAGE] prints what happened, oldest first: to every package
     (the last --last events) or to one (CATEGORY/PF: that version;
@@ -172,6 +173,8 @@ def _print_why(answers: list[dict]) -> None:
         for drone in answer["drones"]:
             for reason in drone["reasons"]:
                 click.echo(f"  {drone['drone']}: {reason['rule']}: {reason['why']}")
+            if drone["isolation"] == "none":  # what it builds may see the drone's own system
+                click.echo(f"  {drone['drone']}: {status.builds_in(drone['isolation'])}")
         if answer["eligible_for"]:
             click.echo(f"  eligible for: {', '.join(answer['eligible_for'])} (their next claim, "
                        "in priority order)")
@@ -226,11 +229,13 @@ def _print_summary(figures: dict) -> None:
               d["building"], d["built"], d["failed"],
               "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}",
               d["dependency_waits"], d["drone_trouble"],
+              "live system" if d["isolation"] == "none" else
+              "throw-away root" if d["isolation"] else "?",
               f"until {d['grounded_until']}" if d["grounded_until"] else "-",
               "; ".join(d["drift"]) or "-"]
              for d in figures["drones"]],
             ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
-             "dep. waits", "trouble", "grounded", "drift"])
+             "dep. waits", "trouble", "builds in", "grounded", "drift"])
 
 
 def main():
