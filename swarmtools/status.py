@@ -287,15 +287,6 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
     return drones
 
 
-def builds_in(isolation: str | None) -> str:
-    """Where a drone's builds run, in words (ISOLATION: its heartbeat's)."""
-    if isolation == "none":
-        return "builds in its live system (isolation = none)"
-    if isolation is None:
-        return "not known yet (no heartbeat)"
-    return f"builds in a throw-away root (isolation = {isolation})"
-
-
 def last_run(conn: sqlite3.Connection, command: str) -> dict | None:
     """When COMMAND last ran to its end, and what it counted then."""
     row = conn.execute("SELECT at, summary FROM runs WHERE command = ?", (command,)).fetchone()

@@ -174,7 +174,7 @@ def _print_why(answers: list[dict]) -> None:
             for reason in drone["reasons"]:
                 click.echo(f"  {drone['drone']}: {reason['rule']}: {reason['why']}")
             if drone["isolation"] == "none":  # what it builds may see the drone's own system
-                click.echo(f"  {drone['drone']}: {status.builds_in(drone['isolation'])}")
+                click.echo(f"  {drone['drone']}: builds in its live system (isolation = none)")
         if answer["eligible_for"]:
             click.echo(f"  eligible for: {', '.join(answer['eligible_for'])} (their next claim, "
                        "in priority order)")
