@@ -180,6 +180,7 @@ class ErrorCount(logging.Handler):
 def setup(root: Path, drones: int, fleet: int, speed: float, max_startups: str, multiplex: bool):
     """Config, sshd and names of DRONES drones, the first FLEET of them run by Drone."""
     path = init_config(root / "swarm")
+    config_mod.edit(path, {"scan": {"resolve": False}})  # its packages are in no tree
     names = [f"d{n:04d}" for n in range(drones)]
     bindir = Path(sys.executable).parent
     gateway = bindir / "swarm-delegate"

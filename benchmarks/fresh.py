@@ -68,6 +68,9 @@ def main() -> None:
         config = subprocess.run([bindir / "swarm-config", "init", "--dir", tmp],
                                 capture_output=True, text=True, check=True).stdout.strip()
         env = {**os.environ, "SWARM_CONFIG": config}
+        # The scan alone (its tree is not here to resolve; older checkouts: no such key).
+        subprocess.run([bindir / "swarm-config", "set", "scan.resolve=false"], env=env,
+                       capture_output=True, check=False)
         db = Path(tmp) / "state" / "swarm.db"
 
         fresh = [str(bindir / "swarm-fresh"), "-q", "--from", str(GNOME)]

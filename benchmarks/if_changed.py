@@ -63,6 +63,9 @@ def fresh_times(root: Path, sizes: Sizes):
     edit(Path(out.stdout.strip()), {"scan": {"command": [
         "emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "--with-bdeps=y",
         "@world"]}})
+    # The scan alone, as before swarm-fresh resolved by default (older checkouts: no such key).
+    subprocess.run(["swarm-config", "set", "scan.resolve=false"], env=env, capture_output=True,
+                   check=False)
 
     full = median_wall(["swarm-fresh", "-q"], env, sizes.scans)
     unchanged = median_wall(["swarm-fresh", "-q", "--if-changed"], env, sizes.unchanged)

@@ -79,6 +79,8 @@ def main() -> None:
         # The swarm-sync measured is the one that publishes (older checkouts: no such key).
         subprocess.run([bindir / "swarm-config", "set", "binhost.publish_on_report=false"],
                        env=env, capture_output=True, check=False)
+        subprocess.run([bindir / "swarm-config", "set", "scan.resolve=false"], env=env,
+                       capture_output=True, check=False)  # the scan alone (older: no such key)
         subprocess.run([bindir / "swarm-fresh", "-q"], env=env, check=True)
         relative = f"app-misc/example-docs/{template.name}"
         staged = tmp / "swarm" / "state" / "staging" / "local" / relative

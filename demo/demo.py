@@ -107,7 +107,7 @@ def main() -> None:
 
         show("swarm-config", "check", env=env)
         own_systems = {name: installed(p) for name, p in drones.items()}
-        show("swarm-fresh", "--resolve", env=env)
+        show("swarm-fresh", env=env)
         show("swarm-resolve", "--json", env=env)
         show("swarm-exclude", "add", "app-misc/example-docs", "--drone", "d2",
              "--reason", "demo: only d1 builds the docs", env=env)
@@ -160,7 +160,7 @@ def main() -> None:
         print("\ndemo: the admin adds app-misc/example-extra to the world file", flush=True)
         world = prefix.root / "var" / "lib" / "portage" / "world"
         world.write_text(world.read_text() + "app-misc/example-extra\n")
-        show("swarm-fresh", "--if-changed", "--resolve", env=env)
+        show("swarm-fresh", "--if-changed", env=env)
         build(env)
         show("swarm-sync", "-v", env=env)
         show("swarm-fresh", "--if-changed", "-v", env=env)  # nothing changed: no emerge
@@ -194,7 +194,7 @@ def second_profile(prefix, config: Path, url: str, env: dict) -> None:
           "settings but app-misc/example-app -compress, published to the same binhost",
           flush=True)
     edit(config, {"profiles": {"default": {}, "lean": {"config_root": str(root)}}})
-    show("swarm-fresh", "--profile", "lean", "--resolve", env=env)
+    show("swarm-fresh", "--profile", "lean", env=env)
     build(env)
     show("swarm-sync", "-v", env=env)
     blocks = (DEMO / "swarm" / "binhost" / "Packages").read_text().split("\n\n")[1:]

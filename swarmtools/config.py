@@ -93,6 +93,9 @@ class Scan:
     environment: dict = key({}, "extra environment for the scan (PORTAGE_CONFIGROOT, ...)",
                             kind="env")
     timeout: int = key(3600, "seconds before a scan is abandoned", minimum=1)
+    resolve: bool = key(True, "run swarm-resolve after each scan, so the queue is gated on "
+                              "dependencies from its first claim (swarm-fresh --no-resolve, or "
+                              "false here, leaves it to a swarm-resolve of your own)")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,62 @@ def _backfill_publications(conn: sqlite3.Connection) -> None:
                  int(match.group("id")), package_id, at))
 
 
+# The file names in the details of 'built' ("DRONE/CAT/PN/PF-ID.gpkg.tar (...)"),
+# 'synced' ("published as CAT/PN/PF-ID.gpkg.tar") and 'reindexed' events.
+_BUILT_FILE = re.compile(r"(?:^|[\s/])([^/\s]+)/[^/\s]+/([^/\s]+)-\d+\.(?:gpkg\.tar|xpak)(?:\s|$)")
+_CPV_CHANGE = re.compile(r"^cpv (\S+) -> (\S+)")  # what a scan's identity change said first
+
+
+def _backfill_event_cpvs(conn: sqlite3.Connection) -> None:
+    # Until migration 11 an event named its package row, whose CPV a rescan
+    # changes in place: the history showed today's version for past builds.
+    # Each old event gets the CPV its own history proves. A package's events
+    # fall in spans, each begun by an event that set the row's identity
+    # (added, requeued, binary); the row's CPV is the last span's. A span
+    # holds the version a file name in it says (built, synced, reindexed),
+    # else the one the next span's first event changed from ("cpv A -> B"),
+    # else the next span's when that event kept the version (a requeue for
+    # USE, or the row was active: the scan says every version change). A
+    # row brought back from retirement with another version said not which
+    # version it had: its events before are left NULL (not known), never guessed.
+    conn.execute("ALTER TABLE events ADD COLUMN cpv TEXT")
+    current = dict(conn.execute("SELECT id, cpv FROM packages"))
+    spans: dict[int, list[dict]] = {}
+    active: dict[int, bool] = {}
+    for event_id, package_id, event, from_status, detail in conn.execute(
+            "SELECT id, package_id, event, from_status, detail FROM events"
+            " WHERE package_id IS NOT NULL ORDER BY id"):
+        starts = event in ("added", "requeued", "binary")
+        if package_id not in spans or starts:
+            change = _CPV_CHANGE.match(detail)
+            kept = (package_id not in spans or event == "requeued" or active[package_id]
+                    or detail == "back in the merge list, unchanged")
+            spans.setdefault(package_id, []).append({
+                "ids": [], "file": None, "was": change.group(1) if change else None,
+                "kept": kept and not change})
+        span = spans[package_id][-1]
+        span["ids"].append(event_id)
+        if event in ("built", "synced", "reindexed") and (found := _BUILT_FILE.search(detail)):
+            span["file"] = f"{found.group(1)}/{found.group(2)}"
+        if event == "retired":
+            active[package_id] = False
+        elif starts or package_id not in active:
+            active[package_id] = True
+    conn.execute("DROP TRIGGER events_append_only_update")  # (inside this migration's write)
+    for package_id, package_spans in spans.items():
+        cpv = current.get(package_id)
+        for number in range(len(package_spans) - 1, -1, -1):
+            span = package_spans[number]
+            if number < len(package_spans) - 1:
+                following = package_spans[number + 1]
+                cpv = following["was"] or (cpv if following["kept"] else None)
+            cpv = span["file"] or cpv
+            conn.executemany("UPDATE events SET cpv = ? WHERE id = ?",
+                             [(cpv, event_id) for event_id in span["ids"]])
+    conn.execute("CREATE TRIGGER events_append_only_update BEFORE UPDATE ON events"
+                 " BEGIN SELECT RAISE(ABORT, 'events are append-only'); END")
+
+
 # Numbered migrations: index + 1 is the user_version they lead to. Never
 # edit one that has shipped; append a new one. A migration is SQL, or a
 # function for what SQL cannot say.
@@ -312,6 +368,9 @@ MIGRATIONS: list[str | Callable[[sqlite3.Connection], None]] = [
     """
     ALTER TABLE profiles ADD COLUMN flags TEXT NOT NULL DEFAULT '{}';  -- JSON; {}: not known
     """,
+    # 14: each event keeps the CPV it was about (a rescan changes a row's
+    # CPV in place); old events get it from their history.
+    _backfill_event_cpvs,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

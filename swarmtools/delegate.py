@@ -144,8 +144,10 @@ def _forgotten_lease(conn: sqlite3.Connection, drone: str) -> sqlite3.Row | None
 
 
 def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
-          policy=None, rules=eligibility.RULES, renew: bool = True) -> dict | None:
-    """Hand the best eligible package to a drone, or return None when there is none.
+          policy=None, rules=eligibility.RULES, renew: bool = True,
+          idle: bool = False) -> dict | None:
+    """Hand the best eligible package to a drone, or return None when there is none
+    (IDLE: the idle answer instead, of the same moment).
 
     A drone that holds a lease it did not list as building in its last
     heartbeat gets that lease again first (renew), so a claim whose answer
@@ -160,7 +162,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
             _expire(conn, clock.iso(now))
             _refuse_grounded(conn, drone, clock.iso(now))
             if exclude.up_to_date(conn, config):
-                return _hand_out(conn, config, drone, now, policy, rules, renew)
+                return _hand_out(conn, config, drone, now, policy, rules, renew, idle)
         # A scan, the exclusion file or the routes changed: the rules are
         # matched again first, while the database is free (Portage is
         # imported only then).
@@ -170,7 +172,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
 
 
 def _hand_out(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
-              policy, rules, renew: bool) -> dict | None:
+              policy, rules, renew: bool, idle: bool) -> dict | None:
     """The claim itself, inside its transaction, with the exclusions matched."""
     at = clock.iso(now)
     lease_until = clock.later(now, config.delegate.lease_seconds)
@@ -184,7 +186,10 @@ def _hand_out(conn: sqlite3.Connection, config: Config, drone: str, now: datetim
         choice = policy.pick(_not_held(conn, drone, eligibility.candidates(
             conn, claimant, rules)), claimant)
         if choice is None:
-            return None
+            # Read in the claim's transaction: a publication that ends just
+            # after it is still in progress in the answer, so a draining
+            # drone asks again rather than stop before what it frees.
+            return idle_answer(conn, config, now) if idle else None
         binhost, wanted_by = _wanted(conn, choice["id"])
         # A build only removed profiles (or a removed binhost) want, before
         # swarm-fresh retires it: retired here instead of built.
@@ -252,25 +257,33 @@ IDLE_CLAIMS_PER_SECOND = 1.0
 
 
 def idle_answer(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
-    """What a drone that got nothing hears: work in progress, and when to ask again.
+    """What a drone that got nothing hears: work in progress, back-offs about to end, and
+    when to ask again.
 
-    ask_again_seconds is set when work may become eligible before the
-    drone's own back-off would end: a build or a publication in progress, or
-    a back-off that ends. It is never shorter than the fleet's idle drones
-    can afford (IDLE_CLAIMS_PER_SECOND), nor than poll_seconds. None: the
-    drone waits its own back-off (nothing changes until a scan).
+    in_progress: packages being built or published (their dependents may
+    become eligible); retry_soon: packages whose back-off ends within
+    idle_max_seconds (a missing dependency's short wait, say). While either
+    is not 0, something may become eligible without a new scan: a draining
+    drone goes on asking. ask_again_seconds is set when work may become
+    eligible before the drone's own back-off would end: a build or a
+    publication in progress, or a back-off that ends. It is never shorter
+    than the fleet's idle drones can afford (IDLE_CLAIMS_PER_SECOND), nor
+    than poll_seconds. None: the drone waits its own back-off (nothing
+    changes until a scan).
     """
     d = config.delegate
     busy = in_progress(conn)
     at = clock.iso(now)
-    due = conn.execute(
-        "SELECT min(retry_after) FROM packages WHERE active = 1 AND status IN (?, ?)"
-        " AND retry_after > ?", (State.NEEDED, State.FAILED, at)).fetchone()[0]
+    due, retry_soon = conn.execute(
+        "SELECT min(retry_after), count(*) FILTER (WHERE retry_after <= ?) FROM packages"
+        " WHERE active = 1 AND status IN (?, ?) AND retry_after > ?",
+        (clock.later(now, d.idle_max_seconds), State.NEEDED, State.FAILED, at)).fetchone()
     soon = [(clock.parse(due) - now).total_seconds()] if due else []
     if busy:
         soon.append(idle_drones(conn, config, now) / IDLE_CLAIMS_PER_SECOND)
     ask_again = round(min(max(min(soon), d.poll_seconds), d.idle_max_seconds)) if soon else None
-    return {"cpv": None, "in_progress": busy, "ask_again_seconds": ask_again}
+    return {"cpv": None, "in_progress": busy, "retry_soon": retry_soon,
+            "ask_again_seconds": ask_again}
 
 
 def idle_drones(conn: sqlite3.Connection, config: Config, now: datetime) -> int:

@@ -117,7 +117,7 @@ def crontab(host: Host, status_page: str = STATUS_PAGE, metrics_file: str = METR
         "# The queue follows the tree through /etc/portage/postsync.d/swarm-fresh;",
         "# this catches changes to /etc/portage (USE, the world file) and a hook that",
         "# found another scan running. No emerge runs when nothing changed.",
-        "*/10 * * * * swarm-fresh --if-changed --quiet --resolve",
+        "*/10 * * * * swarm-fresh --if-changed --quiet",
         "",
         "# Publish what the drones built: verified, copied, indexed; quiet when all",
         "# is well, exit 75 (silently) while another run holds the lock.",
@@ -142,7 +142,7 @@ def crontab(host: Host, status_page: str = STATUS_PAGE, metrics_file: str = METR
 def postsync(host: Host) -> str:
     """The Portage postsync hook: a scan after every emerge --sync, as the swarm's user."""
     scan = shlex.join([host.command("swarm-fresh"), "--config",
-                       plain(str(host.config), "the config file"), "--quiet", "--resolve"])
+                       plain(str(host.config), "the config file"), "--quiet"])
     return f"""#!/bin/sh
 # /etc/portage/postsync.d/swarm-fresh (swarm-config render postsync).
 # Portage runs /etc/portage/postsync.d/* once after `emerge --sync` has synced

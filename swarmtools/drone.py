@@ -132,9 +132,11 @@ class Drone:
                 if pending is None:
                     job = self.claim()
                     if job is None or job["cpv"] is None:
-                        # --drain: done when nothing is being built or published
-                        # that could make more work eligible.
-                        if once or (drain and not (job or {}).get("in_progress")):
+                        # --drain: done when nothing could become eligible without
+                        # a new scan: nothing being built or published, no back-off
+                        # about to end.
+                        if once or (drain and not ((job or {}).get("in_progress")
+                                                   or (job or {}).get("retry_soon"))):
                             return 0
                         pause = wait.next((job or {}).get("ask_again_seconds"))
                         log.debug("nothing to build; asking again in %.0f s", pause)

@@ -52,9 +52,16 @@ def render(figures: dict) -> str:
     family("swarm_drone_drifted", "gauge", "Values in the drone's last heartbeat that differ "
            "from the config or the profile (config digest, version, CHOST, ARCH).",
            [({"drone": d["drone"]}, len(d["drift"])) for d in figures["drones"]])
-    family("swarm_builds", "counter", "Builds reported, by drone and result.",
+    family("swarm_builds", "counter", "Builds reported, by drone and result: ok, failed (the "
+           "package's own failure), dependency_wait (a dependency not published yet), "
+           "drone_trouble (environment, fetch).",
            [({"drone": d["drone"], "result": result}, d[key]) for d in figures["drones"]
-            for result, key in (("ok", "built"), ("failed", "failed"))])
+            for result, key in (("ok", "built"), ("failed", "failed"),
+                                ("dependency_wait", "dependency_waits"),
+                                ("drone_trouble", "drone_trouble"))])
+    family("swarm_build_failures", "counter", "Failed builds reported, by drone and kind.",
+           [({"drone": d["drone"], "kind": kind}, n) for d in figures["drones"]
+            for kind, n in d["failures_by_kind"].items()])
     family("swarm_staging_bytes", "gauge", "Bytes waiting in staging.",
            [({}, figures["staging_bytes"])])
     family("swarm_oldest_received_seconds", "gauge", "Age of the oldest package waiting in "

@@ -185,12 +185,13 @@ def retire(conn: sqlite3.Connection, pkg: sqlite3.Row, *, actor: str, at: str, w
 def record(conn: sqlite3.Connection, package_id: int | None, event: Event | str, actor: str,
            at: str, from_status: str | None, to_status: str | None, detail: str = "",
            drone: str | None = None, kind: str | None = None) -> None:
-    """Append one entry to the history (inside the caller's write transaction)."""
+    """Append one entry to the history (inside the caller's write transaction), with the
+    package's CPV as it is now: a rescan changes the row's CPV, never the event's."""
     conn.execute(
         "INSERT INTO events (package_id, at, actor, event, from_status, to_status, detail, drone,"
-        " kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        " kind, cpv) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT cpv FROM packages WHERE id = ?))",
         (package_id, at, actor, str(event), from_status, to_status, detail, drone,
-         None if kind is None else str(kind)))
+         None if kind is None else str(kind), package_id))
 
 
 def hold(conn: sqlite3.Connection, package_id: int, drone: str, until: str, reason: str) -> None:

@@ -14,11 +14,11 @@ import json
 import os
 import sqlite3
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 
-from . import clock, staging, status
+from . import charts, clock, staging, status
 from .config import Config
 from .errors import ExitCode, SwarmError
 from .output import write_atomic
@@ -33,10 +33,13 @@ PATH_LIMIT = 40          # links of the critical path shown
 LOG_TAIL_BYTES = 256 << 10  # the end of a build log is where emerge says what failed
 LOG_DIR = "logs"         # beside the page: published failure logs
 
-COLORS = {State.NEEDED: "#d98e04", State.DELEGATED: "#2f6fdb", State.RECEIVED: "#8a4fd6",
+# Each at least 3:1 on the page's white (WCAG 1.4.11); no chart tells its
+# series by colour alone (charts.py), so these only help.
+COLORS = {State.NEEDED: "#b26b00", State.DELEGATED: "#2f6fdb", State.RECEIVED: "#8a4fd6",
           State.SYNCED: "#2a9d4b", State.FAILED: "#d1342f"}
-DRONE_COLORS = ("#2f6fdb", "#2a9d4b", "#d98e04", "#8a4fd6", "#d1342f", "#0f8b8d", "#b5487f",
+DRONE_COLORS = ("#2f6fdb", "#2a9d4b", "#b26b00", "#8a4fd6", "#d1342f", "#0f8b8d", "#b5487f",
                 "#6b7b2a")
+BAR_COLOR = "#2f6fdb"
 
 
 def gather(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
@@ -58,12 +61,19 @@ def gather(conn: sqlite3.Connection, config: Config, now: datetime) -> dict:
 
 
 def headline(figures: dict) -> str:
-    """The seed's status line: drones online, success rate, packages per state."""
+    """The seed's status line: drones online, success rate, packages per state.
+
+    The rate counts the packages' own failures; reports of a dependency not
+    published yet and the drones' trouble follow it, apart.
+    """
     ok, failed = figures["builds_ok"], figures["builds_failed"]
     rate = "n/a" if figures["success_rate"] is None else f"{figures['success_rate']:.1%}"
+    waits, trouble = figures["builds_dependency_waits"], figures["builds_drone_trouble"]
+    apart = (f" (apart: {waits:,} waited for dependencies, {trouble:,} drone trouble)"
+             if waits or trouble else "")
     states = " · ".join(f"{figures['states'][s]:,} {s}" for s in STATES)
     return (f"{figures['drones_online']}/{figures['drones_known']} drones online · "
-            f"{rate} success rate ({ok:,}/{ok + failed:,}) · {states}")
+            f"{rate} success rate ({ok:,}/{ok + failed:,}){apart} · {states}")
 
 
 def queue_history(conn: sqlite3.Connection, now: datetime) -> dict:
@@ -133,7 +143,7 @@ def longest_builds(conn: sqlite3.Connection, now: datetime) -> list[dict]:
     since = clock.iso(now - timedelta(days=HISTORY_DAYS))
     builds = []
     for cpv, drone, at, claimed in conn.execute(
-            "SELECT p.cpv, b.drone, b.at, (SELECT max(c.at) FROM events c WHERE"
+            "SELECT coalesce(b.cpv, p.cp), b.drone, b.at, (SELECT max(c.at) FROM events c WHERE"
             " c.package_id = b.package_id AND c.event = ? AND c.id < b.id)"
             " FROM events b JOIN packages p ON p.id = b.package_id WHERE b.event = ? AND b.at >= ?",
             (Event.CLAIMED, Event.BUILT, since)):
@@ -236,19 +246,25 @@ def publish_logs(items: list[dict], directory: Path) -> None:
 
 # --- rendering -------------------------------------------------------------
 
-CSS = """
-body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:960px;padding:0 12px;color:#222}
-h1{font-size:1.3em;margin:.8em 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}
-.headline{font-size:1.1em;font-weight:600;margin:.3em 0 1em}
-.muted{color:#666}.warn{color:#b00;font-weight:600}
-table{border-collapse:collapse;width:100%;font-size:.92em}
-th,td{text-align:left;padding:3px 6px;border-bottom:1px solid #eee;vertical-align:top}
-td.n,th.n{text-align:right}.scroll{overflow-x:auto}
-svg{width:100%;height:auto;display:block;max-width:720px}
-svg text{font:11px sans-serif;fill:#444}
-figure{margin:0 0 1em}figcaption{font-size:.9em;color:#444}
-.key span{display:inline-block;margin-right:1em}.key i{font-style:normal}
-code{font-size:.95em}
+# Text colours are 4.5:1 or more on the white background (WCAG 1.4.3);
+# borders only separate rows and headings.
+CSS = f"""
+body{{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:960px;padding:0 \
+{charts.PAGE_MARGIN // 2}px;color:#222;background:#fff}}
+h1{{font-size:1.3em;margin:.8em 0 .2em}}
+h2{{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}}
+.headline{{font-size:1.1em;font-weight:600;margin:.3em 0 1em}}
+.muted{{color:#666}}.warn{{color:#b00;font-weight:600}}
+table{{border-collapse:collapse;width:100%;font-size:.92em}}
+caption{{text-align:left;font-weight:600;padding:.2em 0 .4em;position:sticky;left:0;\
+max-width:calc(100vw - {charts.PAGE_MARGIN}px)}}
+th,td{{text-align:left;padding:3px 6px;border-bottom:1px solid #eee;vertical-align:top}}
+td.n,th.n{{text-align:right}}.scroll{{overflow-x:auto}}
+svg{{width:100%;height:auto;display:block;max-width:{charts.W}px}}
+{charts.css()}
+figure{{margin:0 0 1em}}figcaption{{font-size:.9em;color:#444}}
+i.swatch{{font-style:normal}}
+code{{font-size:.95em;overflow-wrap:anywhere}}
 """
 
 
@@ -258,8 +274,9 @@ def render(data: dict, twin: str = "index.json") -> str:
     TWIN: the JSON file's name, linked from the page.
     """
     sections = [
-        _overview(data), _drones(data), _queue_chart(data), _builds_chart(data),
-        _longest_chart(data), _path_chart(data), _failures(data), _kept(data),
+        _overview(data), _profiles(data), _drones(data), _queue_chart(data),
+        _builds_chart(data), _longest_chart(data), _path_chart(data), _failures(data),
+        _kept(data),
     ]
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
@@ -268,12 +285,14 @@ def render(data: dict, twin: str = "index.json") -> str:
             f"<title>swarm: {escape(data['headline'])}</title>\n<style>{CSS}</style>\n</head>\n"
             f"<body>\n<h1>Build swarm</h1>\n<p class=\"headline\" id=\"headline\">"
             f"{escape(data['headline'])}</p>\n" + "\n".join(sections) +
-            f"\n<p class=\"muted\">Written {escape(data['generated_at'])} by swarm-status --html;"
+            f"\n<p class=\"muted\">Written {escape(_short(data['generated_at']))} UTC by "
+            "swarm-status --html;"
             f" the same figures: <a href=\"{escape(twin)}\">JSON</a>.</p>\n</body>\n</html>\n")
 
 
-def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset(),
+def _table(caption: str, headers: list[str], rows: list[list], numeric: set[int] = frozenset(),
            ident: str = "") -> str:
+    """A table of ROWS (HTML already), named by its CAPTION (text)."""
     def cell(tag, i, value):
         cls = ' class="n"' if i in numeric else ""
         return f"<{tag}{cls}>{value}</{tag}>"
@@ -281,13 +300,15 @@ def _table(headers: list[str], rows: list[list], numeric: set[int] = frozenset()
     body = "\n".join("<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>"
                      for row in rows)
     idattr = f' id="{ident}"' if ident else ""
-    return (f'<div class="scroll"><table{idattr}>\n<thead><tr>{head}</tr></thead>\n'
-            f"<tbody>\n{body}\n</tbody></table></div>")
+    return (f'<div class="scroll"><table{idattr}>\n<caption>{escape(caption)}</caption>\n'
+            f"<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>")
 
 
 def _overview(data: dict) -> str:
-    states = _table(["state", "packages"],
-                    [[f'<i style="color:{COLORS[s]}">■</i> {escape(s)}',
+    states = _table("Packages per state (every profile's, a shared build once)",
+                    ["state", "packages"],
+                    [[(f'<i class="swatch" style="color:{COLORS[s]}" aria-hidden="true">■</i> '
+                       f"{escape(s)}"),
                       f'<span data-state="{escape(s)}">{data["states"][s]:,}</span>']
                      for s in STATES] + [["retired", f"{data['retired']:,}"]],
                     numeric={1}, ident="states")
@@ -314,12 +335,36 @@ def _overview(data: dict) -> str:
             "\n".join(f"<dt>{escape(k)}</dt><dd>{v}</dd>" for k, v in facts) + "\n</dl>")
 
 
+def _profiles(data: dict) -> str:
+    rows = []
+    for name, share in data["profiles"].items():
+        states = ", ".join(f"{share['states'][s]:,} {s}" for s in STATES if share["states"][s])
+        recorded = share["profile"]
+        built_with = (f"<code>{escape(recorded['digest'][:12])}</code> ({escape(recorded['chost'])}"
+                      f", {escape(recorded['arch'])})" if recorded
+                      else '<span class="muted">not recorded: no scan ran emerge yet</span>')
+        trees = "<br>".join(f"{escape(repo)} <code>{escape(state[:30])}</code>"
+                            for repo, state in sorted(recorded["tree"].items())) if recorded else "-"
+        waits = share["waiting"]
+        rows.append([escape(name), escape(share["binhost"]), f"{share['packages']:,}",
+                     escape(states) or "-", f"{share['retired']:,}",
+                     f"{waits['on_dependencies']:,} ({waits['on_failure']:,} on a failure)",
+                     built_with, trees])
+    return ("<h2>Profiles</h2>\n" + _table(
+        "Build profiles: what each wants, where it publishes, and what drones build it with",
+        ["profile", "binhost", "packages", "by state", "retired", "waiting for dependencies",
+         "configuration (digest, CHOST, ARCH)", "repositories as scanned"],
+        rows, numeric={2, 4}, ident="profiles")
+        + '\n<p class="muted">A build that two profiles on one binhost want with the same '
+          "identity is built once and counted in both.</p>")
+
+
 def _drones(data: dict) -> str:
     rows = []
     for d in data["drones"]:
         rate = "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}"
         building = "<br>".join(f"{escape(b['cpv'])} <span class=\"muted\">since "
-                               f"{escape(b['since'] or '?')}</span>"
+                               f"{escape(_when(b['since']) if b['since'] else '?')}</span>"
                                for b in d["building_packages"]) or "-"
         online = "yes" if d["online"] else '<span class="warn">no</span>'
         if d["grounded_until"]:
@@ -327,30 +372,25 @@ def _drones(data: dict) -> str:
         if d["drift"]:  # a drone left on an old version or config
             online += "".join(f'<br><span class="warn">{escape(item)}</span>'
                               for item in d["drift"])
-        rows.append([escape(d["drone"]), online, escape(d["last_heartbeat"] or "never"),
+        heard = _when(d["last_heartbeat"]) if d["last_heartbeat"] else "never"
+        rows.append([escape(d["drone"]), online, escape(heard),
                      building, f"{d['built']:,}", f"{d['failed']:,}", rate,
-                     "-" if not d["speed"] else f"{d['speed']:.2f}"])
-    return "<h2>Drones</h2>\n" + (_table(
-        ["drone", "online", "last heartbeat", "building", "built", "failed", "success", "speed"],
-        rows, numeric={4, 5, 6, 7}, ident="drones") if rows else "<p>No drone known yet.</p>")
-
-
-def _key(names_colors: list[tuple[str, str]]) -> str:
-    return '<p class="key">' + " ".join(
-        f'<span><i style="color:{c}">■</i> {escape(n)}</span>' for n, c in names_colors) + "</p>"
-
-
-W, H, LEFT, BOTTOM, TOP = 720, 220, 44, 22, 8  # chart frame, in SVG units
-
-
-def _axis(top_value: int, first: str, last: str) -> str:
-    bottom = H - BOTTOM
-    return (f'<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{bottom}" stroke="#999"/>'
-            f'<line x1="{LEFT}" y1="{bottom}" x2="{W}" y2="{bottom}" stroke="#999"/>'
-            f'<text x="{LEFT - 4}" y="{TOP + 10}" text-anchor="end"> {top_value:,} </text>'
-            f'<text x="{LEFT - 4}" y="{bottom}" text-anchor="end"> 0 </text>'
-            f'<text x="{LEFT}" y="{H - 6}"> {escape(first)} </text>'
-            f'<text x="{W}" y="{H - 6}" text-anchor="end"> {escape(last)} </text>')
+                     f"{d['dependency_waits']:,}", f"{d['drone_trouble']:,}",
+                     _builds_in(d["isolation"]),
+                     "-" if not d["speed"] else f"{d['speed']:.2f}×"])
+    if not rows:
+        return "<h2>Drones</h2>\n<p>No drone known yet.</p>"
+    return ("<h2>Drones</h2>\n" + _table(
+        "Drones: what each builds now, and how its reported builds went",
+        ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
+         "waited for dependencies", "drone trouble", "builds in", "speed (×)"],
+        rows, numeric={4, 5, 6, 7, 8, 10}, ident="drones")
+        + '\n<p class="muted" id="speed-note">Success counts the package\'s own failures '
+          "(build, stalled); a dependency not yet published and a drone's trouble (a full "
+          "disk, a failed fetch) are counted apart. Speed: how fast a drone builds beside the "
+          "others, from the packages both built: 2.00× builds them in half the time the others "
+          "take, 0.50× in twice the time (drones.NAME.speed in the config, where set; - not "
+          "known yet). Long chains go to the fastest drones first.</p>")
 
 
 def _queue_chart(data: dict) -> str:
@@ -358,80 +398,40 @@ def _queue_chart(data: dict) -> str:
     stamps, series = history["at"], history["states"]
     if not stamps:
         return "<h2>Queue over time</h2>\n<p>No history yet.</p>"
-    top = max([1] + [v for values in series.values() for v in values])
-    span = max(1, len(stamps) - 1)
-    x = [LEFT + (W - LEFT - 4) * i / span for i in range(len(stamps))]
-
-    def y(v):
-        return TOP + (H - BOTTOM - TOP) * (1 - v / top)
-    parts = [_axis(top, _short(stamps[0]), _short(stamps[-1]))]
-    for state, values in series.items():
-        color = COLORS[state]
-        points = " ".join(f"{x[i]:.1f},{y(v):.1f}" for i, v in enumerate(values))
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{points}"/>')
-        parts.extend(f'<circle class="point" cx="{x[i]:.1f}" cy="{y(v):.1f}" r="2" fill="{color}"'
-                     f' data-state="{state}" data-at="{stamps[i]}" data-value="{v}">'
-                     f"<title>{state} {v:,} at {stamps[i]}</title></circle>"
-                     for i, v in enumerate(values))
+    lines = [charts.Series(
+        state, f"{state}: {values[-1]:,} now", values, COLORS[state],
+        [f"{state}: {v:,} at {_short(at)} UTC" for v, at in zip(values, stamps)],
+        [{"state": state, "at": at, "value": v} for v, at in zip(values, stamps)])
+        for state, values in series.items()]
     now = ", ".join(f"{s} {values[-1]:,}" for s, values in series.items())
     then = ", ".join(f"{s} {values[0]:,}" for s, values in series.items())
     return ("<h2>Queue over time</h2>\n<figure>\n"
-            + _key([(s, COLORS[s]) for s in series])
-            + f'<svg id="queue-chart" viewBox="0 0 {W} {H}" role="img"'
-              f' aria-label="packages per state over time">' + "".join(parts) + "</svg>\n"
-            + f"<figcaption>{escape(_short(stamps[0]))}: {then}. Now: {now}.</figcaption>\n</figure>")
+            + charts.panels("queue-chart", "packages per state over time", "queue-words",
+                            "line", lines, (_short(stamps[0]), _short(stamps[-1])),
+                            "time (UTC)", "packages")
+            + f'\n<figcaption id="queue-words">{escape(_short(stamps[0]))} UTC: {then}. '
+              f"Now: {now}.</figcaption>\n</figure>")
 
 
 def _builds_chart(data: dict) -> str:
     per_hour = data["builds_per_hour"]
     hours, drones = per_hour["hours"], per_hour["drones"]
-    totals = [sum(values[i] for values in drones.values()) for i in range(len(hours))]
-    if not any(totals):
+    if not any(v for values in drones.values() for v in values):
         return (f"<h2>Builds per hour</h2>\n<p>No build reported in the last {BUILD_HOURS} "
                 "hours.</p>")
-    top = max(totals)
-    slot = (W - LEFT - 4) / len(hours)
-    colors = {d: DRONE_COLORS[i % len(DRONE_COLORS)] for i, d in enumerate(drones)}
-    parts = [_axis(top, _short(hours[0]), _short(hours[-1]))]
-    for i, hour in enumerate(hours):
-        base = 0
-        for drone, values in drones.items():
-            count = values[i]
-            if not count:
-                continue
-            height = (H - BOTTOM - TOP) * count / top
-            bottom = H - BOTTOM - (H - BOTTOM - TOP) * base / top
-            parts.append(f'<rect class="bar" x="{LEFT + i * slot + 1:.1f}" y="{bottom - height:.1f}"'
-                         f' width="{max(slot - 2, 1):.1f}" height="{height:.1f}"'
-                         f' fill="{colors[drone]}" data-drone="{escape(drone)}" data-hour="{hour}"'
-                         f' data-value="{count}"><title>{escape(drone)}: {count} built in the hour'
-                         f" from {hour}</title></rect>")
-            base += count
+    bars = [charts.Series(
+        drone, f"{drone}: {sum(values):,} built", values, DRONE_COLORS[i % len(DRONE_COLORS)],
+        [f"{drone}: {v:,} built in the hour from {_short(hour)} UTC"
+         for v, hour in zip(values, hours)],
+        [{"drone": drone, "hour": hour, "value": v} for v, hour in zip(values, hours)])
+        for i, (drone, values) in enumerate(drones.items())]
     words = ", ".join(f"{escape(d)} {sum(v):,}" for d, v in drones.items())
-    return ("<h2>Builds per hour</h2>\n<figure>\n" + _key(list(colors.items()))
-            + f'<svg id="builds-chart" viewBox="0 0 {W} {H}" role="img"'
-              f' aria-label="builds per hour per drone">' + "".join(parts) + "</svg>\n"
-            + f"<figcaption>Built in the last {BUILD_HOURS} hours: {words}.</figcaption>\n</figure>")
-
-
-def _hbars(ident: str, label: str, items: list[tuple[str, int, str, dict]]) -> str:
-    """Horizontal bars: (name, seconds, title, data attributes) an item."""
-    top = max([1] + [v for _, v, _, _ in items])
-    row, name_width = 18, 260
-    height = row * len(items) + 4
-    parts = []
-    for i, (name, value, title, attrs) in enumerate(items):
-        width = (W - name_width - 70) * value / top
-        extra = "".join(f' data-{k}="{escape(str(v))}"' for k, v in attrs.items())
-        parts.append(f'<text x="{name_width - 6}" y="{i * row + 14}" text-anchor="end">'
-                     f" {escape(name[-40:])} </text>"
-                     f'<rect class="bar" x="{name_width}" y="{i * row + 3}" width="{width:.1f}"'
-                     f' height="{row - 5}" fill="#2f6fdb" data-value="{value}"{extra}>'
-                     f"<title>{escape(title)}</title></rect>"
-                     f'<text x="{name_width + width + 4:.1f}" y="{i * row + 14}">'
-                     f" {escape(_duration(value))} </text>")
-    return (f'<svg id="{ident}" viewBox="0 0 {W} {height}" role="img" aria-label="{escape(label)}">'
-            + "".join(parts) + "</svg>")
+    return ("<h2>Builds per hour</h2>\n<figure>\n"
+            + charts.panels("builds-chart", "builds per hour per drone", "builds-words", "bar",
+                            bars, (_short(hours[0]), _short(hours[-1])),
+                            "hour beginning (UTC)", "builds per hour")
+            + f'\n<figcaption id="builds-words">Built in the last {BUILD_HOURS} hours: {words}.'
+              "</figcaption>\n</figure>")
 
 
 def _longest_chart(data: dict) -> str:
@@ -439,11 +439,14 @@ def _longest_chart(data: dict) -> str:
     if not builds:
         return f"<h2>Longest builds</h2>\n<p>No build reported in the last {HISTORY_DAYS} days.</p>"
     items = [(b["cpv"], b["seconds"], (f"{b['cpv']} on {b['drone']}: {_duration(b['seconds'])},"
-                                       f" reported {b['at']}"), {"cpv": b["cpv"], "drone": b["drone"]})
-             for b in builds]
+                                       f" reported {_short(b['at'])} UTC"),
+              {"cpv": b["cpv"], "drone": b["drone"]}) for b in builds]
     words = "; ".join(f"{escape(b['cpv'])} {_duration(b['seconds'])}" for b in builds)
-    return (f"<h2>Longest builds</h2>\n<figure>\n{_hbars('longest-chart', 'longest builds', items)}\n"
-            f"<figcaption>Claim to report, last {HISTORY_DAYS} days: {words}.</figcaption>\n</figure>")
+    return ("<h2>Longest builds</h2>\n<figure>\n"
+            + charts.hbars("longest-chart", "longest builds", "longest-words", items, _duration,
+                           "time from claim to report", BAR_COLOR)
+            + f'\n<figcaption id="longest-words">Claim to report, last {HISTORY_DAYS} days: '
+              f"{words}.</figcaption>\n</figure>")
 
 
 def _path_chart(data: dict) -> str:
@@ -454,10 +457,12 @@ def _path_chart(data: dict) -> str:
     items = [(c["cpv"], c["expected_seconds"],
               f"{c['cpv']} ({c['status']}): expected {_duration(c['expected_seconds'])}",
               {"cpv": c["cpv"], "status": c["status"]}) for c in chain]
-    return (f"<h2>Critical path</h2>\n<figure>\n{_hbars('path-chart', 'critical path', items)}\n"
-            f"<figcaption>The longest chain still to go: {len(chain)} package(s), about "
-            f"{_duration(chain[0]['to_go_seconds'])} of builds one after another, first "
-            f"{escape(chain[0]['cpv'])}.</figcaption>\n</figure>")
+    return ("<h2>Critical path</h2>\n<figure>\n"
+            + charts.hbars("path-chart", "critical path", "path-words", items, _duration,
+                           "expected build time", BAR_COLOR)
+            + f'\n<figcaption id="path-words">The longest chain still to go: {len(chain)} '
+              f"package(s), about {_duration(chain[0]['to_go_seconds'])} of builds one after "
+              f"another, first {escape(chain[0]['cpv'])}.</figcaption>\n</figure>")
 
 
 def _failures(data: dict) -> str:
@@ -468,7 +473,8 @@ def _failures(data: dict) -> str:
              escape(f["detail"]), f'<a href="{escape(f["log_url"])}">log</a>' if f["log_url"] else "-"]
             for f in items]
     more = data["states"][State.FAILED] - len(items)
-    return ("<h2>Failures</h2>\n" + _table(["package", "at", "drone", "kind", "why", "log"], rows,
+    return ("<h2>Failures</h2>\n" + _table("Failed packages, the newest failure first",
+                                           ["package", "at", "drone", "kind", "why", "log"], rows,
                                            ident="failures")
             + (f"\n<p>and {more:,} more: swarm-status --packages --state failed</p>" if more > 0
                else ""))
@@ -483,7 +489,20 @@ def _kept(data: dict) -> str:
     return ("<h2>Waiting</h2>\n"
             f"<p id=\"kept-counts\">Needed packages kept back, by what keeps them: {words}. "
             "<code>swarm-status --why PACKAGE</code> says more.</p>\n"
-            + _table(["package", "kept by"], rows, ident="kept"))
+            + _table("Needed packages kept back, first in priority order",
+                     ["package", "kept by"], rows, ident="kept"))
+
+
+def _builds_in(isolation: str | None) -> str:
+    # (isolation = none: its builds see, and change, the drone's own system)
+    if isolation == "none":
+        return '<span class="warn">its live system (isolation = none)</span>'
+    return "a throw-away root" if isolation else '<span class="muted">not known yet</span>'
+
+
+def _when(stamp: str) -> str:
+    """A moment to the second, in UTC, for people."""
+    return f"{clock.parse(stamp).astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _short(stamp: str) -> str:

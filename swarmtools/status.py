@@ -7,10 +7,10 @@ import sqlite3
 from collections import defaultdict
 from datetime import datetime
 
-from . import clock, drift, eligibility, profile, release, staging
+from . import clock, drift, eligibility, exclude, profile, release, staging
 from .config import Config
 from .errors import SwarmError
-from .packages import STATES, Event, State
+from .packages import STATES, Event, FailureKind, State
 
 
 def summary(conn: sqlite3.Connection, config: Config, now: datetime,
@@ -28,6 +28,7 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
     retired = conn.execute("SELECT count(*) FROM packages WHERE active = 0").fetchone()[0]
     built = sum(d["built"] for d in drones)
     failed = sum(d["failed"] for d in drones)
+    kinds = {kind: sum(d["failures_by_kind"][kind] for d in drones) for kind in FAILURE_KINDS}
     scan = conn.execute("SELECT at, source, rows, summary, profile FROM scans ORDER BY id DESC"
                         " LIMIT 1").fetchone()
     return {
@@ -36,6 +37,9 @@ def summary(conn: sqlite3.Connection, config: Config, now: datetime,
         "builds_ok": built,
         "builds_failed": failed,
         "success_rate": _rate(built, failed),
+        "builds_dependency_waits": sum(d["dependency_waits"] for d in drones),
+        "builds_drone_trouble": sum(d["drone_trouble"] for d in drones),
+        "failures_by_kind": kinds,
         "states": states,
         "packages": sum(states.values()),
         "retired": retired,
@@ -169,7 +173,8 @@ def why(conn: sqlite3.Connection, config: Config, package: str, now: datetime,
                    if rule.name not in eligibility.DRONE_RULES
                    and (why := rule.explain(conn, pkg, anyone)) is not None]
         drones = [{"drone": name, "reasons": _drone_reasons(conn, config, pkg, name,
-                                                            table.get(name, {}), now)}
+                                                            table.get(name, {}), now),
+                   "isolation": table.get(name, {}).get("isolation")}
                   for name in ([drone] if drone else sorted(config.drones))]
         online = [d for d in drones if not any(r["rule"] == "offline" for r in d["reasons"])]
         if pkg["status"] == State.NEEDED and pkg["active"] and online and all(
@@ -211,13 +216,30 @@ def _drone_reasons(conn: sqlite3.Connection, config: Config, pkg: sqlite3.Row, n
     return own
 
 
+# Failed reports by what they say of the package. Only its own failures
+# count against the success rate; a dependency not published yet and a
+# drone's trouble (a full disk, a failed fetch) are counted apart.
+FAILURE_KINDS = tuple(str(kind) for kind in FailureKind)
+DEPENDENCY_WAIT = (str(FailureKind.MISSING_DEPENDENCY),)
+DRONE_TROUBLE = (str(FailureKind.ENVIRONMENT), str(FailureKind.FETCH))
+
+
+def _outcomes(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
+    """Per drone: builds reported built, and failed ones by kind."""
+    found: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(
+        ("built", *FAILURE_KINDS), 0))
+    for drone, event, kind, count in conn.execute(
+            "SELECT actor, event, kind, count(*) FROM events WHERE event IN (?, ?)"
+            " GROUP BY actor, event, kind", (Event.BUILT, Event.BUILD_FAILED)):
+        # (A failure from before kinds were recorded was the build's own.)
+        key = "built" if event == Event.BUILT else kind if kind in FAILURE_KINDS else "build"
+        found[drone][key] += count
+    return found
+
+
 def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list[dict]:
     """One entry a drone: configured or seen, online, building, built, failed, facts."""
-    outcomes = {
-        (drone, event): count for drone, event, count in conn.execute(
-            "SELECT actor, event, count(*) FROM events WHERE event IN (?, ?) GROUP BY actor, event",
-            (Event.BUILT, Event.BUILD_FAILED))
-    }
+    outcomes = _outcomes(conn)
     building = defaultdict(list)
     for drone, cpv, since in conn.execute(
             "SELECT p.drone, p.cpv, (SELECT max(e.at) FROM events e WHERE e.package_id = p.id"
@@ -227,12 +249,16 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
     online = eligibility.online_drones(conn, config.delegate.online_seconds, now)
     heartbeats = {r["name"]: r for r in conn.execute("SELECT * FROM drones")}
     expected = drift.expected_of_drones(config, profile.recorded(conn, config.profile_names()[0]))
-    names = sorted(set(config.drones) | set(heartbeats) | {d for d, _ in outcomes})
+    names = sorted(set(config.drones) | set(heartbeats) | set(outcomes))
     drones = []
     for name in names:
         beat = heartbeats.get(name)
         last = clock.parse(beat["last_heartbeat"]) if beat else None
-        ok, failed = outcomes.get((name, Event.BUILT), 0), outcomes.get((name, Event.BUILD_FAILED), 0)
+        facts = json.loads(beat["facts"]) if beat else {}
+        counts = outcomes[name]
+        kinds = {kind: counts[kind] for kind in FAILURE_KINDS}
+        ok = counts["built"]
+        failed = sum(n for kind, n in kinds.items() if kind in exclude.PACKAGE_FAILURES)
         drones.append({
             "drone": name,
             "configured": name in config.drones,
@@ -242,15 +268,21 @@ def drone_table(conn: sqlite3.Connection, config: Config, now: datetime) -> list
             "building_packages": building.get(name, []),
             "speed": beat["speed"] if beat else None,
             "built": ok,
-            "failed": failed,
+            "failed": failed,  # the package's own failures: build, stalled
             "success_rate": _rate(ok, failed),
+            "dependency_waits": sum(kinds[kind] for kind in DEPENDENCY_WAIT),
+            "drone_trouble": sum(kinds[kind] for kind in DRONE_TROUBLE),
+            "failures_by_kind": kinds,
             "grounded_until": beat["grounded_until"] if beat and beat["grounded_until"]
             and beat["grounded_until"] > clock.iso(now) else None,
             "grounded_reason": beat["grounded_reason"] if beat else None,
-            "facts": json.loads(beat["facts"]) if beat else {},
+            "facts": facts,
+            # How it builds, by its own word: "overlay" (a throw-away root),
+            # "none" (in its live system); None before its first heartbeat.
+            "isolation": facts.get("isolation"),
             # Its last heartbeat against the config and the profile: a drone
             # left on an old version or config shows here.
-            "drift": drift.heartbeat_drift(json.loads(beat["facts"]) if beat else {}, expected),
+            "drift": drift.heartbeat_drift(facts, expected),
         })
     return drones
 
@@ -288,10 +320,15 @@ def staging_backlog(config: Config, conn: sqlite3.Connection, now: datetime) -> 
 
 
 def history(conn: sqlite3.Connection, package: str | None = None, limit: int = 50) -> list[dict]:
-    """The last LIMIT events, of one package (CATEGORY/PF or CATEGORY/PN) or of all, oldest first."""
+    """The last LIMIT events, of one package (CATEGORY/PF or CATEGORY/PN) or of all, oldest first.
+
+    Each names the CPV it was about (a rescan moves a package to another
+    version); an old event whose version its history does not tell (see
+    db.py, migration 11) names the package, CATEGORY/PN.
+    """
     rows = conn.execute(
-        "SELECT e.at, p.cpv, e.event, e.from_status, e.to_status, e.actor, e.drone, e.kind,"
-        " e.detail FROM events e LEFT JOIN packages p ON p.id = e.package_id"
-        " WHERE ? IS NULL OR p.cpv = ? OR p.cp = ? ORDER BY e.id DESC LIMIT ?",
+        "SELECT e.at, coalesce(e.cpv, p.cp) AS cpv, e.event, e.from_status, e.to_status, e.actor,"
+        " e.drone, e.kind, e.detail FROM events e LEFT JOIN packages p ON p.id = e.package_id"
+        " WHERE ? IS NULL OR e.cpv = ? OR p.cp = ? ORDER BY e.id DESC LIMIT ?",
         (package, package, package, limit)).fetchall()
     return [dict(row) for row in reversed(rows)]

@@ -13,6 +13,7 @@ from typing import IO
 
 from . import clock, db, delegate, profile
 from .config import Config
+from .crashpoints import crashpoint
 from .errors import ExitCode, SwarmError
 from .output import emit_json, emit_ndjson
 from .packages import FailureKind
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 VERBS = ("heartbeat", "claim", "report", "release", "profile")
 MAX_FACTS_BYTES = 64 * 1024  # heartbeat facts: a few dozen short values
+HOOK_VARIABLE = "SWARM_DELEGATE_TEST_HOOK"  # "claimed:pause=SECONDS", tests only
 
 
 def read_facts(stream: IO[str]) -> dict:
@@ -61,12 +63,15 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
         elif verb == "claim":
             claimed = []
             for number in range(options.get("limit") or 1):
-                job = delegate.claim(conn, config, drone, now, renew=number == 0)
+                # Nothing at the first: the idle answer, read with the claim.
+                job = delegate.claim(conn, config, drone, now, renew=number == 0,
+                                     idle=number == 0 and bool(options.get("idle_info")))
                 if job is None:
                     break
                 claimed.append(job)
-            if not claimed and options.get("idle_info"):
-                claimed = [delegate.idle_answer(conn, config, now)]
+                if job["cpv"] is None:
+                    break
+            crashpoint(HOOK_VARIABLE, "claimed")
             if beat:  # the drone learns of a config drift from its claim as from a heartbeat
                 claimed = [{**job, "config_matches": beat["config_matches"]} for job in claimed]
             if as_json:
@@ -74,7 +79,8 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
             else:
                 for job in claimed:
                     print(f"{job['cpv']}\tlease until {job['lease_until']}" if job["cpv"] else
-                          f"nothing eligible; {job['in_progress']} being built or published"
+                          f"nothing eligible; {job['in_progress']} being built or published, "
+                          f"{job['retry_soon']} back-off(s) ending soon"
                           + (f"; ask again in {job['ask_again_seconds']} s"
                              if job["ask_again_seconds"] else ""))
         elif verb == "report":

@@ -60,10 +60,11 @@ class Swarm:
         out = subprocess.run([script("swarm-config"), "init", "--dir", str(root), *env_args],
                              capture_output=True, text=True, check=True)
         self.config = Path(out.stdout.strip())
-        # Tests start swarm-sync themselves, when they mean to.
+        # Tests start swarm-sync and swarm-resolve themselves, when they mean to
+        # (most scans are saved ones of trees that are not here to resolve).
         from swarmtools.config import edit
 
-        edit(self.config, {"binhost": {"publish_on_report": False}})
+        edit(self.config, {"binhost": {"publish_on_report": False}, "scan": {"resolve": False}})
         self._paths(root)
 
     def _paths(self, root: Path) -> None:

@@ -281,7 +281,9 @@ def test_an_idle_answer_says_when_to_ask_again(queue):
     ends = conn.execute("SELECT min(retry_after) FROM packages").fetchone()[0]
     soon = datetime.fromisoformat(ends) - timedelta(seconds=100)
     assert delegate.idle_answer(conn, config, soon) == {
-        "cpv": None, "in_progress": 0, "ask_again_seconds": 100}
+        "cpv": None, "in_progress": 0, "retry_soon": 5, "ask_again_seconds": 100}
+    # Beyond the idle ceiling, a back-off is not about to end: a drain leaves it for later.
+    assert delegate.idle_answer(conn, config, soon - timedelta(seconds=300))["retry_soon"] == 0
     conn.execute("UPDATE packages SET active = 0")
     conn.commit()
     assert delegate.idle_answer(conn, config, soon)["ask_again_seconds"] is None

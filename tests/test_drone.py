@@ -3,11 +3,12 @@
 import json
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import DroneSwarm, build_root_digest, ebuild
+from conftest import DroneSwarm, build_root_digest, ebuild, script
 
 from swarmtools.build import STOP_GRACE_SECONDS
 from swarmtools.prefix import EXAMPLE_REPO
@@ -203,3 +204,64 @@ def test_a_build_that_shows_no_progress_is_stopped_as_stalled(tmp_path):
     detail, kind = swarm.query("SELECT detail, kind FROM events WHERE event = 'build-failed'")[0]
     assert kind == "stalled"
     assert "no output and no CPU time for 3 s" in Path(detail.split("log ")[1]).read_text()
+
+
+def test_a_drain_does_not_end_while_a_dependency_is_being_published(tmp_path, built_packages):
+    """The held-out race, made certain: a draining drone asks for work while the one
+    dependency its last package waits for is received; the publication commits after the
+    claim found nothing and before the answer is made. The answer must keep it draining."""
+    from conftest import HandDrone
+
+    swarm = DroneSwarm(tmp_path, world=["dev-libs/libfoo"], delegate=FAST)
+    assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+    hand = HandDrone(swarm, built_packages, "d1")
+    base = "sys-apps/example-base-1.0"
+    assert hand.claim() == base  # libfoo waits for it
+    assert hand.report(base, hand.stage(base)).returncode == 0  # received: being published
+    # d2 asks (its claim paused after it found nothing); meanwhile swarm-sync publishes.
+    claim = subprocess.Popen(
+        [script("swarm-delegate"), "claim", "--drone", "d2", "--json", "--idle-info",
+         "--heartbeat"], env={**swarm.env, "SWARM_DELEGATE_TEST_HOOK": "claimed:pause=6"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    claim.stdin.write(json.dumps(HandDrone.FACTS))
+    claim.stdin.close()
+    swarm.wait_for("SELECT 1 FROM drones WHERE name = 'd2'", timeout=20)
+    time.sleep(1)  # the claim's transaction, right after its heartbeat
+    sync = swarm.run("swarm-sync")
+    assert sync.returncode == 0, sync.stderr
+    assert swarm.query("SELECT status FROM packages WHERE cpv = ?", (base,)) == [("synced",)]
+    answer = json.loads(claim.stdout.read())
+    assert claim.wait(timeout=30) == 0, claim.stderr.read()
+    assert answer["cpv"] is None  # the claim ran before the publication...
+    # ...so its answer tells of the publication in progress, and the drone asks again.
+    assert answer["in_progress"] == 1, answer
+    assert hand.claim() == "dev-libs/libfoo-1.2"
+
+
+def test_a_drain_waits_for_a_back_off_about_to_end(tmp_path):
+    """A package waits a moment after a drone found a dependency missing; a draining
+    drone alone in the swarm waits for it and builds it, rather than leave it needed."""
+    pytest.importorskip("portage")
+    # A wait of 2 * poll_seconds: longer than the drone takes to start.
+    swarm = DroneSwarm(tmp_path, world=["app-misc/example-docs"], publish=True,
+                       delegate={**FAST, "poll_seconds": 5, "idle_max_seconds": 30})
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    docs = "app-misc/example-docs-1.0"
+    arch, chost = swarm.query("SELECT arch, chost FROM profiles")[0]
+    facts = json.dumps({"arch": arch, "chost": chost})
+    r = swarm.run("swarm-delegate", "claim", "--drone", "d1", "--json", "--heartbeat",
+                  input=facts)
+    assert json.loads(r.stdout)["cpv"] == docs, r.stderr
+    r = swarm.run("swarm-delegate", "report", "--drone", "d1", docs, "--failed", "--kind",
+                  "missing-binary-dependency")
+    assert r.returncode == 0, r.stderr
+    (retry_after,), = swarm.query("SELECT retry_after FROM packages")
+    assert retry_after  # a moment, then it may be claimed again
+    d2 = swarm.drone("d2", "--drain")
+    try:
+        _out, err = d2.communicate(timeout=180)
+    finally:
+        swarm.stop()
+    assert d2.returncode == 0, err
+    # (The drain waits for its build's publication too.)
+    assert swarm.query("SELECT status, drone FROM packages") == [("synced", "d2")], err

@@ -33,7 +33,7 @@ STAGES = {
             "cli.fresh", "cli.release", "cli.resolve", "cli.status", "cli.swarm_delegate",
             "cli.sync"),
     # figures, the status page, drift of the hosts, the files that deploy them
-    "observe": ("status", "page", "metrics", "drift", "deploy"),
+    "observe": ("status", "page", "charts", "metrics", "drift", "deploy"),
     # the orchestrator's side of the drones: claims, reports, the verbs, the ssh gateway
     "control": ("gateway", "verbs", "delegate", "placement"),
     # the scan fills the queue; the dependency graph orders it

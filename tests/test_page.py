@@ -7,6 +7,7 @@ by Playwright without a browser download) and served by a real HTTP server.
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import threading
@@ -100,6 +101,7 @@ def test_prometheus_text_parses_and_matches_json(busy):
     assert samples[("swarm_last_scan_timestamp_seconds", ())] == \
         clock.parse(figures["last_scan"]["at"]).timestamp()
     assert ("swarm_last_sync_timestamp_seconds", ()) not in samples  # never ran: no sample
+    assert promtool_check(text) == ""
 
 
 def test_promtool_finds_the_metrics_clean(busy):
@@ -341,3 +343,192 @@ def test_the_page_of_a_real_swarm_in_a_real_browser(example_swarm, tmp_path):
         assert len(longest) == min(page.LONGEST, figures["builds_ok"])
         chromium.close()
     assert requests == [f"{http.url}/index.html"], requests  # nothing else, nothing from elsewhere
+
+
+# --- what the page must be to be read: contrast, captions, words for every figure ----------
+
+def contrast(color: str, background: str = "#ffffff") -> float:
+    """WCAG 2 contrast ratio of two colours (#rgb, #rrggbb or rgb(r, g, b))."""
+    def luminance(text: str) -> float:
+        text = text.strip().lower()
+        if text.startswith("rgb"):
+            channels = [int(c) for c in re.findall(r"\d+", text)[:3]]
+        else:
+            digits = text.lstrip("#")
+            if len(digits) == 3:
+                digits = "".join(c * 2 for c in digits)
+            channels = [int(digits[i:i + 2], 16) for i in (0, 2, 4)]
+        linear = [c / 255 / 12.92 if c / 255 <= 0.03928 else ((c / 255 + 0.055) / 1.055) ** 2.4
+                  for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    lighter, darker = sorted((luminance(color), luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_contrast_is_computed_as_wcag_does():
+    assert round(contrast("#000"), 1) == 21.0 and round(contrast("#fff"), 1) == 1.0
+    assert round(contrast("#767676"), 2) == 4.54  # the lightest grey that passes 4.5:1
+    assert round(contrast("#d98e04"), 1) == 2.7  # the page's old 'needed', as the issue says
+
+
+def test_the_pages_colours_contrast_with_its_background_and_every_table_has_a_caption(busy, tmp_path):
+    out = tmp_path / "index.html"
+    assert busy.run("swarm-status", "--html", str(out)).returncode == 0
+    text = out.read_text()
+    # The background the colours are measured against is the page's own.
+    assert re.search(r"body\{[^}]*background:#fff", text)
+    css = re.search(r"<style>(.*?)</style>", text, re.DOTALL).group(1)
+    # Text: 4.5:1 (WCAG 1.4.3); the marks of the charts and the state swatches: 3:1 (1.4.11).
+    # Borders between table rows only separate: they are not measured.
+    text_colors = set(re.findall(r"(?<![-\w])(?:color|fill):(#[0-9a-fA-F]{3,6})", css))
+    marks = set(re.findall(r'(?:fill|stroke)="(#[0-9a-fA-F]{3,6})"', text)) | \
+        set(re.findall(r'style="color:(#[0-9a-fA-F]{3,6})"', text))
+    assert text_colors and len(marks) >= 5
+    low = {c: round(contrast(c), 2) for c in text_colors if contrast(c) < 4.5}
+    low |= {c: round(contrast(c), 2) for c in marks if contrast(c) < 3}
+    assert not low, f"colours below their contrast on white: {low}"
+    for color in [*page.COLORS.values(), *page.DRONE_COLORS]:
+        assert contrast(color) >= 3, color
+
+    import html5lib
+
+    document = html5lib.parse(text, namespaceHTMLElements=False)
+    tables = document.findall(".//table")
+    assert len(tables) >= 4
+    for table in tables:
+        caption = table.find("caption")
+        assert caption is not None and "".join(caption.itertext()).strip(), \
+            html5lib.serialize(table)[:200]
+    # Words for what the JSON, the table and the metrics already said: the profiles, and
+    # what a drone's speed means.
+    profiles = document.find(".//table[@id='profiles']")
+    assert profiles is not None
+    words = " ".join(profiles.itertext())
+    assert "default" in words and "binhost" in words
+    (speed,) = [th for th in document.findall(".//table[@id='drones']//th")
+                if "speed" in "".join(th.itertext())]
+    assert "×" in "".join(speed.itertext())
+    note = "".join(document.find(".//*[@id='speed-note']").itertext())
+    assert "half the time" in note
+    # Every chart names its axes, and a time axis its time zone.
+    for chart in ("queue-chart", "builds-chart", "longest-chart"):
+        svg = document.find(f".//*[@id='{chart}']")
+        titles = ["".join(t.itertext()) for t in svg.iter()  # (SVG's namespace)
+                  if str(t.tag).endswith("text") and "axis-title" in t.get("class", "")]
+        assert titles, chart
+        if chart != "longest-chart":
+            assert any("UTC" in t for t in titles), (chart, titles)
+
+
+def chart_geometry(tab) -> list[dict]:
+    """Each chart's text as drawn: its effective font size (CSS px) and box, and the chart's."""
+    return tab.eval_on_selector_all("figure svg", """svgs => svgs.map(svg => {
+        const box = svg.getBoundingClientRect();
+        const scale = box.width / svg.viewBox.baseVal.width;
+        return {id: svg.id, box: [box.left, box.top, box.right, box.bottom],
+                texts: Array.from(svg.querySelectorAll('text'), t => {
+                    const r = t.getBoundingClientRect();
+                    return {text: t.textContent,
+                            px: parseFloat(getComputedStyle(t).fontSize) * scale,
+                            box: [r.left, r.top, r.right, r.bottom]};
+                })};
+    })""")
+
+
+def overlap(a, b) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return max(0, width) * max(0, height)
+
+
+def accessible_names(tab) -> list[str]:
+    """Every name in Chromium's accessibility tree (what a screen reader can reach)."""
+    session = tab.context.new_cdp_session(tab)
+    nodes = session.send("Accessibility.getFullAXTree")["nodes"]
+    return [n.get("name", {}).get("value", "") for n in nodes if not n.get("ignored")]
+
+
+@pytest.mark.slow
+def test_the_page_reads_at_390_and_1280_px_in_a_real_browser(example_swarm, tmp_path, capsys):
+    """The page of a real swarm, at a phone's width and a desktop's: chart text of a readable
+    size that neither overlaps nor leaves its chart, nothing wider than the screen, text and
+    marks that contrast, each series told by its name, every point reachable by a screen
+    reader. Screenshots of both are kept (their paths are printed)."""
+    swarm = example_swarm
+    www = tmp_path / "www"
+    www.mkdir()
+    assert swarm.run("swarm-status", "--html", str(www / "index.html")).returncode == 0
+    figures = json.loads((www / "index.json").read_text())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with HttpServer(www) as http, browser() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        for width in (390, 1280):
+            tab = chromium.new_page(viewport={"width": width, "height": 900})
+            tab.goto(f"{http.url}/index.html")
+            shot = tmp_path / f"status-page-{width}px.png"
+            tab.screenshot(path=str(shot), full_page=True)
+            shutil.copy(shot, ARTIFACTS / shot.name)
+            with capsys.disabled():  # shown however pytest captures output
+                print(f"\nscreenshot at {width} px: {ARTIFACTS / shot.name} (and {shot})")
+
+            assert tab.evaluate("document.documentElement.scrollWidth") <= width
+            charts = chart_geometry(tab)
+            assert {c["id"] for c in charts} >= {"queue-chart", "builds-chart", "longest-chart"}
+            for chart in charts:
+                for t in chart["texts"]:
+                    assert t["px"] >= 11, (width, chart["id"], t)
+                    left, top, right, bottom = chart["box"]
+                    assert (t["box"][0] >= left - 1 and t["box"][2] <= right + 1
+                            and t["box"][1] >= top - 1 and t["box"][3] <= bottom + 1), \
+                        (width, chart["id"], t)
+                for i, a in enumerate(chart["texts"]):
+                    for b in chart["texts"][i + 1:]:
+                        assert overlap(a["box"], b["box"]) < 1, (width, chart["id"], a, b)
+
+            # Contrast as drawn: text 4.5:1, the charts' marks 3:1, on the page's background.
+            assert tab.evaluate("getComputedStyle(document.body).backgroundColor") == \
+                "rgb(255, 255, 255)"
+            colors = tab.evaluate("""() => {
+                const found = [];
+                for (const el of document.querySelectorAll('body *')) {
+                    const own = Array.from(el.childNodes).some(
+                        n => n.nodeType === 3 && n.textContent.trim());
+                    const style = getComputedStyle(el);
+                    // (A swatch is a glyph hidden from screen readers: a mark, not words.)
+                    if (own && el.getClientRects().length)
+                        found.push([el.closest('[aria-hidden=true]') ? 'mark' : 'text',
+                                    el.tagName,
+                                    el instanceof SVGElement ? style.fill : style.color]);
+                    if (el.matches('.point, .bar, .series, .axis'))
+                        for (const paint of [style.fill, style.stroke])
+                            if (paint.startsWith('rgb')) found.push(['mark', el.tagName, paint]);
+                }
+                return found;
+            }""")
+            low = {(kind, tag, color) for kind, tag, color in colors
+                   if contrast(color) < (4.5 if kind == "text" else 3)}
+            assert not low, (width, low)
+            tab.close()
+
+        # Each series is told by its name, not by its colour alone.
+        tab = chromium.new_page(viewport={"width": 1280, "height": 900})
+        tab.goto(f"{http.url}/index.html")
+        labels = tab.eval_on_selector_all("#queue-chart .series-label",
+                                          "ts => ts.map(t => t.dataset.series)")
+        assert sorted(labels) == sorted(figures["states"])
+        labels = tab.eval_on_selector_all("#builds-chart .series-label",
+                                          "ts => ts.map(t => t.dataset.series)")
+        assert sorted(labels) == sorted(figures["builds_per_hour"]["drones"])
+        # Every point's words reach a screen reader, not only a mouse.
+        titles = tab.eval_on_selector_all(
+            "#queue-chart .point title, #builds-chart .bar title, #longest-chart .bar title",
+            "ts => ts.map(t => t.textContent)")
+        names = set(accessible_names(tab))
+        assert titles and not [t for t in titles if t not in names], \
+            [t for t in titles if t not in names][:5]
+        # The profiles, as the JSON has them.
+        profiles = tab.inner_text("#profiles")
+        for name, share in figures["profiles"].items():
+            assert name in profiles and share["binhost"] in profiles
+            assert share["profile"]["digest"][:12] in profiles
+        chromium.close()

@@ -80,7 +80,8 @@ def test_a_package_whose_dependencies_are_not_published_is_never_claimed(scanned
                             "app-misc/example-suite-1.0"}
     why = scanned.run("swarm-delegate", "claim", "--drone", "d2", "--json", "--idle-info")
     # Builds in progress may make more eligible: ask again soon (poll_seconds here).
-    assert json.loads(why.stdout) == {"cpv": None, "in_progress": 5, "ask_again_seconds": 1}
+    assert json.loads(why.stdout) == {"cpv": None, "in_progress": 5, "retry_soon": 0,
+                                      "ask_again_seconds": 1}
     figures = json.loads(scanned.run("swarm-status", "--json").stdout)
     assert figures["waiting"] == {"on_dependencies": 7, "on_failure": 0}
     # A failed build: what waits on it, directly or not, is counted, not retried.
@@ -90,6 +91,37 @@ def test_a_package_whose_dependencies_are_not_published_is_never_claimed(scanned
     figures = json.loads(scanned.run("swarm-status", "--json").stdout)
     assert figures["waiting"] == {"on_dependencies": 7, "on_failure": 7}  # all need it
     assert "7 of them on a failed build" in scanned.run("swarm-status").stdout
+
+
+def claim_all(swarm, drone: str) -> set[str]:
+    """Every package DRONE may claim now (it says its ARCH and CHOST first)."""
+    arch, chost = swarm.query("SELECT arch, chost FROM profiles")[0]
+    r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json", "--limit", "100",
+                  "--heartbeat", input=json.dumps({"arch": arch, "chost": chost}))
+    assert r.returncode == 0, r.stderr
+    return {json.loads(line)["cpv"] for line in r.stdout.splitlines()}
+
+
+def test_a_plain_scan_resolves_so_the_queue_is_gated_from_its_first_claim(tmp_path):
+    pytest.importorskip("portage")
+    swarm = DroneSwarm(tmp_path, delegate=FAST)
+    # A new admin's config (swarm-config init), which says nothing of resolving.
+    from swarmtools.config import edit
+
+    edit(swarm.config, {"scan": {"resolve": None}})
+    # swarm-fresh as typed: the scan, then swarm-resolve.
+    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    # Only packages with no build-time dependency are handed out before anything is built.
+    assert claim_all(swarm, "d1") == {
+        "sys-apps/example-base-1.0", "dev-build/example-make-3.1", "app-misc/example-docs-1.0",
+        "sys-apps/example-utils-1.0", "app-misc/example-suite-1.0"}
+    assert swarm.query("SELECT count(*) FROM packages WHERE resolved IS NULL") == [(0,)]
+    # The way out, for those who resolve on their own: a bump is left unresolved.
+    docs = swarm.prefixes["orchestrator"].repo / "app-misc" / "example-docs"
+    shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
+    assert swarm.run("swarm-fresh", "-q", "--no-resolve").returncode == 0
+    assert swarm.query("SELECT cpv FROM packages WHERE resolved IS NULL") == [
+        ("app-misc/example-docs-1.1",)]
 
 
 def compiled(prefix, drone: str) -> list[str]:

@@ -79,9 +79,10 @@ def heartbeat(run_, drone, as_json):
               help="Claim up to this many packages, one transaction each.")
 @click.option("--idle-info", is_flag=True,
               help='When nothing is eligible, say so: {"cpv": null, "in_progress": N, '
-                   '"ask_again_seconds": S}, N the packages being built or published (work '
-                   "that may make more eligible), S when to ask again (null: at the drone's "
-                   "own back-off).")
+                   '"retry_soon": R, "ask_again_seconds": S}, N the packages being built or '
+                   "published (work that may make more eligible), R those whose back-off ends "
+                   "within delegate.idle_max_seconds, both as the claim saw them; S when to "
+                   "ask again (null: at the drone's own back-off).")
 @click.option("--heartbeat", is_flag=True,
               help="Read the drone's heartbeat facts on stdin (as `heartbeat` does) and record "
                    "them first: an idle drone's heartbeat rides on its claim, one ssh session.")

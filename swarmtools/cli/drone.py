@@ -23,7 +23,10 @@ from .common import CONTEXT, SwarmCommand, config_option, pass_run, run, verbosi
               help="This drone's [drones.NAME] [env SWARM_DRONE; default: the short host name].")
 @click.option("--once", is_flag=True, help="Build at most one package, then exit.")
 @click.option("--drain", is_flag=True,
-              help="Build until nothing is eligible and nothing is being built or published.")
+              help="Build until nothing could become eligible without a new scan: nothing "
+                   "eligible, nothing being built or published, no back-off ending within "
+                   "delegate.idle_max_seconds (a failed build's longer back-off is left for "
+                   "later).")
 @click.option("--syslog", is_flag=True, help="Log to syslog (daemon facility) instead of stderr.")
 @click.option("--facts", "print_facts", is_flag=True,
               help="Print this drone's facts as JSON and exit (what swarm-config check "

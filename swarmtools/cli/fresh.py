@@ -23,8 +23,10 @@ from .common import CONTEXT, SwarmCommand, config_option, json_option, pass_run,
 @click.option("--consulted-binhost", is_flag=True,
               help="With --from: the saved scan asked the swarm's binhost (--getbinpkg), so its "
                    "[ebuild rows for published packages mean Portage would not use them.")
-@click.option("--resolve", "then_resolve", is_flag=True,
-              help="Then run swarm-resolve (skipped, with a warning, while another runs).")
+@click.option("--resolve/--no-resolve", "then_resolve", default=None,
+              help="Then run swarm-resolve, or not [default: scan.resolve, true: claims wait "
+                   "for dependencies from the first]; skipped, with a warning, while another "
+                   "runs.")
 @click.option("--if-changed", is_flag=True,
               help="Scan only when the Portage configuration, the world file or a repository "
                    "changed since the last scan (cron, postsync); exit 0 quietly while another "
@@ -60,6 +62,10 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
     published build (other USE, say), and the package is queued again, with
     the reason in its history. A scan that could not read the binhost's
     index changes nothing (its list would be from a stale copy).
+
+    Then swarm-resolve runs (scan.resolve; --no-resolve skips it), so
+    drones get a package only once its build-time dependencies are
+    published, from the first claim on; a dry run resolves nothing.
 
     A row it does not understand, a truncated or empty list, a failed emerge,
     or a scan that would retire more than half of the queue (a broken world
@@ -98,15 +104,16 @@ def cli(run_, source, dry_run, as_json, force, consulted_binhost, then_resolve, 
 
     \b
     Examples:
-      swarm-fresh                      # run the scan, update the queue
+      swarm-fresh                      # run the scan, update the queue, resolve
       swarm-fresh --from world.txt -n  # what would this saved scan change?
       swarm-fresh --if-changed -q      # from cron: scan only after a change
       emerge -pev --color=n @world | swarm-fresh --from - --json | jq .added
     """
     config = run_.config()
     names = scan.profiles_to_scan(config, list(profile_names), source, if_changed)
+    resolve = config.scan.resolve if then_resolve is None else then_resolve
     request = scan.Request(names, source, dry_run, force, consulted_binhost, if_changed,
-                           then_resolve, progress=sys.stderr.isatty() and not quiet)
+                           resolve, progress=sys.stderr.isatty() and not quiet)
     # Open the database first: a config or schema problem should not wait for emerge.
     conn = run_.database(create=True)
     outcome = scan.run(config, conn, request, clock.utcnow)

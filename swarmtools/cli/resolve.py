@@ -48,7 +48,7 @@ def cli(run_, as_json, verbose, quiet):
     Examples:
       swarm-resolve -v
       swarm-resolve --json | jq .recomputed
-      swarm-fresh --resolve          # a scan, then this (the postsync hook does)
+      swarm-fresh                    # a scan, then this (scan.resolve; --no-resolve: not)
     """
     try:
         result = resolve.run(run_.config(), clock.utcnow())

@@ -46,8 +46,10 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
 
     Every figure is derived from the database and staging: drones online
     (heard from within delegate.online_seconds, or holding a live lease)
-    out of known, the success rate of reported builds, the number of
-    packages in each state
+    out of known, the success rate of reported builds (built against the
+    package's own failures: build, stalled; reports of a dependency not
+    published yet and the drones' trouble, environment and fetch, are
+    counted apart), the number of packages in each state
     (needed, delegated, received, synced, failed), the bytes waiting in
     staging and the age of the oldest received package (BACKLOG when older
     than three binhost.sync_interval_seconds), and one line a drone.
@@ -61,11 +63,13 @@ def cli(run_, as_json, list_packages, state, retired, show_history, last, explai
     --why PACKAGE (CATEGORY/PF, or CATEGORY/PN for each queued slot) asks
     the rules the claims use: what keeps it from every drone, what keeps it
     from each drone (offline, grounded, held, excluded for it, lacking a
-    feature), and which drones would take it now.
+    feature), the drones that build in their live system (isolation =
+    "none"), and which drones would take it now.
 
     --history [PACKAGE] prints what happened, oldest first: to every package
-    (the last --last events) or to one (CATEGORY/PF or CATEGORY/PN): when,
-    what, the state before and after, who, and why.
+    (the last --last events) or to one (CATEGORY/PF: that version;
+    CATEGORY/PN: every version): when, which version, what, the state before
+    and after, who, and why.
 
     --html FILE writes the status page for a web server: one self-contained
     HTML file (inline CSS and SVG, no JavaScript, nothing fetched from
@@ -170,6 +174,8 @@ def _print_why(answers: list[dict]) -> None:
         for drone in answer["drones"]:
             for reason in drone["reasons"]:
                 click.echo(f"  {drone['drone']}: {reason['rule']}: {reason['why']}")
+            if drone["isolation"] == "none":  # what it builds may see the drone's own system
+                click.echo(f"  {drone['drone']}: builds in its live system (isolation = none)")
         if answer["eligible_for"]:
             click.echo(f"  eligible for: {', '.join(answer['eligible_for'])} (their next claim, "
                        "in priority order)")
@@ -178,7 +184,9 @@ def _print_why(answers: list[dict]) -> None:
 def _print_summary(figures: dict) -> None:
     rate = "n/a" if figures["success_rate"] is None else f"{figures['success_rate']:.1%}"
     click.echo(f"drones online: {figures['drones_online']}/{figures['drones_known']}")
-    click.echo(f"success rate:  {rate} ({figures['builds_ok']} built, {figures['builds_failed']} failed)")
+    click.echo(f"success rate:  {rate} ({figures['builds_ok']} built, {figures['builds_failed']} "
+               f"failed; apart: {figures['builds_dependency_waits']} waited for dependencies, "
+               f"{figures['builds_drone_trouble']} drone trouble)")
     states = "  ".join(f"{k} {v}" for k, v in figures["states"].items())
     click.echo(f"packages:      {figures['packages']} ({states}; {figures['retired']} retired)")
     waits = figures["waiting"]
@@ -221,11 +229,14 @@ def _print_summary(figures: dict) -> None:
             [[d["drone"], "yes" if d["online"] else "no", d["last_heartbeat"] or "never",
               d["building"], d["built"], d["failed"],
               "n/a" if d["success_rate"] is None else f"{d['success_rate']:.0%}",
+              d["dependency_waits"], d["drone_trouble"],
+              "live system" if d["isolation"] == "none" else
+              "throw-away root" if d["isolation"] else "?",
               f"until {d['grounded_until']}" if d["grounded_until"] else "-",
               "; ".join(d["drift"]) or "-"]
              for d in figures["drones"]],
             ["drone", "online", "last heartbeat", "building", "built", "failed", "success",
-             "grounded", "drift"])
+             "dep. waits", "trouble", "builds in", "grounded", "drift"])
 
 
 def main():
