@@ -103,6 +103,7 @@ class Builder:
         self.lower = (os.path.join(settings.build_root, self.portage.get("EPREFIX", "").lstrip("/"))
                       if settings.build_root else self.eroot)
         self.synced_for: str | None = None  # the scan's tree state it last synced towards
+        self.repositories: dict[str, Path] | None = None  # as the last profile set-up read them
         self.stop = threading.Event()
         self.child: subprocess.Popen | None = None
 
@@ -127,7 +128,8 @@ class Builder:
     def room(self, layers: Path, passed: list[Path], env: dict[str, str]) -> cleanroom.Room:
         """The room of a build with ENV: the build root, and what it shares with the drone
         (PASSED, writable, besides PKGDIR, DISTDIR and CCACHE_DIR)."""
-        _, repositories = profile.local_repositories(self.own_env)
+        # (Read by this build's profile set-up already, as a rule: Portage's config is slow.)
+        repositories = self.repositories or profile.local_repositories(self.own_env)[1]
         writable = [Path(self.portage["PKGDIR"]), *passed]
         for key in ("DISTDIR", "CCACHE_DIR"):  # downloads and the compiler cache are shared
             if self.portage.get(key) and Path(self.portage[key]).is_dir():
@@ -232,6 +234,7 @@ class Builder:
             differ = profile.tree_differences(tree, repositories)
         if differ:
             raise GiveBack("tree", "; ".join(differ))
+        self.repositories = repositories
         return own_root, repositories
 
     # The build.

@@ -132,10 +132,17 @@ class Rehearsal:
 
 def remove_user() -> None:
     subprocess.run(["crontab", "-u", USER, "-r"], capture_output=True, check=False)
-    deadline = time.monotonic() + 30  # a swarm-sync a report started may still run
+    # A swarm-sync a report started may still run; the drone's shared ssh
+    # connection keeps an sshd process of the user for a minute: both end here.
+    deadline = time.monotonic() + 2
     while time.monotonic() < deadline and subprocess.run(
             ["pgrep", "-u", USER], capture_output=True, check=False).returncode == 0:
         time.sleep(0.5)
+    subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True, check=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(
+            ["pgrep", "-u", USER], capture_output=True, check=False).returncode == 0:
+        time.sleep(0.2)
     subprocess.run(["userdel", "--force", USER], capture_output=True, check=False)
     subprocess.run(["groupdel", USER], capture_output=True, check=False)
 

@@ -168,10 +168,10 @@ def test_a_missing_binary_dependency_is_reported_not_built(scanned, built_packag
 
     conn = db.connect(scanned.db)
     with db.write(conn):
-        conn.execute("UPDATE packages SET status = 'synced' WHERE cp NOT IN"
+        conn.execute("UPDATE packages SET active = 0 WHERE cp NOT IN"
                      " ('dev-libs/libbar', 'dev-libs/libfoo', 'sys-apps/example-base')")
         conn.execute("UPDATE packages SET priority = 9 WHERE cp = 'dev-libs/libbar'")
-    conn.close()  # (edited by hand, test only: libbar first, the others out of the way)
+    conn.close()  # (edited by hand, test only: libbar first, the others retired)
     d1 = scanned.drone("d1", "--once")
     _out, err = d1.communicate(timeout=300)
     assert d1.returncode == 0, err
