@@ -24,8 +24,10 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check swarmtools tests benchmarks demo
 
-# On every core: what several tests share is built once a run (tests/conftest.py).
-PARALLEL ?= -n auto --dist loadgroup
+# A worker a core, and one more: many tests wait (leases, sshd, a web server),
+# and the extra worker uses the core a waiting test leaves. What several tests
+# share is built once a run (tests/conftest.py).
+PARALLEL ?= -n $(shell echo $$(( $$(nproc) + 1 ))) --dist loadgroup
 
 test: setup lint
 	./scripts/system-deps --browser
