@@ -243,6 +243,21 @@ def drone_emerge_log(prefix, name: str) -> str:
     return log.read_text() if log.exists() else ""
 
 
+def database_at(path: Path, version: int) -> sqlite3.Connection:
+    """A database of schema VERSION, as the code of that time made it (to test a migration)."""
+    from swarmtools import db
+
+    conn = sqlite3.connect(path, isolation_level=None)
+    for migration in db.MIGRATIONS[:version]:
+        if callable(migration):
+            migration(conn)
+        else:
+            for statement in db._statements(migration):
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {version}")
+    return conn
+
+
 def ebuild(body: str = "", description: str = "test package") -> str:
     """An EAPI 8 ebuild for the test repository, with extra phase code."""
     return (f'EAPI=8\nDESCRIPTION="{description}"\nHOMEPAGE="https://example.invalid"\n'

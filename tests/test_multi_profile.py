@@ -8,7 +8,7 @@ import json
 import sqlite3
 
 import pytest
-from conftest import HandDrone, add_drones
+from conftest import HandDrone, add_drones, database_at
 
 from swarmtools import db
 from swarmtools.config import edit
@@ -185,14 +185,7 @@ def test_a_profile_moved_to_another_binhost_leaves_its_builds_without_force(swar
 
 def test_a_database_of_one_profile_migrates_to_wants_and_binhosts(tmp_path):
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for migration in db.MIGRATIONS[:9]:  # the schema before profiles (version 9)
-        if callable(migration):
-            migration(conn)
-        else:
-            for statement in db._statements(migration):
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version = 9")
+    conn = database_at(path, 9)  # the schema before profiles (version 9)
     conn.execute("INSERT INTO packages (id, cp, slot, cpv, status, active, scan_order, first_seen,"
                  " updated_at, binhost_path) VALUES (1, 'a/b', '0', 'a/b-1', 'synced', 1, 3, 't',"
                  " 't', 'a/b/b-1-1.gpkg.tar'), (2, 'a/c', '0', 'a/c-1', 'needed', 0, 0, 't', 't',"

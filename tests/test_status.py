@@ -5,7 +5,7 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import EMERGE_DATA, promtool_check
+from conftest import EMERGE_DATA, database_at, promtool_check
 
 from swarmtools import db, packages
 
@@ -115,14 +115,7 @@ def test_the_migration_gives_old_events_the_version_their_history_proves(tmp_pat
     """Events written before they kept their CPV: the migration reads it from the history."""
 
     path = tmp_path / "old.db"
-    conn = sqlite3.connect(path, isolation_level=None)
-    for migration in db.MIGRATIONS[:10]:  # the schema before events kept their CPV
-        if callable(migration):
-            migration(conn)
-        else:
-            for statement in db._statements(migration):
-                conn.execute(statement)
-    conn.execute("PRAGMA user_version = 10")
+    conn = database_at(path, 10)  # the schema before events kept their CPV
     rows = "INSERT INTO packages (id, cp, slot, cpv, status, active, first_seen, updated_at)" \
            " VALUES (?, ?, '0', ?, ?, 1, 't', 't')"
     conn.execute(rows, (1, "app-misc/docs", "app-misc/docs-1.2", "received"))
