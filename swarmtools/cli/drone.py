@@ -52,7 +52,7 @@ def cli(run_, name, once, drain, syslog, print_facts, make_base, profile_name, v
     \b
       emerge --oneshot --onlydeps --onlydeps-with-rdeps=n \
              --usepkg=y --getbinpkg=y --usepkg-exclude=CAT/PN =CPV
-      emerge --oneshot --buildpkgonly =CPV
+      emerge --oneshot --buildpkgonly --usepkg=n =CPV   (always compiled)
 
     Every build runs in a throw-away root (drones.NAME.isolation =
     "overlay", the default): a private mount namespace with an overlay over
