@@ -82,6 +82,19 @@ class Swarm:
         return subprocess.run([script(name), *rest], input=input, env=env or self.env,
                               capture_output=True, text=not isinstance(input, bytes), **kw)
 
+    def sync(self, *args: str, timeout: float = 120.0, **kw) -> subprocess.CompletedProcess:
+        """swarm-sync -q as cron runs it, again while another run holds the lock (exit 75):
+        in a DroneSwarm with PUBLISH a report starts one in the background, which may still
+        be running when the test publishes."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.run("swarm-sync", "-q", *args, **kw)
+            if r.returncode != 75 or time.monotonic() > deadline:
+                return r
+            time.sleep(0.2)
+
     def query(self, sql: str, params=()) -> list[tuple]:
         """Read the database directly (tests only)."""
         conn = sqlite3.connect(self.db)

@@ -217,7 +217,7 @@ def test_the_binhost_is_mirrored_over_ssh(tmp_path, built_packages):
     try:
         edit(swarm.config, {"binhost": {"rsync_target": f"{server.destination}:binhost",
                                         "rsync_ssh_command": server.ssh_command("mirror")}})
-        r = swarm.run("swarm-sync", "-q")
+        r = swarm.sync()
         assert r.returncode == 0, r.stderr
         mirrored = web / "binhost"
         assert (mirrored / "Packages").read_bytes() == (swarm.root / "binhost" / "Packages").read_bytes()

@@ -46,7 +46,7 @@ def drain(swarm: DroneSwarm, name: str) -> None:
     d = swarm.drone(name, "--drain", "-v")
     _out, err = d.communicate(timeout=600)
     assert d.returncode == 0, err
-    r = swarm.run("swarm-sync", "-q")
+    r = swarm.sync()
     assert r.returncode == 0, r.stderr
 
 

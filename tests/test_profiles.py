@@ -46,7 +46,7 @@ def test_a_drone_builds_with_the_profiles_use_not_its_own(tmp_path):
         drone = swarm.drone("d1", "--drain")
         _out, err = drone.communicate(timeout=300)
         assert drone.returncode == 0, err
-        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.sync().returncode == 0
         assert swarm.query("SELECT cpv, status FROM packages") == [("app-misc/flavour-1", "synced")]
         assert "feature" in index_entries(swarm.root / "binhost")["app-misc/flavour-1"]["USE"].split()
         assert not swarm.query("SELECT * FROM events WHERE event = 'quarantined'")
@@ -157,7 +157,7 @@ def test_a_bump_and_the_postsync_hook_requeue_exactly_that_package(
 def bump_and_hook(emerge_swarm, prefix, built_packages):
     assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
     HandDrone(emerge_swarm, built_packages).build_all()
-    r = emerge_swarm.run("swarm-sync", "-q")
+    r = emerge_swarm.sync()
     assert r.returncode == 0, r.stderr
     synced = emerge_swarm.query("SELECT cpv FROM packages WHERE status = 'synced'")
     assert len(synced) >= 5 and emerge_swarm.query(
@@ -205,7 +205,7 @@ def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path
         edit(swarm.config, {"drones": {"d1": {
             "check_command": [*server.ssh_command("check"), server.destination]}}})
         assert swarm.run("swarm-fresh", "-q").returncode == 0
-        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.sync().returncode == 0
         make_conf.write_text(plain + f'PORTAGE_BINHOST="{swarm.http.url}"\n')
         r = swarm.run("swarm-config", "check", "--remote", "--json")
         assert r.returncode == 0, r.stdout + r.stderr
@@ -306,7 +306,7 @@ def test_two_profiles_build_a_shared_package_once_and_other_use_again(tmp_path):
             _, err = drone.communicate(timeout=120)
             assert drone.returncode == 0, err
         assert swarm.query("SELECT count(*) FROM packages WHERE status = 'needed'") == [(0,)]
-        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.sync().returncode == 0
         return json.loads(r.stdout)["profiles"]
 
     def built() -> list[tuple]:

@@ -31,7 +31,7 @@ def published(tmp_path, built_packages):
     try:
         assert swarm.run("swarm-fresh", "-q").returncode == 0
         swarm.cpvs = HandDrone(swarm, built_packages).build_all()
-        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.sync().returncode == 0
         swarm.binhost = swarm.root / "binhost"
         swarm.releases = swarm.root / "releases"
         yield swarm
@@ -62,7 +62,7 @@ def bump_docs(swarm, tmp_path):
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     hand = HandDrone(swarm, builder.pkgdir)
     assert hand.build_all() == ["app-misc/example-docs-1.1"]
-    assert swarm.run("swarm-sync", "-q").returncode == 0
+    assert swarm.sync().returncode == 0
 
 
 def client_sees(client, atom="app-misc/example-docs") -> str:
@@ -204,9 +204,9 @@ def test_a_rebuild_of_the_same_version_is_told_apart_in_diff(published, built_pa
     first = make(published)["name"]
     docs = next(published.binhost.glob("app-misc/example-docs/*.gpkg.tar"))
     docs.unlink()  # gone from the binhost: swarm-sync sends it to be built again
-    assert published.run("swarm-sync", "-q").returncode == 0
+    assert published.sync().returncode == 0
     assert HandDrone(published, built_packages).build_all() == ["app-misc/example-docs-1.0"]
-    assert published.run("swarm-sync", "-q").returncode == 0
+    assert published.sync().returncode == 0
     second = make(published)["name"]
     (change,) = [json.loads(line) for line in
                  published.run("swarm-release", "diff", first, second).stdout.splitlines()]
@@ -251,7 +251,7 @@ def test_promote_checks_signatures_when_signing_is_on(tmp_path, built_packages):
     signed = {**swarm.env, "SWARM_BINHOST_GPG_KEY": fingerprint, "SWARM_BINHOST_GPG_HOME": str(home)}
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     HandDrone(swarm, built_packages).build_all()
-    assert swarm.run("swarm-sync", "-q", env=signed).returncode == 0
+    assert swarm.sync(env=signed).returncode == 0
     r = swarm.run("swarm-release", "create", "1.0", env=signed)
     assert r.returncode == 0, r.stderr
     r = swarm.run("swarm-release", "promote", "1.0", env=signed)

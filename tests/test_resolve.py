@@ -186,7 +186,7 @@ def test_a_missing_binary_dependency_is_reported_not_built(scanned, built_packag
     # reported by d2), libbar is claimed and built; it waits until then.
     assert sorted(HandDrone(scanned, built_packages, "d2").build_all()) == [
         "dev-libs/libfoo-1.2", "sys-apps/example-base-1.0"]
-    assert scanned.run("swarm-sync", "-q").returncode == 0
+    assert scanned.sync().returncode == 0
     # (A drain: libbar's short wait after the missing dependency may not be over yet.)
     d1 = scanned.drone("d1", "--drain")
     _out, err = d1.communicate(timeout=300)

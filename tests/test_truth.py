@@ -76,7 +76,7 @@ def test_portages_verdict_requeues_what_it_would_not_install(foo_swarm):
     swarm = foo_swarm
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     drone_once(swarm, "d2")
-    assert swarm.run("swarm-sync", "-q").returncode == 0
+    assert swarm.sync().returncode == 0
     # The scan asks the binhost: the published build is what Portage would use.
     r = swarm.run("swarm-fresh", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["unchanged"] == 1
@@ -98,7 +98,7 @@ def test_a_scan_that_does_not_ask_the_binhost_requeues_nothing_for_it(foo_swarm)
     swarm = foo_swarm
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     drone_once(swarm, "d2")
-    assert swarm.run("swarm-sync", "-q").returncode == 0
+    assert swarm.sync().returncode == 0
     plain = swarm.prefixes["orchestrator"].run(
         ["emerge", "--pretend", "--emptytree", "--verbose", "--color=n", "@world"]).stdout
     assert "[ebuild" in plain
@@ -111,7 +111,7 @@ def test_an_unreachable_binhost_changes_nothing(foo_swarm):
     swarm = foo_swarm
     assert swarm.run("swarm-fresh", "-q").returncode == 0
     drone_once(swarm, "d2")
-    assert swarm.run("swarm-sync", "-q").returncode == 0
+    assert swarm.sync().returncode == 0
     swarm.http.stop()
     before = swarm.dump()
     r = swarm.run("swarm-fresh", "-q")
@@ -144,13 +144,13 @@ def test_a_client_that_cached_an_index_sees_the_next_one_a_second_later(tmp_path
         pretend = ["emerge", "--pretend", "--getbinpkg", "--usepkg", "--color=n", "--oneshot"]
         first = hand.claim()
         hand.report(first, hand.stage(first))
-        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.sync().returncode == 0
         r = client.run([*pretend, f"={first}"])
         assert "[binary" in r.stdout, r.stdout + r.stderr  # the client cached this index
         second = hand.claim()
         hand.report(second, hand.stage(second))
         time.sleep(1)
-        assert swarm.run("swarm-sync", "-q").returncode == 0
+        assert swarm.sync().returncode == 0
         r = client.run([*pretend, f"={second}"])
         row = next(line for line in r.stdout.splitlines() if second.split("/")[1] in line)
         assert row.startswith("[binary"), r.stdout + r.stderr
