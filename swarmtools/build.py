@@ -15,7 +15,7 @@ is gone. With ``isolation = "none"`` the steps run in the drone's live
 system, as Portage does by default.
 
 While emerge runs, the drone's heartbeats go on (a callback) and a build
-that shows no progress (no output, no CPU time) for
+that shows no progress (no output, and under 2 % of a core's CPU time) for
 ``delegate.max_silent_seconds`` is stopped and reported as stalled.
 """
 
@@ -53,6 +53,8 @@ LOG_TAIL_BYTES = 4 << 20  # of a failed build's log: the end says why
 CONSOLE_TAIL_BYTES = 256 << 10
 STOP_GRACE_SECONDS = 10  # a build's whole session is killed this long after SIGTERM
 WAIT_SLICE_SECONDS = 0.5  # how soon a running build notices a stop
+IDLE_CPU_SHARE = 0.02  # below 2 % of a core, a build that writes nothing is not working
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BUILDS = "builds"  # under the work directory: one folder of layers a build
 
 
@@ -405,7 +407,7 @@ class _Steps:
             self.builder.child = child
             if stop.is_set():  # SIGTERM came before there was a child to stop
                 _stop_session(child)
-            progress, quiet_since = None, time.monotonic()
+            output, cpu_mark, quiet_since = None, 0, time.monotonic()
             next_check, killed_at = quiet_since, None
             try:
                 while True:
@@ -428,14 +430,14 @@ class _Steps:
                     if not silent_limit or now < next_check:
                         continue
                     next_check = now + check_every
-                    now_progress = (_tree_size(self.console, self.logdir), session_cpu(child.pid))
-                    if now_progress != progress:
-                        progress, quiet_since = now_progress, now
+                    now_output, cpu = _tree_size(self.console, self.logdir), session_cpu(child.pid)
+                    if now_output != output or _busy(cpu - cpu_mark, now - quiet_since):
+                        output, cpu_mark, quiet_since = now_output, cpu, now
                     elif now - quiet_since >= silent_limit:
-                        log.error("%s: no output and no CPU time for %d s: stopping it",
+                        log.error("%s: no output and (almost) no CPU time for %d s: stopping it",
                                   cpv, silent_limit)
-                        out.write(f"\nswarm-drone: no output and no CPU time for {silent_limit} s"
-                                  " (delegate.max_silent_seconds): stopped\n")
+                        out.write("\nswarm-drone: no output and (almost) no CPU time for"
+                                  f" {silent_limit} s (delegate.max_silent_seconds): stopped\n")
                         out.flush()
                         _stop_session(child)
                         return child.wait(), True
@@ -468,6 +470,12 @@ def _tree_size(*paths: Path) -> int:
         elif path.is_dir():
             total += sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return total
+
+
+def _busy(ticks: int, seconds: float) -> bool:
+    """Whether TICKS of CPU time in SECONDS is work, not an idle process's trickle: emerge
+    itself, waiting for a hung phase, wakes up now and then (a tick every few seconds)."""
+    return ticks > 1 + IDLE_CPU_SHARE * seconds * CLOCK_TICKS
 
 
 def session_cpu(session: int) -> int:

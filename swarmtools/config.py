@@ -119,8 +119,9 @@ class Delegate:
     policy: str = key("critical", "which eligible package a drone gets: critical (the longest "
                                   "chain first, placed by drone speed) or first (queue order)",
                       kind="choice", choices=("critical", "first"))
-    max_silent_seconds: int = key(7200, "a build with no output and no CPU time this long is "
-                                        "stopped and reported stalled (0: never)", minimum=0)
+    max_silent_seconds: int = key(7200, "a build with no output and (almost) no CPU time, under "
+                                        "2 % of a core, this long is stopped and reported "
+                                        "stalled (0: never)", minimum=0)
     staging_quota_mib: int = key(20480, "the most a drone may keep in its staging area",
                                  minimum=1)
 

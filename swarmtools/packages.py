@@ -61,7 +61,7 @@ class FailureKind(StrEnum):
     """Why a build failed, as the drone saw it (``events.kind``)."""
 
     BUILD = "build"        # emerge failed building the package
-    STALLED = "stalled"    # no output and no CPU time for delegate.max_silent_seconds
+    STALLED = "stalled"    # no output and (almost) no CPU time for delegate.max_silent_seconds
     # Not the package's fault: a dependency is not on the binhost yet. The
     # package waits for it; no attempt is counted.
     MISSING_DEPENDENCY = "missing-binary-dependency"

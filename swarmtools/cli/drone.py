@@ -84,8 +84,8 @@ def cli(run_, name, once, drain, syslog, print_facts, make_base, profile_name, v
     new binary package is uploaded to staging/NAME/ with rsync and reported
     (or the build log is uploaded and the failure reported). Heartbeats
     continue while emerge runs, so a long build keeps its lease; a build
-    with no output and no CPU time for delegate.max_silent_seconds is
-    stopped and reported as stalled. Idle, it asks again after
+    with no output and (almost) no CPU time, under 2 % of a core, for
+    delegate.max_silent_seconds is stopped and reported as stalled. Idle, it asks again after
     delegate.poll_seconds, doubling up to delegate.idle_max_seconds.
     Connection failures are retried; a finished build waits until it can
     be delivered.
