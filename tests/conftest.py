@@ -55,15 +55,12 @@ class Swarm:
     """One test's swarm: config file, database path, and a way to run commands."""
 
     def __init__(self, root: Path, scan_env: dict[str, str] | None = None):
-        self.root = root
-        env_args = [f"--scan-env={k}={v}" for k, v in (scan_env or {}).items()]
-        out = subprocess.run([script("swarm-config"), "init", "--dir", str(root), *env_args],
-                             capture_output=True, text=True, check=True)
-        self.config = Path(out.stdout.strip())
+        from swarmtools.config import edit, init
+
+        # What swarm-config init writes (its own tests run the command).
+        self.config = init(root, scan_env)
         # Tests start swarm-sync and swarm-resolve themselves, when they mean to
         # (most scans are saved ones of trees that are not here to resolve).
-        from swarmtools.config import edit
-
         edit(self.config, {"binhost": {"publish_on_report": False}, "scan": {"resolve": False}})
         self._paths(root)
 
@@ -328,20 +325,14 @@ def example_swarm(tmp_path_factory) -> DroneSwarm:
     return swarm
 
 
-def _build_world(root: Path) -> dict:
-    from swarmtools.prefix import create_prefix
-
-    prefix = create_prefix(root)
-    r = prefix.run(["emerge", "--buildpkg=y", "--color=n", "@world"])
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    return {"pkgdir": str(prefix.pkgdir)}
-
-
 @pytest.fixture(scope="session")
 def built_packages(tmp_path_factory) -> Path:
-    """A PKGDIR holding a real gpkg of every example package (one emerge, ~30 s, once a run)."""
+    """A tree of real gpkgs of every example package, laid out as a PKGDIR: the example
+    swarm's binhost (its two drones built them, once a run; nothing else writes there)."""
     pytest.importorskip("portage")
-    return Path(once_per_run(tmp_path_factory, "builder", _build_world)[1]["pkgdir"])
+    root, made = once_per_run(tmp_path_factory, "example", _example_world)
+    assert all(code == 0 for code, *_ in made["drone_results"]), made["drone_results"]
+    return root / "swarm" / "binhost"
 
 
 class HandDrone:
