@@ -222,12 +222,18 @@ def test_a_package_is_not_left_to_a_faster_drone_a_rule_keeps_from_it(control):
     assert claim(control, "x1") == "app-misc/foo-1.0"
 
 
-def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
+def with_exclusion_file(control, tmp_path, text: str, cpvs: list[str], **settings):
+    """Exclusion file TEXT in the config (with more SETTINGS), then a scan of CPVS."""
     mask = tmp_path / "swarm.mask"
-    mask.write_text("# kept in git\n>=app-misc/foo-2  # too new\n")
-    config_mod.edit(control.config, {"exclude": {"file": str(mask)}})
-    control.run("swarm-fresh", "-q", "--from", "-",
-                input=scan(["app-misc/foo-2.1::gentoo", "app-misc/bar-1::gentoo"]))
+    mask.write_text(text)
+    config_mod.edit(control.config, {"exclude": {"file": str(mask)}, **settings})
+    control.run("swarm-fresh", "-q", "--from", "-", input=scan(cpvs))
+    return mask
+
+
+def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
+    mask = with_exclusion_file(control, tmp_path, "# kept in git\n>=app-misc/foo-2  # too new\n",
+                               ["app-misc/foo-2.1::gentoo", "app-misc/bar-1::gentoo"])
     r = control.run("swarm-exclude", "check", "app-misc/foo-2.1")
     assert r.returncode == 0 and "swarm.mask line 2" in r.stdout
     assert claims(control, "x1", 2) == ["app-misc/bar-1"]
@@ -239,11 +245,8 @@ def test_the_exclusion_file_is_read_as_package_mask(control, tmp_path):
 
 
 def test_an_exclusion_file_that_is_not_utf8_keeps_the_previous_rules(control, tmp_path):
-    mask = tmp_path / "swarm.mask"
-    mask.write_text("app-misc/foo\n")
-    config_mod.edit(control.config, {"exclude": {"file": str(mask)}})
-    control.run("swarm-fresh", "-q", "--from", "-",
-                input=scan(["app-misc/foo-1.0::gentoo", "app-misc/bar-1::gentoo"]))
+    mask = with_exclusion_file(control, tmp_path, "app-misc/foo\n",
+                               ["app-misc/foo-1.0::gentoo", "app-misc/bar-1::gentoo"])
     assert control.run("swarm-exclude", "check", "app-misc/foo-1.0").returncode == 0
     # Saved in Latin-1 by an editor: line 2 is no UTF-8 text; line 3 would exclude bar.
     mask.write_bytes(b"app-misc/foo\n# caf\xe9 owner's list\napp-misc/bar\n")
@@ -267,12 +270,10 @@ def test_rules_are_matched_while_no_transaction_is_open(control, tmp_path, monke
     """Portage matches rules while the database is free: claims never wait for it."""
     import portage.dep
 
-    mask = tmp_path / "swarm.mask"
-    mask.write_text("app-misc/foo\n")
-    config_mod.edit(control.config, {"exclude": {"file": str(mask)},
-                                     "route": [{"match": "sci-libs/*", "requires": ["big"]}]})
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(
-        ["app-misc/foo-1.0::gentoo", "app-misc/bar-1::gentoo", "sci-libs/big-2::gentoo"]))
+    mask = with_exclusion_file(control, tmp_path, "app-misc/foo\n",
+                               ["app-misc/foo-1.0::gentoo", "app-misc/bar-1::gentoo",
+                                "sci-libs/big-2::gentoo"],
+                               route=[{"match": "sci-libs/*", "requires": ["big"]}])
     config = config_mod.load(control.config)
     conn = db.connect(config.database)
     asked = []
