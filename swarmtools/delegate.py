@@ -166,7 +166,7 @@ def claim(conn: sqlite3.Connection, config: Config, drone: str, now: datetime,
         # A scan, the exclusion file or the routes changed: the rules are
         # matched again first, while the database is free (Portage is
         # imported only then).
-        exclude.refresh_if_stale(conn, config, now)
+        exclude.refresh(conn, config, now, only_if_stale=True)
     raise TryLater(f"the queue or the exclusion rules changed while {drone} claimed, "
                    f"{exclude.ATTEMPTS} times; try again")
 

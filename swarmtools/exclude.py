@@ -286,9 +286,9 @@ def refresh(conn: sqlite3.Connection, config: Config, now: datetime,
     since the last time. Returns whether it matched.
     """
     for _ in range(ATTEMPTS):
+        if only_if_stale and up_to_date(conn, config):
+            return False  # (before reading the whole queue)
         seen = _read(conn, config, now)
-        if only_if_stale and seen.stamp == seen.made:
-            return False
         found = _match(config, seen)
         with db.write(conn):
             if (stamp(conn, config)[0], _rules_version(conn)) != (seen.stamp, seen.rules_version):
@@ -296,11 +296,6 @@ def refresh(conn: sqlite3.Connection, config: Config, now: datetime,
             _store(conn, config, found, now)
         return True
     raise _changing()
-
-
-def refresh_if_stale(conn: sqlite3.Connection, config: Config, now: datetime) -> bool:
-    """Match again if a scan, the exclusion file or the routes changed (no transaction open)."""
-    return refresh(conn, config, now, only_if_stale=True)
 
 
 @contextlib.contextmanager
@@ -527,9 +522,10 @@ def _lift_unfounded(conn: sqlite3.Connection, config: Config, package_ids: set[i
             if not (_condemned(config, tally.get(build_class, {})) if build_class
                     else _everywhere(conn, config, tally)):
                 lifted.append((rule_id,))
-    conn.executemany("DELETE FROM excluded WHERE rule_id = ?", lifted)
-    conn.executemany("DELETE FROM exclusions WHERE id = ?", lifted)
-    _rules_changed(conn)
+    if lifted:  # (a new rules version makes a running refresh match again)
+        conn.executemany("DELETE FROM excluded WHERE rule_id = ?", lifted)
+        conn.executemany("DELETE FROM exclusions WHERE id = ?", lifted)
+        _rules_changed(conn)
 
 
 def _failures_in_a_row(conn: sqlite3.Connection, drone: str) -> list[tuple]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from . import clock, db, gpkg, identity, packages, staging
+from . import atoms, clock, db, gpkg, identity, packages, staging
 from .binhost import Binhost, Index, PortageIndex, mirror, portage_config, read_index
 from .config import DEFAULT, Config
 from .crashpoints import crashpoint
@@ -212,12 +212,10 @@ class Publisher:
         """The compiler flags the profile's Portage gives PKG: its make.conf's, or its
         package.env's for that package."""
         import portage
-        from portage.versions import _pkg_str
 
         if self._package_settings is None:
             self._package_settings = portage.config(clone=self.settings)
-        slot = f"{pkg['slot']}/{pkg['subslot']}" if pkg["subslot"] else pkg["slot"]
-        self._package_settings.setcpv(_pkg_str(pkg["cpv"], slot=slot, repo=pkg["repo"] or None))
+        self._package_settings.setcpv(atoms.Queued(pkg).pkg)
         return {key: self._package_settings.get(key, "") for key in identity.RECORDED_FLAGS}
 
     @property
