@@ -160,7 +160,8 @@ def scan_profile(config: Config, conn, request: Request, clock_now: Clock,
 
 
 def _targets_now(config: Config, request: Request) -> dict[str, profile.Target]:
-    """What each profile this run scans builds for now, if it shares its binhost.
+    """What each profile this run scans after the first builds for now, if it shares its
+    binhost.
 
     Each scan is checked against these, not against their last scans: a
     change made to every profile of a binhost at once is not refused.
@@ -168,7 +169,7 @@ def _targets_now(config: Config, request: Request) -> dict[str, profile.Target]:
     if request.source:
         return {}
     found = {}
-    for name in request.profiles:
+    for name in request.profiles[1:]:  # (the first is scanned before any other)
         binhost = config.binhost_of(name)
         if sum(config.binhost_of(other) == binhost for other in config.profile_names()) > 1:
             with contextlib.suppress(SwarmError):  # its own scan will say what is wrong
