@@ -64,8 +64,7 @@ class Transport:
     def call(self, verb: str, *args: str, input: str | None = None) -> dict | None:
         """Run `swarm-delegate VERB --json ARGS` for this drone; return its JSON or None."""
         words = ["swarm-delegate", verb, "--drone", self.drone, "--json", *args]
-        proc = self._retrying(verb, lambda: _run(self._verb_command(words), input=input,
-                                                 timeout=VERB_TIMEOUT), self._verb_retry)
+        proc = self._retrying(verb, lambda: self._run_verb(words, input), self._verb_retry)
         if proc.returncode != 0:
             message = proc.stderr.strip().splitlines()
             raise SwarmError(f"{verb} failed (exit {proc.returncode}): "
@@ -118,6 +117,9 @@ class Transport:
     def _prepare_upload(self, relative: str) -> None:
         """Make what the upload needs on this side (the gateway does it over ssh)."""
 
+    def _run_verb(self, words: list[str], input: str | None) -> subprocess.CompletedProcess:
+        return _run(self._verb_command(words), input=input, timeout=VERB_TIMEOUT)
+
     def _verb_command(self, words: list[str]) -> list[str]:
         raise NotImplementedError
 
@@ -126,7 +128,22 @@ class Transport:
 
 
 class LocalTransport(Transport):
-    """Drone and orchestrator on one host: run swarm-delegate and rsync directly."""
+    """Drone and orchestrator on one host: run swarm-delegate and rsync directly.
+
+    Given ANSWER_HERE (the gateway's :func:`~swarmtools.gateway.answer_here`,
+    which swarm-drone passes in: the drone's own modules know nothing of the
+    orchestrator's), a verb runs in the drone's process instead of a
+    swarm-delegate of its own.
+    """
+
+    def __init__(self, config: Config, drone: str, sleep=time.sleep, answer_here=None):
+        super().__init__(config, drone, sleep)
+        self.answer_here = answer_here
+
+    def _run_verb(self, words, input):
+        if self.answer_here is None:
+            return super()._run_verb(words, input)
+        return self.answer_here(self.config.path, self.drone, words, input)
 
     def _verb_command(self, words):
         return [_delegate_program(), *words[1:], "--config", str(self.config.path)]
@@ -198,10 +215,11 @@ def control_directory() -> Path | None:
     return directory
 
 
-def for_drone(config: Config, drone: str) -> Transport:
-    """The transport the config names for DRONE."""
-    kind = config.drone(drone).transport
-    return LocalTransport(config, drone) if kind == "local" else SshTransport(config, drone)
+def for_drone(config: Config, drone: str, answer_here=None) -> Transport:
+    """The transport the config names for DRONE (ANSWER_HERE: see LocalTransport)."""
+    if config.drone(drone).transport == "local":
+        return LocalTransport(config, drone, answer_here=answer_here)
+    return SshTransport(config, drone)
 
 
 def _last_line(proc: subprocess.CompletedProcess) -> str:

@@ -46,8 +46,10 @@ def _not_a_number(constant: str):
 
 
 def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
-        stdin: IO[str] | None = None, cpv: str | None = None, **options) -> None:
-    """Run one verb for DRONE and print its answer (JSON, or a line for people)."""
+        stdin: IO[str] | None = None, out: IO[str] | None = None, cpv: str | None = None,
+        **options) -> None:
+    """Run one verb for DRONE and print its answer (JSON, or a line for people) to OUT."""
+    out = out or sys.stdout
     now = clock.utcnow()
     beats = verb == "heartbeat" or (verb == "claim" and options.get("heartbeat"))
     facts = read_facts(stdin or sys.stdin) if beats else None
@@ -58,7 +60,7 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
             log.warning("warning: drone %s runs another config than the orchestrator's "
                         "(config digests differ)", drone)
         if verb == "heartbeat":
-            _answer(as_json, beat, f"{drone}: {beat['leases_extended']} lease(s) extended "
+            _answer(out, as_json, beat, f"{drone}: {beat['leases_extended']} lease(s) extended "
                                    f"to {beat['lease_until']}")
         elif verb == "claim":
             claimed = []
@@ -75,17 +77,17 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
             if beat:  # the drone learns of a config drift from its claim as from a heartbeat
                 claimed = [{**job, "config_matches": beat["config_matches"]} for job in claimed]
             if as_json:
-                emit_ndjson(claimed)
+                emit_ndjson(claimed, out)
             else:
                 for job in claimed:
                     print(f"{job['cpv']}\tlease until {job['lease_until']}" if job["cpv"] else
                           f"nothing eligible; {job['in_progress']} being built or published, "
                           f"{job['retry_soon']} back-off(s) ending soon"
                           + (f"; ask again in {job['ask_again_seconds']} s"
-                             if job["ask_again_seconds"] else ""))
+                             if job["ask_again_seconds"] else ""), file=out)
         elif verb == "report":
             result = _report(conn, config, drone, cpv, now, **options)
-            _answer(as_json, result, f"{cpv}: {result['status']}")
+            _answer(out, as_json, result, f"{cpv}: {result['status']}")
             if options.get("ok") and config.binhost.publish_on_report:
                 from .sync import publish_soon
 
@@ -93,10 +95,10 @@ def run(verb: str, config: Config, drone: str, *, as_json: bool = False,
         elif verb == "release":
             result = delegate.release(conn, config, drone, cpv, now, options.get("because"),
                                       options.get("found"))
-            _answer(as_json, result, f"{cpv}: released")
+            _answer(out, as_json, result, f"{cpv}: released")
         elif verb == "profile":
             result = _bundle(conn, config, options["which"])
-            _answer(as_json, result, result["tar"])
+            _answer(out, as_json, result, result["tar"])
         else:
             raise SwarmError(f"unknown verb {verb!r}", ExitCode.USAGE)
     finally:
@@ -144,8 +146,8 @@ def _bundle(conn, config: Config, which: str) -> dict:
             "binhost": {"name": binhost, "url": config.binhost_named(binhost).url}}
 
 
-def _answer(as_json: bool, result: dict, text: str) -> None:
+def _answer(out: IO[str], as_json: bool, result: dict, text: str) -> None:
     if as_json:
-        emit_json(result)
+        emit_json(result, out)
     else:
-        print(text)
+        print(text, file=out)

@@ -228,3 +228,41 @@ def test_facts_of_the_right_types_are_kept_and_shown_as_json(gate):
     assert r.returncode == 0, r.stderr
     (drone,) = strict_json(gate.swarm.run("swarm-status", "--json").stdout)["drones"][:1]
     assert drone["facts"] == facts
+
+
+def test_a_local_drone_is_answered_in_its_process_as_swarm_delegate_would(swarm):
+    """transport = "local": swarm-drone runs its verbs through gateway.answer_here, not a
+    swarm-delegate process a verb; the answers, refusals and exit codes are the command's."""
+    from swarmtools import config as config_mod
+    from swarmtools.gateway import answer_here
+    from swarmtools.transport import LocalTransport
+
+    add_drones(swarm.config, {"d1": {"transport": "local"}, "d2": {"transport": "local"}})
+    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(3)).returncode == 0
+
+    def words(verb, drone, *args):
+        return ["swarm-delegate", verb, "--drone", drone, "--json", *args]
+
+    here = answer_here(swarm.config, "d1", words("heartbeat", "d1"), input='{"arch": "amd64"}')
+    command = swarm.run(*words("heartbeat", "d2"), input='{"arch": "amd64"}')
+    assert (here.returncode, command.returncode) == (0, 0), (here.stderr, command.stderr)
+    mine, theirs = json.loads(here.stdout), json.loads(command.stdout)
+    assert mine["drone"] == "d1" and set(mine) == set(theirs)
+    # Claims: each drone its own package, whichever way it asked.
+    here = answer_here(swarm.config, "d1", words("claim", "d1", "--idle-info"))
+    command = swarm.run(*words("claim", "d2", "--idle-info"))
+    assert json.loads(here.stdout)["cpv"] == CPV
+    assert json.loads(command.stdout)["cpv"] not in (None, CPV)
+    assert swarm.query("SELECT drone FROM packages WHERE cpv = ?", (CPV,)) == [("d1",)]
+    # What the gateway refuses, and what the verb refuses, as the command says it.
+    refused = answer_here(swarm.config, "d1", words("claim", "d1", "--config", "/tmp/x.toml"))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.startswith("swarm-delegate: error: option '--config' is not allowed")
+    held = answer_here(swarm.config, "d2", words("release", "d2", CPV))
+    command = swarm.run(*words("release", "d2", CPV))
+    assert held.returncode == command.returncode != 0
+    assert held.stderr == command.stderr
+    # The transport of swarm-drone goes this way (the drone's process) and parses the answer.
+    config = config_mod.load(swarm.config)
+    transport = LocalTransport(config, "d1", answer_here=answer_here)
+    assert transport.call("release", CPV)["status"] == "needed"

@@ -14,6 +14,7 @@ import click
 from ..console import prog
 from ..drone import Drone
 from ..errors import ConfigError, SwarmError
+from ..transport import Transport, for_drone
 from .common import CONTEXT, SwarmCommand, config_option, pass_run, run, verbosity_options
 
 
@@ -124,7 +125,7 @@ def cli(run_, name, once, drain, syslog, print_facts, make_base, profile_name, v
         if name not in config.drones:
             raise ConfigError(f"no --drone given and this host's name '{name}' is not a "
                               f"[drones.NAME] of {config.path}")
-    drone = Drone(config, name)
+    drone = Drone(config, name, _transport(config, name))
     if print_facts:
         from ..output import emit_json
 
@@ -144,6 +145,17 @@ def cli(run_, name, once, drain, syslog, print_facts, make_base, profile_name, v
     signal.signal(signal.SIGINT, drone.terminate)
     logging.getLogger(__name__).info("drone %s started", name)
     sys.exit(drone.run(once=once, drain=drain))
+
+
+def _transport(config, name: str) -> Transport:
+    if config.drone(name).transport != "local":
+        return for_drone(config, name)
+    # On the orchestrator's host the drone answers its verbs itself, as the
+    # gateway would: no swarm-delegate process a verb (the drone loads the
+    # orchestrator's modules once instead, only here).
+    from ..gateway import answer_here
+
+    return for_drone(config, name, answer_here=answer_here)
 
 
 def main():
