@@ -79,6 +79,42 @@ class Swarm:
         return subprocess.run([script(name), *rest], input=input, env=env or self.env,
                               capture_output=True, text=not isinstance(input, bytes), **kw)
 
+    def scan(self, text: str | None = None, source: Path | str | None = None,
+             resolve: bool | None = None) -> None:
+        """Fill the queue as `swarm-fresh -q [--from SOURCE] [--resolve]` does, in this
+        process: for tests whose subject comes after the scan (the command's own exit
+        codes and output are tested in test_fresh.py, test_commands.py, test_profiles.py).
+        TEXT: a saved scan; neither it nor SOURCE: the real emerge. Raises what fails."""
+        from swarmtools import clock, db, scan
+        from swarmtools.config import load
+
+        if text is not None:
+            source = self.root / "scan.txt"
+            source.write_text(text)
+        source = None if source is None else str(source)
+        config = load(self.config, environ=self.env)
+        request = scan.Request(scan.profiles_to_scan(config, [], source, False), source,
+                               resolve=config.scan.resolve if resolve is None else resolve)
+        conn = db.connect(config.database, create=True)
+        try:
+            scan.run(config, conn, request, clock.utcnow)
+        finally:
+            conn.close()
+
+    def verb(self, verb: str, drone: str, input: str | None = None, **options) -> list[dict]:
+        """`swarm-delegate VERB --drone DRONE --json` in this process (verbs.run, which the
+        command and the gateway run): its JSON answers. For tests whose subject is the
+        queue's answer; the commands are tested in test_delegate.py and test_gateway.py."""
+        import io
+
+        from swarmtools import verbs
+        from swarmtools.config import load
+
+        out = io.StringIO()
+        verbs.run(verb, load(self.config, environ=self.env), drone, as_json=True,
+                  stdin=io.StringIO(input or ""), out=out, **options)
+        return [json.loads(line) for line in out.getvalue().splitlines()]
+
     def sync(self, *args: str, timeout: float = 120.0, **kw) -> subprocess.CompletedProcess:
         """swarm-sync -q as cron runs it, again while another run holds the lock (exit 75):
         in a DroneSwarm with PUBLISH a report starts one in the background, which may still
@@ -295,7 +331,7 @@ def once_per_run(tmp_path_factory, name: str, make) -> tuple[Path, dict]:
 def _example_world(root: Path) -> dict:
     swarm = DroneSwarm(root, publish=True)
     try:
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        swarm.scan(resolve=True)
         # Each drone's system and the host's mounts, as the builds must leave them.
         digests = {n: build_root_digest(swarm.prefixes[n]) for n in ("d1", "d2")}
         mounts = Path("/proc/self/mountinfo").read_text()

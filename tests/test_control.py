@@ -34,28 +34,22 @@ def scan(rows: list[str]) -> str:
 
 
 def beat(swarm: Swarm, drone: str, facts: dict) -> None:
-    r = swarm.run("swarm-delegate", "heartbeat", "--drone", drone, input=json.dumps(facts))
-    assert r.returncode == 0, r.stderr
+    swarm.verb("heartbeat", drone, input=json.dumps(facts))
 
 
 def claim(swarm: Swarm, drone: str) -> str | None:
-    r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)["cpv"] if r.stdout.strip() else None
+    answers = swarm.verb("claim", drone)
+    return answers[0]["cpv"] if answers else None
 
 
 def claims(swarm: Swarm, drone: str, limit: int) -> list[str]:
     """Up to LIMIT fresh claims in one run (a second plain claim would renew the first)."""
-    r = swarm.run("swarm-delegate", "claim", "--drone", drone, "--json", "--limit", str(limit))
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line)["cpv"] for line in r.stdout.splitlines()]
+    return [answer["cpv"] for answer in swarm.verb("claim", drone, limit=limit)]
 
 
 def fail(swarm: Swarm, drone: str, cpv: str, kind: str = "build") -> dict:
-    r = swarm.run("swarm-delegate", "report", "--drone", drone, cpv, "--failed", "--kind", kind,
-                  "--json")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
+    (answer,) = swarm.verb("report", drone, cpv=cpv, failed=True, kind=kind)
+    return answer
 
 
 def auto_rules(swarm: Swarm) -> list[dict]:
@@ -148,9 +142,7 @@ def _init(root: Path) -> Path:
 
 
 def test_add_from_stdin_is_all_or_nothing_and_check_exits_like_grep(control):
-    r = control.run("swarm-fresh", "-q", "--from", "-",
-                    input=scan(["app-misc/foo-1.0::gentoo", "dev-util/tool-bin-2::gentoo"]))
-    assert r.returncode == 0, r.stderr
+    control.scan(scan(["app-misc/foo-1.0::gentoo", "dev-util/tool-bin-2::gentoo"]))
     r = control.run("swarm-exclude", "add", "-", "--reason", "bad",
                     input="# keep these\napp-misc/foo\n\n>=dev-util/x-1 extra\n")
     assert r.returncode == 2
@@ -180,8 +172,7 @@ def test_add_from_stdin_is_all_or_nothing_and_check_exits_like_grep(control):
 
 
 def test_failed_packages_piped_from_status_are_excluded_by_version(control):
-    control.run("swarm-fresh", "-q", "--from", "-",
-                input=scan(["app-misc/foo-1.0::gentoo", "app-misc/bar-2::gentoo"]))
+    control.scan(scan(["app-misc/foo-1.0::gentoo", "app-misc/bar-2::gentoo"]))
     assert claim(control, "x1") == "app-misc/foo-1.0"
     fail(control, "x1", "app-misc/foo-1.0")
     listed = control.run("swarm-status", "--packages", "--state", "failed").stdout
@@ -196,7 +187,7 @@ def test_failed_packages_piped_from_status_are_excluded_by_version(control):
 
 
 def test_a_drone_rule_keeps_it_from_that_drone_only(control):
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    control.scan(scan(["app-misc/foo-1.0::gentoo"]))
     r = control.run("swarm-exclude", "add", "app-misc/foo", "--drone", "x1", "--reason", "old kernel")
     assert r.returncode == 0, r.stderr
     assert control.run("swarm-exclude", "check", "app-misc/foo-1.0", "--drone", "x2").returncode == 1
@@ -216,7 +207,7 @@ def test_a_package_is_not_left_to_a_faster_drone_a_rule_keeps_from_it(control):
                                 "x2": {"transport": "local", "speed": 4.0},
                                 "y1": {"transport": "local"}})
     config_mod.edit(control.config, {"delegate": {"policy": "critical"}})
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    control.scan(scan(["app-misc/foo-1.0::gentoo"]))
     r = control.run("swarm-exclude", "add", "app-misc/foo", "--drone", "x2", "--reason", "no room")
     assert r.returncode == 0, r.stderr
     assert claim(control, "x1") == "app-misc/foo-1.0"
@@ -227,7 +218,7 @@ def with_exclusion_file(control, tmp_path, text: str, cpvs: list[str], **setting
     mask = tmp_path / "swarm.mask"
     mask.write_text(text)
     config_mod.edit(control.config, {"exclude": {"file": str(mask)}, **settings})
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(cpvs))
+    control.scan(scan(cpvs))
     return mask
 
 
@@ -295,8 +286,7 @@ def test_rules_are_matched_while_no_transaction_is_open(control, tmp_path, monke
 def test_claims_go_on_while_thousands_of_rules_are_added(control):
     # The add used to count each rule's matches holding the write lock: quadratic, and
     # claims waited (20,000 rules: tens of seconds; 60,000: minutes, then "busy").
-    assert control.run("swarm-fresh", "-q", "--from", "-",
-                       input=synthetic_scan(2000)).returncode == 0
+    control.scan(synthetic_scan(2000))
     lines = "".join(f"app-test/pkg{i % 2000}-1.0\n" for i in range(20_000))
     add = subprocess.Popen([script("swarm-exclude"), "add", "-", "--drone", "x2", "--reason",
                             "bulk"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -317,8 +307,7 @@ def test_claims_go_on_while_thousands_of_rules_are_added(control):
 # --- failure memory ----------------------------------------------------------
 
 def test_three_failures_in_one_class_exclude_for_that_class_only(control):
-    r = control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
-    assert r.returncode == 0, r.stderr
+    control.scan(scan(["app-misc/foo-1.0::gentoo"]))
     answers = []
     for drone in ("x1", "x2", "x1"):
         assert claim(control, drone) == "app-misc/foo-1.0"
@@ -333,8 +322,7 @@ def test_three_failures_in_one_class_exclude_for_that_class_only(control):
     assert claim(control, "y1") == "app-misc/foo-1.0"
     # A new version lifts the automatic exclusion.
     control.run("swarm-delegate", "release", "--drone", "y1", "app-misc/foo-1.0")
-    r = control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.1::gentoo"]))
-    assert r.returncode == 0, r.stderr
+    control.scan(scan(["app-misc/foo-1.1::gentoo"]))
     assert auto_rules(control) == []
     assert claim(control, "x1") == "app-misc/foo-1.1"
 
@@ -342,7 +330,7 @@ def test_three_failures_in_one_class_exclude_for_that_class_only(control):
 def test_failing_in_every_class_excludes_everywhere(control):
     add_drones(control.config, {name: {"transport": "local"} for name in ("x1", "x2", "y1", "y2")})
     beat(control, "y2", CLASS_Y)
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    control.scan(scan(["app-misc/foo-1.0::gentoo"]))
     config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
     answers = []
     for drone in ("x1", "x2", "y1", "y2"):  # a class needs failures on two of its drones
@@ -362,7 +350,7 @@ def _as_drone(control: Swarm, drone: str, command: str, input: str | None = None
 
 def test_one_drone_cannot_exclude_a_package_for_the_fleet(control):
     # y1 sends x1's and x2's CHOST and CFLAGS, then fails the package again and again.
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    control.scan(scan(["app-misc/foo-1.0::gentoo"]))
     r = _as_drone(control, "y1", "swarm-delegate heartbeat --json", input=json.dumps(CLASS_X))
     assert r.returncode == 0, r.stderr
     answers = []
@@ -386,7 +374,7 @@ def test_a_drone_that_changes_its_class_counts_in_one_class_only(control):
     add_drones(control.config, {name: {"transport": "local"} for name in ("x1", "x2", "y1", "y2")})
     beat(control, "y2", CLASS_Y)
     config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan(["app-misc/foo-1.0::gentoo"]))
+    control.scan(scan(["app-misc/foo-1.0::gentoo"]))
     for drone in ("x1", "x2", "y1"):
         assert claim(control, drone) == "app-misc/foo-1.0"
         fail(control, drone, "app-misc/foo-1.0")
@@ -401,8 +389,7 @@ def test_a_drone_that_changes_its_class_counts_in_one_class_only(control):
 def test_a_full_disk_excludes_nothing(control):
     # One failure would be enough to exclude a package, were it the package's.
     config_mod.edit(control.config, {"exclude": {"auto_failures": 1}})
-    control.run("swarm-fresh", "-q", "--from", "-",
-                input=scan([f"app-misc/p{i}-1::gentoo" for i in range(4)]))
+    control.scan(scan([f"app-misc/p{i}-1::gentoo" for i in range(4)]))
     for _ in range(8):  # every package twice on one drone: a full disk each time
         cpv = claim(control, "x1")
         answer = fail(control, "x1", cpv, kind="environment")
@@ -438,7 +425,7 @@ def test_a_real_full_disk_is_the_drones_trouble(tmp_path):
                        delegate={"lease_seconds": 60, "heartbeat_seconds": 1, "poll_seconds": 1},
                        extra_ebuilds={"app-misc/full/full-1.ebuild": ebuild(body)})
     config_mod.edit(swarm.config, {"exclude": {"auto_failures": 1}})
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     d1 = swarm.drone("d1", "--once")
     d1.communicate(timeout=180)
     assert swarm.query("SELECT kind FROM events WHERE event = 'build-failed'") == [("environment",)]
@@ -451,7 +438,7 @@ def test_a_real_full_disk_is_the_drones_trouble(tmp_path):
 def test_a_broken_drone_is_grounded_and_its_failures_count_against_no_package(control):
     config_mod.edit(control.config, {"exclude": {"auto_failures": 2, "ground_after": 6}})
     cpvs = [f"app-misc/p{i}-1" for i in range(5)]
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan([f"{c}::gentoo" for c in cpvs]))
+    control.scan(scan([f"{c}::gentoo" for c in cpvs]))
     assert claims(control, "x2", 4) == cpvs[:4]
     for cpv in cpvs[:4]:  # each fails once on another drone of x1's class
         fail(control, "x2", cpv)
@@ -492,7 +479,7 @@ def test_a_broken_drone_is_grounded_and_its_failures_count_against_no_package(co
 # --- capability routing ----------------------------------------------------------
 
 def test_multilib_and_cuda_go_only_to_drones_that_have_them(control):
-    control.run("swarm-fresh", "-q", "--from", "-", input=scan([
+    control.scan(scan([
         'app-emulation/wine-9::gentoo  ABI_X86="32 64"',
         'sci-libs/torch-2::gentoo  USE="cuda"',
         'app-misc/plain-1::gentoo  USE="-cuda" ABI_X86="64 -32"']))
@@ -520,8 +507,7 @@ def test_routes_and_mandatory_features(control):
         "route": [{"match": "sci-libs/*", "requires": ["big-memory"]}],
         "drones": {"y1": {"transport": "local", "features": ["big-memory"],
                           "mandatory_features": ["big-memory"]}}})
-    control.run("swarm-fresh", "-q", "--from", "-",
-                input=scan(["sci-libs/big-1::gentoo", "app-misc/small-1::gentoo"]))
+    control.scan(scan(["sci-libs/big-1::gentoo", "app-misc/small-1::gentoo"]))
     assert claims(control, "x1", 2) == ["app-misc/small-1"]  # sci-libs/big needs big-memory
     control.run("swarm-delegate", "release", "--drone", "x1", "app-misc/small-1")
     # y1 takes only what requires big-memory.
@@ -532,8 +518,7 @@ def test_routes_and_mandatory_features(control):
 
 
 def test_status_counts_what_keeps_packages_back(control):
-    control.run("swarm-fresh", "-q", "--from", "-",
-                input=scan(["app-misc/a-1::gentoo", "app-misc/b-1::gentoo", "app-misc/c-1::gentoo"]))
+    control.scan(scan(["app-misc/a-1::gentoo", "app-misc/b-1::gentoo", "app-misc/c-1::gentoo"]))
     control.run("swarm-exclude", "add", "app-misc/a", "--reason", "no")
     config_mod.edit(control.config, {"delegate": {"retry_seconds": 3600}})
     assert claim(control, "x1") == "app-misc/b-1"

@@ -34,7 +34,7 @@ def held(tmp_path, compile_first=""):
             f' while [ -e "{hold}" ]; do touch "{compiling}"; sleep 0.2; done; }}\n')
     swarm = DroneSwarm(tmp_path, extra_ebuilds={"app-misc/held/held-1.ebuild": ebuild(body)},
                        world=["app-misc/held"], delegate=FAST)
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     swarm.hold, swarm.compiling = hold, compiling
     yield swarm
     hold.unlink(missing_ok=True)  # lets any orphaned emerge end
@@ -173,7 +173,7 @@ def test_a_failed_build_is_reported_with_its_log(tmp_path):
     body = 'src_compile() { die "this package does not build"; }\n'
     swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/broken"], delegate=FAST,
                        extra_ebuilds={"app-misc/broken/broken-1.ebuild": ebuild(body)})
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     d1 = swarm.drone("d1", "--once")
     _out, _err = d1.communicate(timeout=120)
     assert d1.returncode == 1
@@ -204,7 +204,7 @@ def test_a_build_that_shows_no_progress_is_stopped_as_stalled(tmp_path):
     swarm = DroneSwarm(tmp_path, drones=("d1",), world=["app-misc/hung"],
                        delegate={**FAST, "max_silent_seconds": 3},
                        extra_ebuilds={"app-misc/hung/hung-1.ebuild": ebuild(body)})
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     started = time.monotonic()
     d1 = swarm.drone("d1", "--once")
     _out, err = d1.communicate(timeout=120)
@@ -223,7 +223,7 @@ def test_a_drain_does_not_end_while_a_dependency_is_being_published(tmp_path, bu
     from conftest import HandDrone
 
     swarm = DroneSwarm(tmp_path, world=["dev-libs/libfoo"], delegate=FAST)
-    assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+    swarm.scan(resolve=True)
     hand = HandDrone(swarm, built_packages, "d1")
     base = "sys-apps/example-base-1.0"
     assert hand.claim() == base  # libfoo waits for it
@@ -255,7 +255,7 @@ def test_a_drain_waits_for_a_back_off_about_to_end(tmp_path):
     # A wait of 2 * poll_seconds: longer than the drone takes to start.
     swarm = DroneSwarm(tmp_path, world=["app-misc/example-docs"], publish=True,
                        delegate={**FAST, "poll_seconds": 5, "idle_max_seconds": 30})
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     docs = "app-misc/example-docs-1.0"
     arch, chost = swarm.query("SELECT arch, chost FROM profiles")[0]
     facts = json.dumps({"arch": arch, "chost": chost})

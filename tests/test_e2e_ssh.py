@@ -53,7 +53,7 @@ def ssh_swarm(tmp_path):
 
 
 def test_two_drones_over_ssh_build_everything_exactly_once(ssh_swarm):
-    assert ssh_swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+    ssh_swarm.scan(resolve=True)
     procs = [ssh_swarm.drone(name, "--drain", "-v") for name in ("d1", "d2")]
     results = [p.communicate(timeout=400) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results
@@ -91,7 +91,7 @@ def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
     try:
         empty = tmp_path / "empty.txt"
         empty.write_text("\nTotal: 0 packages, Size of downloads: 0 KiB\n")
-        assert swarm.run("swarm-fresh", "-q", "--from", str(empty)).returncode == 0
+        swarm.scan(source=str(empty))
         before = logins()  # an empty queue: one claim, one session, the facts recorded
         drone = swarm.drone("d1", "--once")
         _out, err = drone.communicate(timeout=120)
@@ -107,7 +107,7 @@ def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
         assert proc.returncode == 0, err
         assert 2 <= logins() - before <= 6, err  # every second: about 9
 
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        swarm.scan(resolve=True)
         # The first build also fetches the build profile (once a digest).
         before = logins()  # a build: claim (the heartbeat with it), profile, upload, report
         _out, err = swarm.drone("d1", "--once", "-v").communicate(timeout=300)
@@ -125,7 +125,7 @@ def test_a_build_costs_three_sessions_and_an_idle_drone_one_a_claim(tmp_path):
 
 
 def test_a_drone_key_cannot_claim_as_another_over_ssh(ssh_swarm):
-    assert ssh_swarm.run("swarm-fresh", "-q").returncode == 0
+    ssh_swarm.scan()
     server = ssh_swarm.server
     r = subprocess.run([*server.ssh_command("d1"), server.destination,
                         "swarm-delegate claim --drone d2 --json"], capture_output=True, text=True)
@@ -151,7 +151,7 @@ def test_drones_lose_no_build_when_sshd_drops_connections(tmp_path):
     edit(swarm.config, {"drones": {name: {"ssh_command": [
         *swarm.server.ssh_command(name), "-o", "ControlMaster=no"]} for name in ("d1", "d2")}})
     try:
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        swarm.scan(resolve=True)
         stop = threading.Event()
 
         def burst():  # other hosts knocking: each unauthenticated connection takes the slot
@@ -206,7 +206,7 @@ def test_the_binhost_is_mirrored_over_ssh(tmp_path, built_packages):
     from swarmtools.config import edit
 
     swarm = DroneSwarm(tmp_path, drones=("d1",))
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     cpvs = HandDrone(swarm, built_packages).build_all()
     web = tmp_path / "web"
     web.mkdir()

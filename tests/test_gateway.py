@@ -18,7 +18,7 @@ CPV = "app-test/pkg0-1.0"
 def gate(swarm, tmp_path):
     """Run the gateway for drone d1 with a given SSH_ORIGINAL_COMMAND."""
     add_drones(swarm.config, {"d1": {"transport": "ssh"}, "d2": {"transport": "ssh"}})
-    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(3)).returncode == 0
+    swarm.scan(synthetic_scan(3))
 
     def run(command: str, input: str | bytes | None = None, drone: str = "d1"):
         env = {**swarm.env, "SSH_ORIGINAL_COMMAND": command}
@@ -238,7 +238,7 @@ def test_a_local_drone_is_answered_in_its_process_as_swarm_delegate_would(swarm)
     from swarmtools.transport import LocalTransport
 
     add_drones(swarm.config, {"d1": {"transport": "local"}, "d2": {"transport": "local"}})
-    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(3)).returncode == 0
+    swarm.scan(synthetic_scan(3))
 
     def words(verb, drone, *args):
         return ["swarm-delegate", verb, "--drone", drone, "--json", *args]

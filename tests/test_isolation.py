@@ -94,7 +94,7 @@ def test_a_clean_base_keeps_automagic_dependencies_out_and_live_builds_show_them
         create_prefix(base / str(d2.root).lstrip("/"), world=[])
         edit(swarm.config, {"drones": {"d1": {"isolation": "none"},
                                        "d2": {"build_root": str(base)}}})
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        swarm.scan(resolve=True)
         assert swarm.run("swarm-exclude", "add", "app-misc/automagic", "--drone", "d1",
                          "--reason", "d2 first").returncode == 0
         drain(swarm, "d2")
@@ -113,7 +113,7 @@ def test_a_clean_base_keeps_automagic_dependencies_out_and_live_builds_show_them
         assert swarm.run("swarm-exclude", "remove", "app-misc/automagic").returncode == 0
         assert swarm.run("swarm-exclude", "add", "app-misc/automagic", "--drone", "d2",
                          "--reason", "d1 now").returncode == 0
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        swarm.scan(resolve=True)
         drain(swarm, "d1")
         live = published(swarm, "app-misc/automagic-1-r1")
         assert installed_file(live, "automagic.txt") == "found\n"
@@ -150,7 +150,7 @@ def test_two_profiles_on_one_drone_each_build_against_their_own_dependencies(tmp
                                                   "binhost": "other"}},
             "binhosts": {"other": {"path": str(swarm.root / "binhost-other"), "url": other.url}}})
         before = build_root_digest(swarm.prefixes["d1"])
-        assert swarm.run("swarm-fresh", "-q", "--resolve").returncode == 0
+        swarm.scan(resolve=True)
         drain(swarm, "d1")
         swarm.wait_for("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM packages WHERE"
                        " status != 'synced')")
@@ -171,7 +171,7 @@ def test_two_profiles_on_one_drone_each_build_against_their_own_dependencies(tmp
 def test_a_drone_that_cannot_isolate_refuses_to_start_unless_told_to_build_live(tmp_path):
     # Root without CAP_SYS_ADMIN, as in an unprivileged container: no mount namespaces.
     swarm = DroneSwarm(tmp_path, drones=("d1",), world=["sys-apps/example-base"])
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     confined = ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin"]
     r = subprocess.run([*confined, script("swarm-drone"), "--drone", "d1", "--once"],
                        env=swarm.env, capture_output=True, text=True)

@@ -53,7 +53,7 @@ def stage_dummy(swarm, drone: str, cpv: str) -> str:
 @pytest.fixture
 def busy(swarm):
     """A queue from a real emerge output with builds reported and one failure with its log."""
-    assert swarm.run("swarm-fresh", "-q", "--from", str(EMERGE_DATA / "varieties-15.txt")).returncode == 0
+    swarm.scan(source=str(EMERGE_DATA / "varieties-15.txt"))
     done = []
     for n in range(3):
         r = swarm.run("swarm-delegate", "claim", "--drone", "local", "--json")

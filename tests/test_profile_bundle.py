@@ -352,16 +352,16 @@ def test_swarm_fresh_packs_no_secret_and_the_gateway_serves_none(emerge_swarm, p
 def test_only_the_bundles_profiles_use_now_are_kept_and_served(emerge_swarm, prefix):
     add_drones(emerge_swarm.config, {"d1": {"transport": "ssh"}})
     kept = emerge_swarm.root / "state" / "profiles"
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
     (old,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
     (prefix.root / "etc/portage/make.conf").write_text(
         (prefix.root / "etc/portage/make.conf").read_text() + f"# {SECRET}, gone in the next\n")
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
     (secret,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
     assert SECRET.encode() in served(emerge_swarm, secret)
     (prefix.root / "etc/portage/make.conf").write_text(
         (prefix.root / "etc/portage/make.conf").read_text().replace(f"# {SECRET}, gone in the next\n", ""))
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
     (now,) = emerge_swarm.query("SELECT digest FROM profiles")[0]
     assert now == old != secret  # the same settings again: the same bundle
     assert sorted(p.name for p in kept.iterdir()) == [f"{now}.tar"]

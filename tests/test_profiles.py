@@ -36,7 +36,7 @@ def test_a_drone_builds_with_the_profiles_use_not_its_own(tmp_path):
         own = swarm.prefixes["d1"].root / "etc" / "portage"
         (own / "package.use").write_text("app-misc/flavour -feature\n")
         (own / "make.conf").write_text((own / "make.conf").read_text() + 'USE="-feature"\n')
-        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        swarm.scan()
         (digest,) = swarm.query("SELECT digest FROM profiles WHERE name = 'default'")[0]
         shown = json.loads(swarm.run("swarm-status", "--json").stdout)["profile"]
         assert (shown["digest"], shown["chost"], list(shown["tree"])) == (
@@ -70,7 +70,7 @@ def test_a_drone_behind_the_scans_tree_syncs_or_gives_the_package_back(tmp_path)
     edit(swarm.config, {"drones": {"d1": {"sync_command": ["/nonexistent/sync"]},
                                    "d2": {"sync_command": [
                                        "rsync", "-a", "--delete", f"{scanned}/", f"{d2_repo}/"]}}})
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     assert swarm.query("SELECT cpv, status FROM packages") == [("app-misc/bumped-2", "needed")]
 
     d1 = swarm.drone("d1", "--once")
@@ -155,7 +155,7 @@ def test_a_bump_and_the_postsync_hook_requeue_exactly_that_package(
 
 
 def bump_and_hook(emerge_swarm, prefix, built_packages):
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
     HandDrone(emerge_swarm, built_packages).build_all()
     r = emerge_swarm.sync()
     assert r.returncode == 0, r.stderr
@@ -204,7 +204,7 @@ def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path
     try:
         edit(swarm.config, {"drones": {"d1": {
             "check_command": [*server.ssh_command("check"), server.destination]}}})
-        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        swarm.scan()
         assert swarm.sync().returncode == 0
         make_conf.write_text(plain + f'PORTAGE_BINHOST="{swarm.http.url}"\n')
         r = swarm.run("swarm-config", "check", "--remote", "--json")
@@ -241,7 +241,7 @@ def test_config_check_remote_names_the_drone_key_and_values_that_differ(tmp_path
 def test_status_flags_a_drone_on_another_version_or_config(swarm):
     from conftest import emerge_files
 
-    assert swarm.run("swarm-fresh", "-q", "--from", str(emerge_files()[0])).returncode == 0
+    swarm.scan(source=str(emerge_files()[0]))
     facts = {"version": "0.0.1", "config_digest": "0" * 64, "chost": "", "arch": ""}
     r = swarm.run("swarm-delegate", "heartbeat", "--drone", "local", input=json.dumps(facts))
     assert r.returncode == 0, r.stderr
@@ -262,7 +262,7 @@ def test_status_flags_a_drone_on_another_version_or_config(swarm):
 
 def test_packages_go_only_to_drones_of_the_profiles_chost_and_arch(emerge_swarm):
     add_drones(emerge_swarm.config, {"arm": {"transport": "local"}, "x86": {"transport": "local"}})
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
 
     def claim(drone, facts):
         r = emerge_swarm.run("swarm-delegate", "claim", "--drone", drone, "--json",
@@ -279,7 +279,7 @@ def test_packages_go_only_to_drones_of_the_profiles_chost_and_arch(emerge_swarm)
 
 
 def test_a_profile_that_cannot_be_recorded_changes_nothing(emerge_swarm, prefix):
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
     before = emerge_swarm.dump()
     (prefix.root / "etc/portage/package.use").write_text("app-misc/example-app -compress\n")
     (prefix.root / "etc/portage/env").mkdir()
@@ -391,7 +391,7 @@ def test_profiles_of_one_binhost_must_build_with_the_same_compiler_flags(emerge_
     assert emerge_swarm.query("SELECT * FROM packages") == []
     # The same flags: both are scanned, and their flags recorded.
     flags(twin, "-O2 -pipe")
-    assert emerge_swarm.run("swarm-fresh", "-q").returncode == 0
+    emerge_swarm.scan()
     recorded = dict(emerge_swarm.query("SELECT name, flags FROM profiles"))
     assert json.loads(recorded["main"])["CFLAGS"] == "-O2 -pipe" == json.loads(recorded["twin"])["CFLAGS"]
     shown = json.loads(emerge_swarm.run("swarm-status", "--json").stdout)["profile"]

@@ -29,7 +29,7 @@ def published(tmp_path, built_packages):
     config_mod.edit(swarm.config, {"binhost": {"grace_seconds": 0,
                                                "url": f"{swarm.http.url}/binhost"}})
     try:
-        assert swarm.run("swarm-fresh", "-q").returncode == 0
+        swarm.scan()
         swarm.cpvs = HandDrone(swarm, built_packages).build_all()
         assert swarm.sync().returncode == 0
         swarm.binhost = swarm.root / "binhost"
@@ -59,7 +59,7 @@ def bump_docs(swarm, tmp_path):
         shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
     r = builder.run(["emerge", "--buildpkg=y", "--oneshot", "--color=n", "=app-misc/example-docs-1.1"])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     hand = HandDrone(swarm, builder.pkgdir)
     assert hand.build_all() == ["app-misc/example-docs-1.1"]
     assert swarm.sync().returncode == 0
@@ -154,7 +154,7 @@ def test_promote_refuses_a_missing_file_a_wrong_digest_and_another_identity(publ
     # The profile's USE changes: the queue now wants example-app without compress.
     etc = published.prefixes["orchestrator"].root / "etc" / "portage"
     (etc / "package.use").write_text("app-misc/example-app -compress\n")
-    assert published.run("swarm-fresh", "-q").returncode == 0
+    published.scan()
     r = published.run("swarm-release", "promote", good)
     assert r.returncode == 1, r.stdout
     assert "app-misc/example-app-1.0: not the queue's build: USE +compress" in r.stderr
@@ -249,7 +249,7 @@ def test_promote_checks_signatures_when_signing_is_on(tmp_path, built_packages):
         "fpr:::::::::")[1].split(":")[0]
     swarm = DroneSwarm(tmp_path, drones=("d1",))
     signed = {**swarm.env, "SWARM_BINHOST_GPG_KEY": fingerprint, "SWARM_BINHOST_GPG_HOME": str(home)}
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     HandDrone(swarm, built_packages).build_all()
     assert swarm.sync(env=signed).returncode == 0
     r = swarm.run("swarm-release", "create", "1.0", env=signed)

@@ -20,7 +20,7 @@ FAST = {"lease_seconds": 60, "heartbeat_seconds": 2, "poll_seconds": 1, "retry_s
 def scanned(tmp_path):
     pytest.importorskip("portage")
     swarm = DroneSwarm(tmp_path, delegate=FAST, publish=True)
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     yield swarm
     swarm.stop()
 
@@ -58,7 +58,7 @@ def test_a_bump_recomputes_that_package_only(scanned):
     assert resolve_json(scanned)["recomputed"] == 0
     docs = scanned.prefixes["orchestrator"].repo / "app-misc" / "example-docs"
     shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
-    assert scanned.run("swarm-fresh", "-q").returncode == 0
+    scanned.scan()
     after = resolve_json(scanned)
     assert (after["recomputed"], after["cached"]) == (1, 11)
 
@@ -110,7 +110,7 @@ def test_a_plain_scan_resolves_so_the_queue_is_gated_from_its_first_claim(tmp_pa
 
     edit(swarm.config, {"scan": {"resolve": None}})
     # swarm-fresh as typed: the scan, then swarm-resolve.
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     # Only packages with no build-time dependency are handed out before anything is built.
     assert claim_all(swarm, "d1") == {
         "sys-apps/example-base-1.0", "dev-build/example-make-3.1", "app-misc/example-docs-1.0",
@@ -119,7 +119,7 @@ def test_a_plain_scan_resolves_so_the_queue_is_gated_from_its_first_claim(tmp_pa
     # The way out, for those who resolve on their own: a bump is left unresolved.
     docs = swarm.prefixes["orchestrator"].repo / "app-misc" / "example-docs"
     shutil.copy(docs / "example-docs-1.0.ebuild", docs / "example-docs-1.1.ebuild")
-    assert swarm.run("swarm-fresh", "-q", "--no-resolve").returncode == 0
+    swarm.scan(resolve=False)
     assert swarm.query("SELECT cpv FROM packages WHERE resolved IS NULL") == [
         ("app-misc/example-docs-1.1",)]
 

@@ -11,7 +11,7 @@ from swarmtools import db, packages
 
 
 def test_status_counts_states_drones_and_success_rate(swarm):
-    assert swarm.run("swarm-fresh", "-q", "--from", str(EMERGE_DATA / "varieties-15.txt")).returncode == 0
+    swarm.scan(source=str(EMERGE_DATA / "varieties-15.txt"))
     conn = db.connect(swarm.db)
     now = datetime.now(UTC)
     with db.write(conn):
@@ -43,8 +43,8 @@ def test_status_counts_states_drones_and_success_rate(swarm):
 
 
 def test_packages_ndjson_filtered_by_state(swarm):
-    swarm.run("swarm-fresh", "-q", "--from", str(EMERGE_DATA / "varieties-04.txt"))
-    swarm.run("swarm-fresh", "-q", "--from", str(EMERGE_DATA / "varieties-01.txt"))
+    swarm.scan(source=str(EMERGE_DATA / "varieties-04.txt"))
+    swarm.scan(source=str(EMERGE_DATA / "varieties-01.txt"))
     lines = swarm.run("swarm-status", "--packages", "--state", "needed").stdout.splitlines()
     assert [json.loads(l)["cpv"] for l in lines] == [
         "app-misc/testing-1", "app-misc/ask-1", "media-video/fetchme-8", "dev-lang/slotty-2.1",
@@ -86,9 +86,9 @@ def build_by_hand(swarm, drone: str, cpv: str, build_id: int = 1) -> str:
 
 def test_history_names_the_version_each_event_was_about(swarm, tmp_path):
     old, new = "app-misc/example-docs-1.0", "app-misc/example-docs-1.1"
-    assert swarm.run("swarm-fresh", "-q", "--from", one_row_scan(tmp_path, old)).returncode == 0
+    swarm.scan(source=one_row_scan(tmp_path, old))
     first = build_by_hand(swarm, "local", old)
-    assert swarm.run("swarm-fresh", "-q", "--from", one_row_scan(tmp_path, new)).returncode == 0
+    swarm.scan(source=one_row_scan(tmp_path, new))
     build_by_hand(swarm, "local", new)
 
     lines = swarm.run("swarm-status", "--history", "app-misc/example-docs").stdout.splitlines()
@@ -180,7 +180,7 @@ def test_the_success_rate_counts_only_the_packages_own_failures(swarm):
     a full disk and a failed fetch, the drone's trouble. The rate is 8 of 9."""
     from conftest import synthetic_scan
 
-    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(15)).returncode == 0
+    swarm.scan(synthetic_scan(15))
     reports = [["--ok"]] * 8 + [["--failed", "--kind", "build"]] + \
         [["--failed", "--kind", "missing-binary-dependency"]] * 4 + \
         [["--failed", "--kind", "environment"], ["--failed", "--kind", "fetch"]]
@@ -242,7 +242,7 @@ def test_status_the_page_and_why_show_which_drones_build_in_their_live_system(sw
 
     add_drones(swarm.config, {"d1": {"transport": "local"},
                               "d2": {"transport": "local", "isolation": "none"}})
-    assert swarm.run("swarm-fresh", "-q", "--from", "-", input=synthetic_scan(1)).returncode == 0
+    swarm.scan(synthetic_scan(1))
     for name, isolation in (("d1", "overlay"), ("d2", "none")):
         facts = {"isolation": isolation, "build_root": f"/var/lib/{name}"}
         r = swarm.run("swarm-delegate", "heartbeat", "--drone", name, input=json.dumps(facts))

@@ -24,7 +24,7 @@ pytest.importorskip("portage")
 def scanned(tmp_path, built_packages):
     """A swarm with the example world queued, and a hand drone d1 with real gpkgs."""
     swarm = DroneSwarm(tmp_path, drones=("d1",))
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     swarm.hand = HandDrone(swarm, built_packages)
     swarm.binhost = swarm.root / "binhost"
     return swarm

@@ -60,7 +60,7 @@ def client_prefix(root, url, public_key=None, fingerprint=None):
 def test_signed_packages_install_on_a_verifying_client(tmp_path, built_packages, signing_key):
     home, fingerprint, public_key = signing_key
     swarm = DroneSwarm(tmp_path, drones=("d1",))
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     cpvs = HandDrone(swarm, built_packages).build_all()
     env = {**swarm.env, "SWARM_BINHOST_GPG_KEY": fingerprint, "SWARM_BINHOST_GPG_HOME": str(home)}
     r = swarm.run("swarm-sync", "-q", env=env)

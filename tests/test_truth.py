@@ -40,7 +40,7 @@ def drone_once(swarm, name):
 
 def test_a_drifted_drone_never_gets_a_build_published(foo_swarm):
     swarm = foo_swarm
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     assert swarm.query("SELECT cpv, use FROM packages") == [("app-misc/foo-1.1", "flag")]
     # swarm-drone builds with the scan's settings (test_profiles.py); d1 here
     # builds with its own, as a drone on an old swarmtools or a hand build would.
@@ -74,7 +74,7 @@ def test_a_drifted_drone_never_gets_a_build_published(foo_swarm):
 
 def test_portages_verdict_requeues_what_it_would_not_install(foo_swarm):
     swarm = foo_swarm
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     drone_once(swarm, "d2")
     assert swarm.sync().returncode == 0
     # The scan asks the binhost: the published build is what Portage would use.
@@ -96,7 +96,7 @@ def test_portages_verdict_requeues_what_it_would_not_install(foo_swarm):
 
 def test_a_scan_that_does_not_ask_the_binhost_requeues_nothing_for_it(foo_swarm):
     swarm = foo_swarm
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     drone_once(swarm, "d2")
     assert swarm.sync().returncode == 0
     plain = swarm.prefixes["orchestrator"].run(
@@ -109,7 +109,7 @@ def test_a_scan_that_does_not_ask_the_binhost_requeues_nothing_for_it(foo_swarm)
 
 def test_an_unreachable_binhost_changes_nothing(foo_swarm):
     swarm = foo_swarm
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     drone_once(swarm, "d2")
     assert swarm.sync().returncode == 0
     swarm.http.stop()
@@ -137,7 +137,7 @@ def test_a_client_that_cached_an_index_sees_the_next_one_a_second_later(tmp_path
     from swarmtools.prefix import create_prefix
 
     swarm = DroneSwarm(tmp_path, drones=("d1",))
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     hand = HandDrone(swarm, built_packages)
     with HttpServer(swarm.root / "binhost") as http:
         client = create_prefix(tmp_path / "client", binhost_url=http.url)
@@ -174,7 +174,7 @@ def test_a_build_with_other_compiler_flags_is_quarantined_naming_drone_and_flags
     (etc / "env").mkdir()
     (etc / "env" / "v2.conf").write_text('CFLAGS="-O2 -pipe -march=x86-64-v2"\n')
     (etc / "package.env").write_text("app-misc/tuned v2.conf\n")
-    assert swarm.run("swarm-fresh", "-q").returncode == 0
+    swarm.scan()
     # d1 builds plain with its own flags (a drone with CFLAGS in its environment would);
     # tuned is built as the profile says.
     for prefix, cpv in ((d1, "app-misc/plain-1"), (orchestrator, "app-misc/tuned-1")):
