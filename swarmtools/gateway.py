@@ -17,14 +17,17 @@ import os
 import re
 import shlex
 import sqlite3
-import subprocess
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from . import config as config_mod
 from . import console, profile, staging, verbs
 from .config import Config
 from .errors import ExitCode, SwarmError
 from .staging import staged_path
+
+if TYPE_CHECKING:
+    import subprocess
 
 # Options each verb may carry through the gateway; True: takes a value.
 VERB_OPTIONS = {
@@ -197,6 +200,8 @@ def answer_here(config_path, drone: str, words: list[str],
     checks an ssh drone's, the config file read again, an error as the
     exit code and the one line the command would have printed.
     """
+    import subprocess  # (here: an ssh session of the gateway needs none)
+
     out, config = io.StringIO(), None
     try:
         config = config_mod.load(config_path)
