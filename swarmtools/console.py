@@ -11,6 +11,7 @@ import logging
 import os
 import sqlite3
 import sys
+from typing import IO
 
 from . import clock
 from .errors import ExitCode, SwarmError
@@ -46,11 +47,13 @@ def describe(exc: BaseException) -> tuple[str, ExitCode]:
     return f"{type(exc).__name__}: {exc}", ExitCode.FAILED
 
 
-def fail(exc: BaseException, log_file: str | None) -> int:
-    """Print the one line for EXC, append it to the log file, return the exit code."""
+def fail(exc: BaseException, log_file: str | None, stream: IO[str] | None = None,
+         name: str | None = None) -> int:
+    """Print the one line for EXC (to STREAM, else stderr; as NAME, else this command),
+    append it to the log file, return the exit code."""
     message, code = describe(exc)
-    line = f"{prog()}: error: {message}".replace("\n", " ")
-    sys.stderr.write(line + "\n")
+    line = f"{name or prog()}: error: {message}".replace("\n", " ")
+    (stream or sys.stderr).write(line + "\n")
     append_to_log(log_file, line)
     return int(code)
 

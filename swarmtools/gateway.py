@@ -202,18 +202,17 @@ def answer_here(config_path, drone: str, words: list[str],
     """
     import subprocess  # (here: an ssh session of the gateway needs none)
 
-    out, config = io.StringIO(), None
+    out, err, config = io.StringIO(), io.StringIO(), None
     try:
         config = config_mod.load(config_path)
         request = _verb_request(words[1:], drone)
         verbs.run(request.verb, config, drone, as_json=request.as_json, cpv=request.cpv,
                   stdin=io.StringIO(input or ""), out=out, **request.options)
+        code = 0
     except (SwarmError, OSError, sqlite3.Error) as exc:
-        message, code = console.describe(exc)
-        line = f"swarm-delegate: error: {message}".replace("\n", " ")
-        console.append_to_log(config.orchestrator.log_file if config else None, line)
-        return subprocess.CompletedProcess(words, int(code), out.getvalue(), line + "\n")
-    return subprocess.CompletedProcess(words, 0, out.getvalue(), "")
+        code = console.fail(exc, config.orchestrator.log_file if config else None, err,
+                            "swarm-delegate")
+    return subprocess.CompletedProcess(words, code, out.getvalue(), err.getvalue())
 
 
 def main(argv: list[str]) -> int:

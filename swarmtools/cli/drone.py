@@ -148,13 +148,12 @@ def cli(run_, name, once, drain, syslog, print_facts, make_base, profile_name, v
 
 
 def _transport(config, name: str) -> Transport:
-    if config.drone(name).transport != "local":
-        return for_drone(config, name)
-    # On the orchestrator's host the drone answers its verbs itself, as the
-    # gateway would: no swarm-delegate process a verb (the drone loads the
-    # orchestrator's modules once instead, only here).
-    from ..gateway import answer_here
-
+    answer_here = None
+    if config.drone(name).transport == "local":
+        # On the orchestrator's host the drone answers its verbs itself, as the
+        # gateway would: no swarm-delegate process a verb (the drone loads the
+        # orchestrator's modules once instead, only here).
+        from ..gateway import answer_here
     return for_drone(config, name, answer_here=answer_here)
 
 
